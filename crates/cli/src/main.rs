@@ -1,0 +1,137 @@
+//! `ferrolog`: the one binary. Parses the command line, sets up tracing and
+//! hands over to the library crates; no logic of its own lives here.
+//!
+//! Implemented so far: `ferrolog bench storage`. The broker and client
+//! subcommands of `shared/cli.md` (`server`, `dev`, `topic`, `produce`,
+//! `consume`, `group`, `cluster`, `bench produce|consume`) arrive with the
+//! broker and client work; until then they are absent rather than stubs.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use clap::Subcommand;
+use clap::ValueEnum;
+use ferrolog_raft::bench::StorageBench;
+use ferrolog_raft::bench::StorageBenchReport;
+
+/// Ferrolog: a replicated commit log.
+#[derive(Debug, Parser)]
+#[command(name = "ferrolog", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(Bench),
+}
+
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// Many Raft groups appending concurrently to one RocksDB store.
+    ///
+    /// Example: ferrolog bench storage --groups 1,16,256 --group-commit both --duration 5
+    Storage(StorageArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+    Both,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+struct StorageArgs {
+    /// Comma-separated numbers of concurrently appending groups.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,256")]
+    groups: Vec<usize>,
+    /// Group commit on, off, or both (side by side).
+    #[arg(long, value_enum, default_value = "both")]
+    group_commit: OnOff,
+    /// Payload bytes per append.
+    #[arg(long, default_value_t = 1024)]
+    entry_bytes: usize,
+    /// Seconds per case.
+    #[arg(long, default_value_t = 5)]
+    duration: u64,
+    /// Where to put the databases (a fresh temp dir per case inside it).
+    /// Default: the system temp dir.
+    #[arg(long)]
+    dir: Option<std::path::PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    output: Output,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Runtime::new().context("start the tokio runtime")?;
+    match cli.command {
+        Command::Bench(Bench::Storage(args)) => rt.block_on(bench_storage(args)),
+    }
+}
+
+async fn bench_storage(args: StorageArgs) -> anyhow::Result<()> {
+    let modes: &[bool] = match args.group_commit {
+        OnOff::On => &[true],
+        OnOff::Off => &[false],
+        OnOff::Both => &[true, false],
+    };
+    let base = args.dir.unwrap_or_else(std::env::temp_dir);
+    let mut reports = Vec::new();
+    if args.output == Output::Text {
+        println!(
+            "{:>6} {:>12} {:>12} {:>9} {:>10} {:>9} {:>9} {:>9}",
+            "groups", "group_commit", "appends/s", "MB/s", "wal_syncs", "p50_us", "p99_us", "max_us"
+        );
+    }
+    for &groups in &args.groups {
+        for &group_commit in modes {
+            let dir = tempfile::tempdir_in(&base).with_context(|| format!("create a temp dir in {}", base.display()))?;
+            let case = StorageBench {
+                groups,
+                group_commit,
+                entry_bytes: args.entry_bytes,
+                duration: Duration::from_secs(args.duration),
+            };
+            let r = ferrolog_raft::bench::run(dir.path(), &case).await.context("run the storage benchmark")?;
+            if args.output == Output::Text {
+                print_row(&r);
+            }
+            reports.push(r);
+        }
+    }
+    if args.output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    }
+    Ok(())
+}
+
+fn print_row(r: &StorageBenchReport) {
+    println!(
+        "{:>6} {:>12} {:>12.0} {:>9.2} {:>10} {:>9} {:>9} {:>9}",
+        r.groups,
+        if r.group_commit { "on" } else { "off" },
+        r.appends_per_sec,
+        r.mb_per_sec,
+        r.wal_syncs,
+        r.p50_us,
+        r.p99_us,
+        r.max_us
+    );
+}

@@ -1,0 +1,27 @@
+//! openraft glue for Ferrolog: the type config, and the log store and state
+//! machine that put any number of Raft groups into one broker's RocksDB.
+//!
+//! # Layout
+//! - [`types`]: [`TypeConfig`], the replicated [`Request`] and its [`Response`].
+//! - [`codec`]: postcard encoding of openraft values stored in RocksDB.
+//! - [`log_store`]: [`LogStore`], openraft's `RaftLogStorage` for one group.
+//! - [`state_machine`]: [`StateMachine`], openraft's `RaftStateMachine` for
+//!   one partition group, applying [`ferrolog_partition`] commands.
+//! - [`bench`]: the storage micro-benchmark behind `ferrolog bench storage`.
+//!
+//! Every group is a `(GroupId, Arc<Storage>)` pair: opening a group costs no
+//! file handles, threads or memory beyond its small in-memory state, so a
+//! broker can hold thousands of replicas.
+
+pub mod bench;
+pub mod codec;
+pub mod log_store;
+pub mod state_machine;
+pub mod types;
+
+pub use log_store::LogStore;
+pub use log_store::flush_signal;
+pub use state_machine::StateMachine;
+pub use types::Request;
+pub use types::Response;
+pub use types::TypeConfig;

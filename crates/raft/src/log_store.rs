@@ -1,0 +1,215 @@
+//! [`LogStore`]: openraft's log storage for one Raft group, in the broker's
+//! shared RocksDB.
+//!
+//! Keys: `Log` CF `group ‖ index` → entry; `RaftMeta` CF `group ‖ kind` →
+//! vote / committed / last purged log id. Every value is sealed (CRC32C).
+//!
+//! Durability contract (openraft's, and how it is met):
+//! - `append`: entries are written unsynced (readable at once), and the
+//!   flush callback fires from the group-commit syncer after the WAL fsync.
+//! - `save_vote`: a durable write; returns after the fsync.
+//! - `truncate_after`, `purge`, `save_committed`: buffered writes. They need
+//!   no fsync of their own: the WAL is ordered, so they become durable with
+//!   the next append or vote of any group, and until then losing them only
+//!   rolls the group back to a state it was in before (longer log, fewer
+//!   purged entries, older commit) that Raft repairs itself.
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::Bound;
+use std::ops::RangeBounds;
+use std::sync::Arc;
+
+use ferrolog_storage::Cf;
+use ferrolog_storage::Storage;
+use ferrolog_storage::keys;
+use ferrolog_types::GroupId;
+use openraft::RaftLogReader;
+use openraft::entry::RaftEntry;
+use openraft::storage::IOFlushed;
+use openraft::storage::LogState;
+use openraft::storage::RaftLogStorage;
+
+use crate::TypeConfig;
+use crate::codec;
+use crate::types::alias::Entry;
+use crate::types::alias::LogId;
+use crate::types::alias::Vote;
+
+const META_VOTE: u8 = 1;
+const META_COMMITTED: u8 = 2;
+const META_PURGED: u8 = 3;
+
+/// The log of one Raft group. Cheap to clone (a group id and an `Arc`).
+#[derive(Debug, Clone)]
+pub struct LogStore {
+    group: GroupId,
+    storage: Arc<Storage>,
+}
+
+impl LogStore {
+    /// The log of `group` in `storage`.
+    pub fn new(storage: Arc<Storage>, group: GroupId) -> Self {
+        LogStore { group, storage }
+    }
+
+    /// The group this log belongs to.
+    pub fn group(&self) -> GroupId {
+        self.group
+    }
+
+    fn read_meta<T: serde::de::DeserializeOwned>(&self, kind: u8, what: &str) -> io::Result<Option<T>> {
+        match self.storage.get(Cf::RaftMeta, &keys::singleton(self.group, kind))? {
+            None => Ok(None),
+            Some(v) => Ok(Some(codec::decode(what, &v)?)),
+        }
+    }
+
+    fn decode_entry(&self, index: u64, bytes: &[u8]) -> io::Result<Entry> {
+        let entry: Entry = codec::decode("log entry", bytes)?;
+        // A value stored under the wrong key (a bug, or a misdirected write)
+        // would break log matching silently: refuse it.
+        if entry.log_id().index != index {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: entry under index {index} claims index {}", self.group, entry.log_id().index),
+            ));
+        }
+        Ok(entry)
+    }
+}
+
+fn bounds(range: &impl RangeBounds<u64>) -> (u64, u64) {
+    let start = match range.start_bound() {
+        Bound::Included(x) => *x,
+        Bound::Excluded(x) => x.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(x) => x.saturating_add(1),
+        Bound::Excluded(x) => *x,
+        Bound::Unbounded => u64::MAX,
+    };
+    (start, end)
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> io::Result<Vec<Entry>> {
+        let (start, end) = bounds(&range);
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for item in self.storage.scan(Cf::Log, self.group, start, end) {
+            let (index, bytes) = item?;
+            out.push(self.decode_entry(index, &bytes)?);
+        }
+        Ok(out)
+    }
+
+    async fn read_vote(&mut self) -> io::Result<Option<Vote>> {
+        self.read_meta(META_VOTE, "vote")
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> io::Result<LogState<TypeConfig>> {
+        let last_purged: Option<LogId> = self.read_meta(META_PURGED, "purged log id")?;
+        let last = match self.storage.last(Cf::Log, self.group)? {
+            Some((index, bytes)) => Some(self.decode_entry(index, &bytes)?.log_id()),
+            None => last_purged.clone(),
+        };
+        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> io::Result<()> {
+        let mut wb = self.storage.batch();
+        self.storage.put(&mut wb, Cf::RaftMeta, &keys::singleton(self.group, META_VOTE), &codec::encode(vote)?);
+        // durability: a vote must be on disk before it is granted or acted
+        // upon; write_durable returns only after the WAL fsync.
+        self.storage.write_durable(wb).await?;
+        Ok(())
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
+        let mut wb = self.storage.batch();
+        let key = keys::singleton(self.group, META_COMMITTED);
+        match committed {
+            Some(c) => self.storage.put(&mut wb, Cf::RaftMeta, &key, &codec::encode(&c)?),
+            None => self.storage.delete(&mut wb, Cf::RaftMeta, &key),
+        }
+        // Not synced: committed is a hint that lets a restarted node re-apply
+        // without waiting for the leader; losing the latest one is harmless.
+        self.storage.write_buffered(wb)?;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> io::Result<Option<LogId>> {
+        self.read_meta(META_COMMITTED, "committed log id")
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> io::Result<()>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut wb = self.storage.batch();
+        for entry in entries {
+            let index = entry.log_id().index;
+            self.storage.put(&mut wb, Cf::Log, &keys::indexed(self.group, index), &codec::encode(&entry)?);
+        }
+        // durability: the entries are readable when this returns; openraft
+        // is told they are flushed only from the syncer, after the WAL fsync
+        // that covers them (shared with every other group's appends).
+        self.storage
+            .write_durable_then(wb, Box::new(move |r| callback.io_completed(r.map_err(io::Error::from))))
+            .await?;
+        Ok(())
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> io::Result<()> {
+        let from = last_log_id.map(|l| l.index + 1).unwrap_or(0);
+        let mut wb = self.storage.batch();
+        self.storage.delete_range(
+            &mut wb,
+            Cf::Log,
+            &keys::indexed(self.group, from),
+            &keys::group_end(self.group),
+        );
+        self.storage.write_buffered(wb)?;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> io::Result<()> {
+        let mut wb = self.storage.batch();
+        // The marker and the deletion are one atomic batch: after a crash
+        // either both happened or neither, so no hole is ever visible.
+        self.storage.put(&mut wb, Cf::RaftMeta, &keys::singleton(self.group, META_PURGED), &codec::encode(&log_id)?);
+        self.storage.delete_range(
+            &mut wb,
+            Cf::Log,
+            &keys::indexed(self.group, 0),
+            &keys::indexed(self.group, log_id.index + 1),
+        );
+        self.storage.write_buffered(wb)?;
+        Ok(())
+    }
+}
+
+/// A flush callback and a future that resolves when it fires: for callers
+/// outside openraft (benchmarks, tests, tools) that append directly.
+pub fn flush_signal() -> (IOFlushed<TypeConfig>, impl std::future::Future<Output = io::Result<()>> + Send) {
+    use openraft::type_config::TypeConfigExt;
+    let (tx, rx) = TypeConfig::oneshot::<io::Result<()>>();
+    let fut = async move { rx.await.map_err(|_| io::Error::other("flush callback dropped"))? };
+    (IOFlushed::signal(tx), fut)
+}

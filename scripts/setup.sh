@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what building and testing Ferrolog needs on a fresh Debian machine
+# with a Rust toolchain: libclang for RocksDB's bindgen, a C++ compiler.
+# protoc is not needed (the build uses protoc-bin-vendored). Idempotent.
+set -euo pipefail
+
+need=()
+command -v c++ >/dev/null 2>&1 || need+=(g++)
+# bindgen loads libclang at build time.
+if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1; then
+  need+=(libclang-dev)
+fi
+command -v make >/dev/null 2>&1 || need+=(make)
+
+if ((${#need[@]})); then
+  echo "setup: installing ${need[*]}"
+  SUDO=""
+  [[ $(id -u) -ne 0 ]] && SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
+fi
+
+for c in rustfmt clippy; do
+  if ! cargo "${c/rustfmt/fmt}" --version >/dev/null 2>&1; then
+    rustup component add "$c"
+  fi
+done
+echo "setup: ok"

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The one command that runs Ferrolog's tests on a fresh machine: installs
+# what is missing, then runs every test of the workspace (unit tests,
+# openraft's storage conformance suite, the SIGKILL crash test, corruption
+# tests). Uses cargo-nextest when it is installed, cargo test otherwise.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast "$@"
+else
+  cargo test --workspace --no-fail-fast "$@"
+fi
