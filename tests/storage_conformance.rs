@@ -15,11 +15,11 @@ use ferrolog_storage::Storage;
 use ferrolog_storage::StorageConfig;
 use ferrolog_types::GroupId;
 use openraft::StorageError;
-use openraft::type_config::TypeConfigExt;
 use openraft::entry::RaftEntry;
 use openraft::storage::RaftLogStorage;
 use openraft::testing::log::StoreBuilder;
 use openraft::testing::log::Suite;
+use openraft::type_config::TypeConfigExt;
 
 struct FreshDb;
 
@@ -51,10 +51,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, ()> for SharedDb {
         let mut neighbour = LogStore::new(self.storage.clone(), GroupId(g + 1));
         let entries = (0..50).map(|i| openraft::testing::blank_ent::<TypeConfig>(1, 1, i));
         let (cb, flushed) = ferrolog_raft::flush_signal();
-        neighbour
-            .append(entries, cb)
-            .await
-            .map_err(|e| StorageError::write(TypeConfig::err_from_error(&e)))?;
+        neighbour.append(entries, cb).await.map_err(|e| StorageError::write(TypeConfig::err_from_error(&e)))?;
         flushed.await.map_err(|e| StorageError::write(TypeConfig::err_from_error(&e)))?;
         let sm = StateMachine::open(self.storage.clone(), GroupId(g))
             .map_err(|e| StorageError::read(TypeConfig::err_from_error(&e)))?;
@@ -78,7 +75,9 @@ async fn openraft_suite_shared_db_many_groups_no_group_commit() -> anyhow::Resul
     Suite::test_all(builder).await?;
 
     // Every neighbour kept exactly its 50 entries through all the cases.
-    let used = (100..1000u64).step_by(2).take_while(|g| storage.last(ferrolog_storage::Cf::Log, GroupId(g + 1)).ok().flatten().is_some());
+    let used = (100..1000u64)
+        .step_by(2)
+        .take_while(|g| storage.last(ferrolog_storage::Cf::Log, GroupId(g + 1)).ok().flatten().is_some());
     let mut checked = 0;
     for g in used {
         let mut n = LogStore::new(storage.clone(), GroupId(g + 1));

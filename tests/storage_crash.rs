@@ -109,7 +109,7 @@ fn crash_consistency_under_sigkill() -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
     let mut flushed = vec![0u64; GROUPS as usize + 1];
     let mut voted = vec![0u64; GROUPS as usize + 1];
-    let rounds = 4;
+    let rounds = 8;
     for round in 0..rounds {
         let mut child = Command::new(&exe)
             .args(["--exact", "crash_child", "--ignored", "--nocapture", "--test-threads", "1"])

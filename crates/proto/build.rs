@@ -4,10 +4,7 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let protos = [
-        root.join("ferrolog/v1/ferrolog.proto"),
-        root.join("ferrolog/internal/v1/raft.proto"),
-    ];
+    let protos = [root.join("ferrolog/v1/ferrolog.proto"), root.join("ferrolog/internal/v1/raft.proto")];
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
 
     let mut config = tonic_prost_build::Config::new();

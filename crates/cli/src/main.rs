@@ -102,7 +102,8 @@ async fn bench_storage(args: StorageArgs) -> anyhow::Result<()> {
     }
     for &groups in &args.groups {
         for &group_commit in modes {
-            let dir = tempfile::tempdir_in(&base).with_context(|| format!("create a temp dir in {}", base.display()))?;
+            let dir =
+                tempfile::tempdir_in(&base).with_context(|| format!("create a temp dir in {}", base.display()))?;
             let case = StorageBench {
                 groups,
                 group_commit,

@@ -46,15 +46,9 @@ impl Reason {
 
     /// Parses a wire spelling; `None` for reasons this version does not know.
     pub fn parse(s: &str) -> Option<Self> {
-        [
-            Reason::NotLeader,
-            Reason::Fenced,
-            Reason::OutOfOrderSequence,
-            Reason::CorruptBatch,
-            Reason::StaleMemberEpoch,
-        ]
-        .into_iter()
-        .find(|r| r.as_str() == s)
+        [Reason::NotLeader, Reason::Fenced, Reason::OutOfOrderSequence, Reason::CorruptBatch, Reason::StaleMemberEpoch]
+            .into_iter()
+            .find(|r| r.as_str() == s)
     }
 
     /// The gRPC code a status with this reason carries.

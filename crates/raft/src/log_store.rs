@@ -122,7 +122,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let last_purged: Option<LogId> = self.read_meta(META_PURGED, "purged log id")?;
         let last = match self.storage.last(Cf::Log, self.group)? {
             Some((index, bytes)) => Some(self.decode_entry(index, &bytes)?.log_id()),
-            None => last_purged.clone(),
+            None => last_purged,
         };
         Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
     }
@@ -179,12 +179,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> io::Result<()> {
         let from = last_log_id.map(|l| l.index + 1).unwrap_or(0);
         let mut wb = self.storage.batch();
-        self.storage.delete_range(
-            &mut wb,
-            Cf::Log,
-            &keys::indexed(self.group, from),
-            &keys::group_end(self.group),
-        );
+        self.storage.delete_range(&mut wb, Cf::Log, &keys::indexed(self.group, from), &keys::group_end(self.group));
         self.storage.write_buffered(wb)?;
         Ok(())
     }

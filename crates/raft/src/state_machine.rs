@@ -136,11 +136,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
-        Ok((self.state.last_applied.clone(), self.state.membership.clone()))
+        Ok((self.state.last_applied, self.state.membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> io::Result<()>
-    where Strm: Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + Send {
+    where
+        Strm: Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + Send,
+    {
         let mut wb = self.storage.batch();
         let mut replies = Vec::new();
         while let Some(item) = entries.next().await {
@@ -156,7 +158,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     Response::Partition(outcome)
                 }
                 EntryPayload::Membership(m) => {
-                    self.state.membership = StoredMembership::new(Some(log_id.clone()), m);
+                    self.state.membership = StoredMembership::new(Some(log_id), m);
                     Response::None
                 }
             };
@@ -191,12 +193,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             ));
         }
         let mut wb = self.storage.batch();
-        self.storage.delete_range(
-            &mut wb,
-            Cf::Records,
-            &keys::indexed(self.group, 0),
-            &keys::group_end(self.group),
-        );
+        self.storage.delete_range(&mut wb, Cf::Records, &keys::indexed(self.group, 0), &keys::group_end(self.group));
         for (base, bytes) in &body.batches {
             // Check every batch before it replaces our state.
             let batch: Batch = codec::decode("snapshot batch", bytes)?;
@@ -256,7 +253,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let body = SnapshotBody { applied: self.applied.clone(), batches };
         let data = codec::encode(&body)?;
         let meta = SnapshotMeta {
-            last_log_id: self.applied.last_applied.clone(),
+            last_log_id: self.applied.last_applied,
             last_membership: self.applied.membership.clone(),
         };
         let mut wb = self.storage.batch();

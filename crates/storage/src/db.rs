@@ -110,9 +110,10 @@ impl Storage {
         let failed = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(SyncStats::default());
         let syncer = if config.group_commit {
-            Some(Syncer::start(db.clone(), failed.clone(), stats.clone()).map_err(|e| {
-                StorageError::Stopped(format!("cannot start the WAL sync thread: {e}"))
-            })?)
+            Some(
+                Syncer::start(db.clone(), failed.clone(), stats.clone())
+                    .map_err(|e| StorageError::Stopped(format!("cannot start the WAL sync thread: {e}")))?,
+            )
         } else {
             None
         };
@@ -248,16 +249,18 @@ impl Storage {
     ) -> impl Iterator<Item = Result<(u64, Vec<u8>), StorageError>> + '_ {
         let mut ro = ReadOptions::default();
         ro.set_iterate_lower_bound(keys::indexed(group, from).to_vec());
-        ro.set_iterate_upper_bound(if to == u64::MAX { keys::group_end(group) } else { keys::indexed(group, to).to_vec() });
+        ro.set_iterate_upper_bound(if to == u64::MAX {
+            keys::group_end(group)
+        } else {
+            keys::indexed(group, to).to_vec()
+        });
         let start = keys::indexed(group, from);
-        self.db.iterator_cf_opt(self.cf(cf), ro, IteratorMode::From(&start, Direction::Forward)).map(
-            move |item| {
-                let (k, v) = item?;
-                let (_, index) = keys::split_indexed(&k)
-                    .ok_or_else(|| StorageError::corrupt(cf.name(), &k, "malformed key"))?;
-                Ok((index, value::open(cf.name(), &k, &v)?.to_vec()))
-            },
-        )
+        self.db.iterator_cf_opt(self.cf(cf), ro, IteratorMode::From(&start, Direction::Forward)).map(move |item| {
+            let (k, v) = item?;
+            let (_, index) =
+                keys::split_indexed(&k).ok_or_else(|| StorageError::corrupt(cf.name(), &k, "malformed key"))?;
+            Ok((index, value::open(cf.name(), &k, &v)?.to_vec()))
+        })
     }
 
     /// The entry of `group` with the highest index, if any.
@@ -270,8 +273,8 @@ impl Storage {
             None => Ok(None),
             Some(item) => {
                 let (k, v) = item?;
-                let (_, index) = keys::split_indexed(&k)
-                    .ok_or_else(|| StorageError::corrupt(cf.name(), &k, "malformed key"))?;
+                let (_, index) =
+                    keys::split_indexed(&k).ok_or_else(|| StorageError::corrupt(cf.name(), &k, "malformed key"))?;
                 Ok(Some((index, value::open(cf.name(), &k, &v)?.to_vec())))
             }
         }

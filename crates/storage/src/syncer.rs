@@ -53,9 +53,8 @@ pub(crate) struct Syncer {
 impl Syncer {
     pub(crate) fn start(db: Arc<DB>, failed: Arc<AtomicBool>, stats: Arc<SyncStats>) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel(SYNC_QUEUE_CAPACITY);
-        let thread = std::thread::Builder::new()
-            .name("ferrolog-wal-sync".into())
-            .spawn(move || run(db, rx, failed, stats))?;
+        let thread =
+            std::thread::Builder::new().name("ferrolog-wal-sync".into()).spawn(move || run(db, rx, failed, stats))?;
         Ok(Syncer { tx: Some(tx), thread: Some(thread) })
     }
 
