@@ -9,7 +9,6 @@
 use std::io;
 use std::sync::Arc;
 
-use ferrolog_partition::Command;
 use ferrolog_raft::LogStore;
 use ferrolog_raft::Request;
 use ferrolog_raft::state_machine::PartitionReader;
@@ -33,7 +32,7 @@ const ENTRIES: u64 = 400;
 
 fn entry(index: u64) -> ferrolog_raft::types::alias::Entry {
     let batch = Batch::seal(BatchHeader::plain(1, 0), payload_for(1, index, 2000).into());
-    RaftEntry::new_normal(log_id(1, 1, index), Request::Partition(Command::Append(batch)))
+    RaftEntry::new_normal(log_id(1, 1, index), Request::append(batch))
 }
 
 async fn fill(storage: &Arc<Storage>) -> anyhow::Result<()> {

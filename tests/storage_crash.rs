@@ -47,7 +47,7 @@ fn payload_len(group: u64, index: u64) -> usize {
 fn entry(group: u64, index: u64, term: u64) -> ferrolog_raft::types::alias::Entry {
     let records = payload_for(group, index, payload_len(group, index));
     let batch = Batch::seal(BatchHeader::plain(1, index as i64), records.into());
-    RaftEntry::new_normal(log_id(term, 1, index), Request::Partition(PartitionCommand::Append(batch)))
+    RaftEntry::new_normal(log_id(term, 1, index), Request::append(batch))
 }
 
 /// The child: appends forever in every group and prints `F group last_index`
@@ -194,7 +194,8 @@ fn verify(dir: &std::path::Path, flushed: &[u64], voted: &[u64]) -> anyhow::Resu
             }
             for e in &entries {
                 let i = e.log_id().index;
-                let EntryPayload::Normal(Request::Partition(PartitionCommand::Append(b))) = &e.payload else {
+                let EntryPayload::Normal(Request::Partition { cmd: PartitionCommand::Append(b), .. }) = &e.payload
+                else {
                     bail!("group {g} index {i}: unexpected payload");
                 };
                 b.verify()?;

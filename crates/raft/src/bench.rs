@@ -14,7 +14,6 @@ use std::time::Duration;
 use std::time::Instant;
 
 use bytes_helper::payload;
-use ferrolog_partition::Command;
 use ferrolog_storage::Storage;
 use ferrolog_storage::StorageConfig;
 use ferrolog_types::Batch;
@@ -103,7 +102,7 @@ pub async fn run(dir: &Path, case: &StorageBench) -> io::Result<StorageBenchRepo
             let batch = Batch::seal(BatchHeader::plain(1, 0), records);
             let mut index = 1u64;
             while Instant::now() < deadline {
-                let entry = Entry::new_normal(log_id(1, 1, index), Request::Partition(Command::Append(batch.clone())));
+                let entry = Entry::new_normal(log_id(1, 1, index), Request::append(batch.clone()));
                 let (cb, flushed) = crate::flush_signal();
                 let t0 = Instant::now();
                 log.append([entry], cb).await?;

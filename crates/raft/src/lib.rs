@@ -7,20 +7,25 @@
 //! - [`log_store`]: [`LogStore`], openraft's `RaftLogStorage` for one group.
 //! - [`state_machine`]: [`StateMachine`], openraft's `RaftStateMachine` for
 //!   one partition group, applying [`ferrolog_partition`] commands.
+//! - [`meta_sm`]: [`MetaStateMachine`], the metadata group's state machine.
+//! - [`acks`]: acks=1 waiters completed from the log store's flush.
 //! - [`bench`]: the storage micro-benchmark behind `ferrolog bench storage`.
 //!
 //! Every group is a `(GroupId, Arc<Storage>)` pair: opening a group costs no
 //! file handles, threads or memory beyond its small in-memory state, so a
 //! broker can hold thousands of replicas.
 
+pub mod acks;
 pub mod bench;
 pub mod codec;
 pub mod log_store;
+pub mod meta_sm;
 pub mod state_machine;
 pub mod types;
 
 pub use log_store::LogStore;
 pub use log_store::flush_signal;
+pub use meta_sm::MetaStateMachine;
 pub use state_machine::StateMachine;
 pub use types::Request;
 pub use types::Response;

@@ -20,17 +20,22 @@ use std::ops::Bound;
 use std::ops::RangeBounds;
 use std::sync::Arc;
 
+use ferrolog_partition::Command;
 use ferrolog_storage::Cf;
 use ferrolog_storage::Storage;
 use ferrolog_storage::keys;
 use ferrolog_types::GroupId;
+use openraft::EntryPayload;
 use openraft::RaftLogReader;
 use openraft::entry::RaftEntry;
 use openraft::storage::IOFlushed;
 use openraft::storage::LogState;
 use openraft::storage::RaftLogStorage;
 
+use crate::Request;
 use crate::TypeConfig;
+use crate::acks::AckTracker;
+use crate::acks::Acked;
 use crate::codec;
 use crate::types::alias::Entry;
 use crate::types::alias::LogId;
@@ -40,17 +45,69 @@ const META_VOTE: u8 = 1;
 const META_COMMITTED: u8 = 2;
 const META_PURGED: u8 = 3;
 
-/// The log of one Raft group. Cheap to clone (a group id and an `Arc`).
+/// The log of one Raft group. Cheap to clone (a group id and `Arc`s).
 #[derive(Debug, Clone)]
 pub struct LogStore {
     group: GroupId,
     storage: Arc<Storage>,
+    /// acks=1 support; only partition groups on a broker have one.
+    acks: Option<Arc<AckTracker>>,
 }
 
 impl LogStore {
     /// The log of `group` in `storage`.
     pub fn new(storage: Arc<Storage>, group: GroupId) -> Self {
-        LogStore { group, storage }
+        LogStore { group, storage, acks: None }
+    }
+
+    /// The log of a partition group whose leader answers acks=1 producers.
+    pub fn with_acks(storage: Arc<Storage>, group: GroupId, acks: Arc<AckTracker>) -> Self {
+        LogStore { group, storage, acks: Some(acks) }
+    }
+
+    /// Offsets of the appended batches among `entries` (projection), and
+    /// the acks=1 waiters among them.
+    fn project(&self, acks: &AckTracker, entries: &[Entry]) -> io::Result<Vec<(u64, Acked)>> {
+        let Some(first) = entries.first().map(|e| e.log_id().index) else { return Ok(Vec::new()) };
+        let mut next = match acks.projection_before(first) {
+            Some(n) => n,
+            None => self.recompute_projection(first)?,
+        };
+        let mut out = Vec::new();
+        let mut last_index = first.saturating_sub(1);
+        for e in entries {
+            last_index = e.log_id().index;
+            if let EntryPayload::Normal(Request::Partition { cmd: Command::Append(b), ack }) = &e.payload {
+                // Mirror apply exactly: a batch failing its checksum gets no offsets.
+                if b.verify().is_ok() {
+                    let base = next;
+                    next += u64::from(b.header.record_count);
+                    if *ack != 0 {
+                        out.push((*ack, Acked { index: last_index, base_offset: base, last_offset: next - 1 }));
+                    }
+                }
+            }
+        }
+        acks.set_projection(last_index, next);
+        Ok(out)
+    }
+
+    /// The next offset after log index `before - 1`: the applied state's
+    /// next offset plus the batches of the log between it and `before`.
+    fn recompute_projection(&self, before: u64) -> io::Result<u64> {
+        let applied = crate::state_machine::load_applied(&self.storage, self.group)?;
+        let mut next = applied.partition.next_offset;
+        let from = applied.last_applied.map(|l| l.index + 1).unwrap_or(0);
+        for item in self.storage.scan(Cf::Log, self.group, from, before) {
+            let (index, bytes) = item?;
+            let e = self.decode_entry(index, &bytes)?;
+            if let EntryPayload::Normal(Request::Partition { cmd: Command::Append(b), .. }) = &e.payload
+                && b.verify().is_ok()
+            {
+                next += u64::from(b.header.record_count);
+            }
+        }
+        Ok(next)
     }
 
     /// The group this log belongs to.
@@ -162,21 +219,40 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
+        let entries: Vec<Entry> = entries.into_iter().collect();
         let mut wb = self.storage.batch();
-        for entry in entries {
+        for entry in &entries {
             let index = entry.log_id().index;
-            self.storage.put(&mut wb, Cf::Log, &keys::indexed(self.group, index), &codec::encode(&entry)?);
+            self.storage.put(&mut wb, Cf::Log, &keys::indexed(self.group, index), &codec::encode(entry)?);
         }
+        let acked = match &self.acks {
+            Some(acks) => self.project(acks, &entries)?,
+            None => Vec::new(),
+        };
+        let acks = self.acks.clone();
         // durability: the entries are readable when this returns; openraft
-        // is told they are flushed only from the syncer, after the WAL fsync
-        // that covers them (shared with every other group's appends).
+        // (and any acks=1 producer) is told they are flushed only from the
+        // syncer, after the WAL fsync that covers them (shared with every
+        // other group's appends).
         self.storage
-            .write_durable_then(wb, Box::new(move |r| callback.io_completed(r.map_err(io::Error::from))))
+            .write_durable_then(
+                wb,
+                Box::new(move |r| {
+                    let ok = r.is_ok();
+                    callback.io_completed(r.map_err(io::Error::from));
+                    if ok && let Some(acks) = acks {
+                        acks.complete(&acked);
+                    }
+                }),
+            )
             .await?;
         Ok(())
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> io::Result<()> {
+        if let Some(acks) = &self.acks {
+            acks.invalidate();
+        }
         let from = last_log_id.map(|l| l.index + 1).unwrap_or(0);
         let mut wb = self.storage.batch();
         self.storage.delete_range(&mut wb, Cf::Log, &keys::indexed(self.group, from), &keys::group_end(self.group));

@@ -70,6 +70,26 @@ struct SnapshotBody {
     batches: Vec<(Offset, Vec<u8>)>,
 }
 
+/// What readers of a partition need to know about its applied state: the
+/// high watermark (everything applied is committed) and the log start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// First offset not yet applied: the high watermark.
+    pub next_offset: Offset,
+    /// First offset still stored.
+    pub log_start: Offset,
+    /// Log index of the last applied entry.
+    pub last_applied_index: Option<u64>,
+}
+
+/// Loads the persisted applied state of `group` (default when none).
+pub fn load_applied(storage: &Storage, group: GroupId) -> io::Result<AppliedState> {
+    Ok(match storage.get(Cf::StateMachine, &keys::singleton(group, SM_APPLIED))? {
+        Some(v) => codec::decode("applied state", &v)?,
+        None => AppliedState::default(),
+    })
+}
+
 /// The state machine of one partition group.
 #[derive(Debug)]
 pub struct StateMachine {
@@ -77,16 +97,29 @@ pub struct StateMachine {
     storage: Arc<Storage>,
     /// In-memory copy of what is persisted under `SM_APPLIED`.
     state: AppliedState,
+    /// Published after every apply: fetch long-polls on it.
+    progress: tokio::sync::watch::Sender<Progress>,
+    /// Told when a snapshot replaces the log (the acks=1 projection is stale).
+    acks: Option<Arc<crate::acks::AckTracker>>,
 }
 
 impl StateMachine {
     /// Opens the state machine of `group`, loading its applied state.
     pub fn open(storage: Arc<Storage>, group: GroupId) -> io::Result<Self> {
-        let state = match storage.get(Cf::StateMachine, &keys::singleton(group, SM_APPLIED))? {
-            Some(v) => codec::decode("applied state", &v)?,
-            None => AppliedState::default(),
-        };
-        Ok(StateMachine { group, storage, state })
+        let state = load_applied(&storage, group)?;
+        let (progress, _) = tokio::sync::watch::channel(progress_of(&state));
+        Ok(StateMachine { group, storage, state, progress, acks: None })
+    }
+
+    /// Also invalidates `acks`' projection when a snapshot is installed.
+    pub fn with_acks(mut self, acks: Arc<crate::acks::AckTracker>) -> Self {
+        self.acks = Some(acks);
+        self
+    }
+
+    /// A receiver of the applied progress (high watermark).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Progress> {
+        self.progress.subscribe()
     }
 
     /// The applied state (offsets, last applied log id).
@@ -150,12 +183,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let log_id = entry.log_id();
             let response = match entry.payload {
                 EntryPayload::Blank => Response::None,
-                EntryPayload::Normal(Request::Partition(cmd)) => {
+                EntryPayload::Normal(Request::Partition { cmd, .. }) => {
                     let (outcome, effect) = self.state.partition.apply(cmd);
                     if let Some(effect) = effect {
                         self.write_effect(&mut wb, effect)?;
                     }
                     Response::Partition(outcome)
+                }
+                EntryPayload::Normal(Request::Metadata(_)) => {
+                    // Never proposed to a partition group; refusing it keeps
+                    // replicas in step (every replica refuses it alike).
+                    tracing::error!(group = %self.group, "metadata command in a partition group ignored");
+                    Response::None
                 }
                 EntryPayload::Membership(m) => {
                     self.state.membership = StoredMembership::new(Some(log_id), m);
@@ -171,6 +210,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // Not synced: see the module docs (the state is derived from the
         // fsynced log and replayed after a crash).
         self.storage.write_buffered(wb)?;
+        self.progress.send_replace(progress_of(&self.state));
         for (r, response) in replies {
             r.send(response);
         }
@@ -216,6 +256,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             self.state = previous;
             return Err(e.into());
         }
+        if let Some(acks) = &self.acks {
+            acks.invalidate();
+        }
+        self.progress.send_replace(progress_of(&self.state));
         Ok(())
     }
 
@@ -227,6 +271,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 Ok(Some(Snapshot { meta, snapshot }))
             }
         }
+    }
+}
+
+fn progress_of(s: &AppliedState) -> Progress {
+    Progress {
+        next_offset: s.partition.next_offset,
+        log_start: s.partition.log_start,
+        last_applied_index: s.last_applied.map(|l| l.index),
     }
 }
 
@@ -252,10 +304,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         }
         let body = SnapshotBody { applied: self.applied.clone(), batches };
         let data = codec::encode(&body)?;
-        let meta = SnapshotMeta {
-            last_log_id: self.applied.last_applied,
-            last_membership: self.applied.membership.clone(),
-        };
+        let meta =
+            SnapshotMeta { last_log_id: self.applied.last_applied, last_membership: self.applied.membership.clone() };
         let mut wb = self.storage.batch();
         let stored = codec::encode(&(meta.clone(), data.clone()))?;
         self.storage.put(&mut wb, Cf::StateMachine, &keys::singleton(self.group, SM_SNAPSHOT), &stored);

@@ -2,8 +2,11 @@
 
 use std::fmt;
 
+use ferrolog_metadata::MetaCommand;
+use ferrolog_metadata::MetaOutcome;
 use ferrolog_partition::Command;
 use ferrolog_partition::Outcome;
+use ferrolog_types::Batch;
 use serde::Deserialize;
 use serde::Serialize;
 
@@ -21,16 +24,32 @@ openraft::declare_raft_types!(
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// A partition command (append a batch, trim).
-    Partition(Command),
+    Partition {
+        /// The command.
+        cmd: Command,
+        /// Token of an acks=1 waiter on the proposing leader (0: none).
+        /// Meaningless on other brokers, which ignore it.
+        ack: u64,
+    },
+    /// A metadata group command.
+    Metadata(MetaCommand),
+}
+
+impl Request {
+    /// An append with no acks=1 waiter.
+    pub fn append(batch: Batch) -> Self {
+        Request::Partition { cmd: Command::Append(batch), ack: 0 }
+    }
 }
 
 impl fmt::Display for Request {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Request::Partition(Command::Append(b)) => {
+            Request::Partition { cmd: Command::Append(b), .. } => {
                 write!(f, "append({} records, {} bytes)", b.header.record_count, b.records.len())
             }
-            Request::Partition(Command::TrimBefore(o)) => write!(f, "trim_before({o})"),
+            Request::Partition { cmd: Command::TrimBefore(o), .. } => write!(f, "trim_before({o})"),
+            Request::Metadata(m) => write!(f, "metadata({m:?})"),
         }
     }
 }
@@ -42,6 +61,8 @@ pub enum Response {
     None,
     /// The outcome of a partition command.
     Partition(Outcome),
+    /// The outcome of a metadata command.
+    Metadata(MetaOutcome),
 }
 
 /// Shorthands for openraft's generic types under [`TypeConfig`].

@@ -50,11 +50,13 @@ mod tests {
 
     #[test]
     fn order_is_group_then_index() {
-        let mut keys = [indexed(GroupId(2), 0),
+        let mut keys = [
+            indexed(GroupId(2), 0),
             indexed(GroupId(1), 256),
             indexed(GroupId(1), 1),
             indexed(GroupId(0), u64::MAX),
-            indexed(GroupId(1), 255)];
+            indexed(GroupId(1), 255),
+        ];
         keys.sort();
         let decoded: Vec<_> = keys.iter().map(|k| split_indexed(k).expect("16 bytes")).collect();
         assert_eq!(

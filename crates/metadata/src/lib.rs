@@ -1,0 +1,311 @@
+//! The cluster metadata state machine, with no IO.
+//!
+//! The metadata Raft group replicates [`MetaCommand`]s; every broker applies
+//! them in log order to its [`ClusterState`] and gets the same
+//! [`MetaOutcome`]. This crate decides: names, limits, replica placement and
+//! the allocation of partition Raft group ids. Persisting and serving the
+//! state is ferrolog-raft's and the broker's job.
+//!
+//! Brokers are not registered here: the set of brokers is the membership of
+//! the metadata Raft group (voters and learners), which the proposer passes
+//! into commands that need it, so that applying stays deterministic.
+//!
+//! Invariants:
+//! - topic names are unique and valid (see [`validate_topic_name`]);
+//! - group ids are allocated from `next_group_id`, which only grows, so a
+//!   group id is never reused, even after its topic is deleted;
+//! - every partition has `replication_factor` distinct replicas.
+
+use std::collections::BTreeMap;
+
+use ferrolog_types::GroupId;
+use ferrolog_types::NodeId;
+use serde::Deserialize;
+use serde::Serialize;
+
+/// Longest topic name (Kafka's limit).
+pub const MAX_TOPIC_NAME_LEN: usize = 249;
+/// Most partitions one topic may have.
+pub const MAX_PARTITIONS: u32 = 10_000;
+/// Default `max.message.bytes`: the largest batch a topic accepts (1 MiB, as Kafka).
+pub const DEFAULT_MAX_MESSAGE_BYTES: u32 = 1 << 20;
+
+/// Per-topic configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicConfig {
+    /// `retention.ms`; `None` = keep forever.
+    pub retention_ms: Option<i64>,
+    /// `retention.bytes` per partition; `None` = unlimited.
+    pub retention_bytes: Option<i64>,
+    /// `max.message.bytes`.
+    pub max_message_bytes: u32,
+}
+
+/// One partition's placement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionAssignment {
+    /// The partition's Raft group.
+    pub group: GroupId,
+    /// Brokers holding a replica; the first is the preferred leader.
+    pub replicas: Vec<NodeId>,
+}
+
+/// A topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Topic {
+    /// Its name.
+    pub name: String,
+    /// Replicas per partition.
+    pub replication_factor: u32,
+    /// Configuration.
+    pub config: TopicConfig,
+    /// Partitions, indexed by partition number.
+    pub partitions: Vec<PartitionAssignment>,
+}
+
+/// Everything the metadata group knows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    /// Topics by name.
+    pub topics: BTreeMap<String, Topic>,
+    /// The next partition group id to hand out (group 0 is the metadata group).
+    pub next_group_id: u64,
+}
+
+impl Default for ClusterState {
+    fn default() -> Self {
+        ClusterState { topics: BTreeMap::new(), next_group_id: 1 }
+    }
+}
+
+/// A replicated metadata command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaCommand {
+    /// Create a topic, placing replicas on `brokers` (the metadata group's
+    /// members when the command was proposed, sorted).
+    CreateTopic {
+        /// Topic name.
+        name: String,
+        /// Number of partitions.
+        partitions: u32,
+        /// Replicas per partition.
+        replication_factor: u32,
+        /// Configuration.
+        config: TopicConfig,
+        /// Brokers to place on.
+        brokers: Vec<NodeId>,
+    },
+    /// Delete a topic and, on every broker, its partitions' data.
+    DeleteTopic {
+        /// Topic name.
+        name: String,
+    },
+}
+
+/// What applying a command did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaOutcome {
+    /// The topic was created.
+    TopicCreated(Topic),
+    /// The topic was deleted.
+    TopicDeleted(String),
+    /// Refused; the state is unchanged.
+    Rejected(MetaError),
+}
+
+/// Why a metadata command was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum MetaError {
+    /// A name that is not allowed.
+    #[error("invalid topic name {name:?}: {reason}")]
+    InvalidName {
+        /// The name.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An argument out of range.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The topic exists already.
+    #[error("topic {0:?} already exists")]
+    TopicExists(String),
+    /// No such topic.
+    #[error("topic {0:?} does not exist")]
+    UnknownTopic(String),
+    /// More replicas asked for than there are brokers.
+    #[error("replication factor {requested} is larger than the number of brokers ({brokers})")]
+    NotEnoughBrokers {
+        /// Asked for.
+        requested: u32,
+        /// Available.
+        brokers: usize,
+    },
+}
+
+/// Checks a topic name: 1 to 249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
+pub fn validate_topic_name(name: &str) -> Result<(), MetaError> {
+    let bad = |reason: &str| Err(MetaError::InvalidName { name: name.to_string(), reason: reason.to_string() });
+    if name.is_empty() {
+        return bad("empty");
+    }
+    if name.len() > MAX_TOPIC_NAME_LEN {
+        return bad("longer than 249 characters");
+    }
+    if name == "." || name == ".." {
+        return bad("'.' and '..' are reserved");
+    }
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+        return bad(&format!("character {c:?} is not allowed (use a-z, A-Z, 0-9, '.', '_', '-')"));
+    }
+    Ok(())
+}
+
+/// Checks a create request against what can be known without the state.
+pub fn validate_create(name: &str, partitions: u32, replication_factor: u32, brokers: usize) -> Result<(), MetaError> {
+    validate_topic_name(name)?;
+    if partitions == 0 || partitions > MAX_PARTITIONS {
+        return Err(MetaError::InvalidArgument(format!("partitions must be 1..={MAX_PARTITIONS}, got {partitions}")));
+    }
+    if replication_factor == 0 {
+        return Err(MetaError::InvalidArgument("replication factor must be at least 1".into()));
+    }
+    if replication_factor as usize > brokers {
+        return Err(MetaError::NotEnoughBrokers { requested: replication_factor, brokers });
+    }
+    Ok(())
+}
+
+impl ClusterState {
+    /// Applies one committed command.
+    pub fn apply(&mut self, cmd: MetaCommand) -> MetaOutcome {
+        match cmd {
+            MetaCommand::CreateTopic { name, partitions, replication_factor, config, brokers } => {
+                if let Err(e) = validate_create(&name, partitions, replication_factor, brokers.len()) {
+                    return MetaOutcome::Rejected(e);
+                }
+                if self.topics.contains_key(&name) {
+                    return MetaOutcome::Rejected(MetaError::TopicExists(name));
+                }
+                let topic = self.place(name, partitions, replication_factor, config, brokers);
+                self.topics.insert(topic.name.clone(), topic.clone());
+                MetaOutcome::TopicCreated(topic)
+            }
+            MetaCommand::DeleteTopic { name } => match self.topics.remove(&name) {
+                Some(_) => MetaOutcome::TopicDeleted(name),
+                None => MetaOutcome::Rejected(MetaError::UnknownTopic(name)),
+            },
+        }
+    }
+
+    /// Spreads replicas and preferred leaders evenly: partition p's replicas
+    /// are `rf` consecutive brokers starting at `(start + p) mod n`, where
+    /// `start` rotates with every topic so small topics do not all lead on
+    /// the same broker.
+    fn place(
+        &mut self,
+        name: String,
+        partitions: u32,
+        replication_factor: u32,
+        config: TopicConfig,
+        mut brokers: Vec<NodeId>,
+    ) -> Topic {
+        brokers.sort_unstable();
+        brokers.dedup();
+        let n = brokers.len();
+        let start = self.next_group_id as usize;
+        let partitions = (0..partitions as usize)
+            .map(|p| {
+                let group = GroupId(self.next_group_id);
+                self.next_group_id += 1;
+                let replicas = (0..replication_factor as usize).map(|r| brokers[(start + p + r) % n]).collect();
+                PartitionAssignment { group, replicas }
+            })
+            .collect();
+        Topic { name, replication_factor, config, partitions }
+    }
+
+    /// Every partition group placed on `node`, with its topic and partition number.
+    pub fn groups_on(&self, node: NodeId) -> impl Iterator<Item = (&Topic, u32, &PartitionAssignment)> {
+        self.topics.values().flat_map(move |t| {
+            t.partitions
+                .iter()
+                .enumerate()
+                .filter(move |(_, a)| a.replicas.contains(&node))
+                .map(move |(i, a)| (t, i as u32, a))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn create(name: &str, p: u32, rf: u32, brokers: &[u64]) -> MetaCommand {
+        MetaCommand::CreateTopic {
+            name: name.into(),
+            partitions: p,
+            replication_factor: rf,
+            config: TopicConfig { max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES, ..Default::default() },
+            brokers: brokers.to_vec(),
+        }
+    }
+
+    #[test]
+    fn names_are_validated() {
+        for ok in ["orders", "a", "A.b_c-9", &"x".repeat(249)] {
+            assert_eq!(validate_topic_name(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", ".", "..", "has space", "slash/", "ü", &"x".repeat(250)] {
+            assert!(validate_topic_name(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn create_places_distinct_replicas_and_spreads_leaders() {
+        let mut s = ClusterState::default();
+        let MetaOutcome::TopicCreated(t) = s.apply(create("orders", 6, 3, &[3, 1, 2])) else { panic!("created") };
+        let mut leaders = BTreeMap::new();
+        for a in &t.partitions {
+            let mut r = a.replicas.clone();
+            r.sort();
+            r.dedup();
+            assert_eq!(r.len(), 3, "replicas distinct: {:?}", a.replicas);
+            *leaders.entry(a.replicas[0]).or_insert(0) += 1;
+        }
+        assert_eq!(leaders.values().copied().collect::<Vec<_>>(), vec![2, 2, 2], "leaders even: {leaders:?}");
+        let groups: Vec<u64> = t.partitions.iter().map(|a| a.group.0).collect();
+        assert_eq!(groups, vec![1, 2, 3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn errors_leave_the_state_unchanged_and_ids_are_never_reused() {
+        let mut s = ClusterState::default();
+        assert!(matches!(s.apply(create("t", 2, 1, &[1])), MetaOutcome::TopicCreated(_)));
+        let before = s.clone();
+        assert_eq!(s.apply(create("t", 1, 1, &[1])), MetaOutcome::Rejected(MetaError::TopicExists("t".into())));
+        assert!(matches!(s.apply(create("u", 1, 2, &[1])), MetaOutcome::Rejected(MetaError::NotEnoughBrokers { .. })));
+        assert!(matches!(s.apply(create("u", 0, 1, &[1])), MetaOutcome::Rejected(MetaError::InvalidArgument(_))));
+        assert!(matches!(s.apply(create("b a d", 1, 1, &[1])), MetaOutcome::Rejected(MetaError::InvalidName { .. })));
+        assert_eq!(s, before);
+        assert_eq!(s.apply(MetaCommand::DeleteTopic { name: "t".into() }), MetaOutcome::TopicDeleted("t".into()));
+        let MetaOutcome::TopicCreated(t) = s.apply(create("t", 1, 1, &[1])) else { panic!("re-created") };
+        assert_eq!(t.partitions[0].group, GroupId(3), "group ids of the deleted topic are not reused");
+        assert_eq!(
+            s.apply(MetaCommand::DeleteTopic { name: "nope".into() }),
+            MetaOutcome::Rejected(MetaError::UnknownTopic("nope".into()))
+        );
+    }
+
+    #[test]
+    fn groups_on_lists_a_brokers_replicas() {
+        let mut s = ClusterState::default();
+        s.apply(create("a", 3, 2, &[1, 2, 3]));
+        let on1: Vec<u32> = s.groups_on(1).map(|(_, p, _)| p).collect();
+        assert_eq!(on1.len(), 2);
+        let total: usize = [1, 2, 3].iter().map(|n| s.groups_on(*n).count()).sum();
+        assert_eq!(total, 6);
+    }
+}
