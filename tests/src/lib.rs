@@ -1,6 +1,9 @@
 //! Helpers shared by Ferrolog's cross-crate tests: seeds that are printed
-//! and replayable, deterministic payloads, and waiting for conditions.
+//! and replayable, deterministic payloads, real broker clusters, a minimal
+//! client, and waiting for conditions.
 
+pub mod client;
+pub mod cluster;
 use std::time::Duration;
 use std::time::Instant;
 

@@ -1,10 +1,12 @@
 //! `ferrolog`: the one binary. Parses the command line, sets up tracing and
 //! hands over to the library crates; no logic of its own lives here.
 //!
-//! Implemented so far: `ferrolog bench storage`. The broker and client
-//! subcommands of `shared/cli.md` (`server`, `dev`, `topic`, `produce`,
+//! Implemented so far: `ferrolog server` and `ferrolog bench storage`. The
+//! client subcommands of `shared/cli.md` (`dev`, `topic`, `produce`,
 //! `consume`, `group`, `cluster`, `bench produce|consume`) arrive with the
-//! broker and client work; until then they are absent rather than stubs.
+//! client work; until then they are absent rather than stubs.
+
+mod server;
 
 use std::time::Duration;
 
@@ -25,6 +27,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a broker.
+    Server(server::ServerArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(Bench),
@@ -76,12 +80,15 @@ struct StorageArgs {
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,openraft=warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     let rt = tokio::runtime::Runtime::new().context("start the tokio runtime")?;
     match cli.command {
+        Command::Server(args) => rt.block_on(server::run(args)),
         Command::Bench(Bench::Storage(args)) => rt.block_on(bench_storage(args)),
     }
 }

@@ -56,7 +56,7 @@ impl Reason {
         match self {
             Reason::NotLeader => Code::Unavailable,
             Reason::Fenced | Reason::OutOfOrderSequence | Reason::StaleMemberEpoch => Code::FailedPrecondition,
-            Reason::CorruptBatch => Code::DataLoss,
+            Reason::CorruptBatch => Code::InvalidArgument,
         }
     }
 }

@@ -1,0 +1,313 @@
+//! [`Groups`]: every Raft group this broker runs, and the reconciler that
+//! keeps the partition groups in line with the metadata group's placement.
+//!
+//! The metadata group runs on every broker of the initial peer list. A
+//! partition group runs on a broker exactly when the metadata places a
+//! replica of it there: [`Groups::reconcile`] creates missing groups
+//! (initializing each new group with its replica set; every replica does so
+//! with the same membership, which openraft allows) and removes groups of
+//! deleted topics together with their data.
+
+use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::RwLock;
+
+use ferrolog_raft::LogStore;
+use ferrolog_raft::MetaStateMachine;
+use ferrolog_raft::StateMachine;
+use ferrolog_raft::TypeConfig;
+use ferrolog_raft::acks::AckTracker;
+use ferrolog_raft::meta_sm::AppliedMeta;
+use ferrolog_raft::state_machine::PartitionReader;
+use ferrolog_raft::state_machine::Progress;
+use ferrolog_raft::types::alias::Snapshot;
+use ferrolog_raft::types::alias::Vote;
+use ferrolog_storage::Storage;
+use ferrolog_types::GroupId;
+use ferrolog_types::NodeId;
+use openraft::BasicNode;
+use openraft::Config;
+use openraft::Raft;
+use openraft::SnapshotPolicy;
+use openraft::error::RaftError;
+use openraft::raft::AppendEntriesRequest;
+use openraft::raft::AppendEntriesResponse;
+use openraft::raft::SnapshotResponse;
+use openraft::raft::VoteRequest;
+use openraft::raft::VoteResponse;
+use tokio::sync::watch;
+
+use crate::transport::Transport;
+
+/// A partition group's Raft.
+pub type PartitionRaft = Raft<TypeConfig, StateMachine>;
+/// The metadata group's Raft.
+pub type MetaRaft = Raft<TypeConfig, MetaStateMachine>;
+
+/// Raft heartbeat interval, ms. Sized for a 2-core machine running many
+/// groups: ticks of thousands of groups must not starve the CPU.
+pub const HEARTBEAT_MS: u64 = 250;
+/// Election timeout range, ms: a dead leader is replaced within ~1-2 s.
+pub const ELECTION_MIN_MS: u64 = 1000;
+/// Upper end of the election timeout range, ms.
+pub const ELECTION_MAX_MS: u64 = 2000;
+
+/// The Raft configuration of partition groups. No automatic snapshots: the
+/// log is the partition's history until retention (which will snapshot and
+/// purge explicitly) exists.
+pub fn partition_raft_config() -> Arc<Config> {
+    let c = Config {
+        cluster_name: "ferrolog-partition".into(),
+        heartbeat_interval: HEARTBEAT_MS,
+        election_timeout_min: ELECTION_MIN_MS,
+        election_timeout_max: ELECTION_MAX_MS,
+        snapshot_policy: SnapshotPolicy::Never,
+        ..Default::default()
+    };
+    Arc::new(c.validate().expect("valid partition raft config"))
+}
+
+/// The Raft configuration of the metadata group.
+pub fn metadata_raft_config() -> Arc<Config> {
+    let c = Config {
+        cluster_name: "ferrolog-metadata".into(),
+        heartbeat_interval: HEARTBEAT_MS,
+        election_timeout_min: ELECTION_MIN_MS,
+        election_timeout_max: ELECTION_MAX_MS,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(1000),
+        ..Default::default()
+    };
+    Arc::new(c.validate().expect("valid metadata raft config"))
+}
+
+/// One partition replica on this broker.
+#[derive(Debug)]
+pub struct Replica {
+    /// Topic name.
+    pub topic: String,
+    /// Partition number.
+    pub partition: u32,
+    /// Its Raft group.
+    pub group: GroupId,
+    /// Brokers holding its replicas.
+    pub replicas: Vec<NodeId>,
+    /// The group's Raft.
+    pub raft: PartitionRaft,
+    /// Applied progress: high watermark and log start.
+    pub progress: watch::Receiver<Progress>,
+    /// acks=1 waiters.
+    pub acks: Arc<AckTracker>,
+    /// Reads applied batches.
+    pub reader: PartitionReader,
+}
+
+/// Either kind of Raft, for the transport's dispatch.
+#[derive(Clone, Debug)]
+pub enum AnyRaft {
+    /// The metadata group.
+    Meta(MetaRaft),
+    /// A partition group.
+    Partition(PartitionRaft),
+}
+
+type RaftResult<T> = Result<T, RaftError<TypeConfig>>;
+
+impl AnyRaft {
+    /// Hands an AppendEntries request to the group.
+    pub async fn append_entries(
+        &self,
+        req: AppendEntriesRequest<TypeConfig>,
+    ) -> RaftResult<AppendEntriesResponse<TypeConfig>> {
+        match self {
+            AnyRaft::Meta(r) => r.append_entries(req).await,
+            AnyRaft::Partition(r) => r.append_entries(req).await,
+        }
+    }
+
+    /// Hands a vote request to the group.
+    pub async fn vote(&self, req: VoteRequest<TypeConfig>) -> RaftResult<VoteResponse<TypeConfig>> {
+        match self {
+            AnyRaft::Meta(r) => r.vote(req).await,
+            AnyRaft::Partition(r) => r.vote(req).await,
+        }
+    }
+
+    /// Hands a pre-vote request to the group.
+    pub async fn pre_vote(&self, req: VoteRequest<TypeConfig>) -> RaftResult<VoteResponse<TypeConfig>> {
+        match self {
+            AnyRaft::Meta(r) => r.pre_vote(req).await,
+            AnyRaft::Partition(r) => r.pre_vote(req).await,
+        }
+    }
+
+    /// Installs a snapshot received from the leader.
+    pub async fn install_full_snapshot(
+        &self,
+        vote: Vote,
+        snapshot: Snapshot,
+    ) -> Result<SnapshotResponse<TypeConfig>, openraft::error::Fatal<TypeConfig>> {
+        match self {
+            AnyRaft::Meta(r) => r.install_full_snapshot(vote, snapshot).await,
+            AnyRaft::Partition(r) => r.install_full_snapshot(vote, snapshot).await,
+        }
+    }
+}
+
+/// The metadata group as this broker sees it.
+#[derive(Debug, Clone)]
+pub struct Meta {
+    /// Its Raft.
+    pub raft: MetaRaft,
+    /// Its applied state.
+    pub state: watch::Receiver<Arc<AppliedMeta>>,
+}
+
+/// Registry of the Raft groups running on this broker.
+#[derive(Debug)]
+pub struct Groups {
+    node_id: NodeId,
+    storage: Arc<Storage>,
+    transport: Arc<Transport>,
+    meta: OnceLock<Meta>,
+    partitions: RwLock<HashMap<GroupId, Arc<Replica>>>,
+}
+
+impl Groups {
+    /// An empty registry.
+    pub fn new(node_id: NodeId, storage: Arc<Storage>, transport: Arc<Transport>) -> Arc<Self> {
+        Arc::new(Groups { node_id, storage, transport, meta: OnceLock::new(), partitions: RwLock::new(HashMap::new()) })
+    }
+
+    /// This broker's id.
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// Registers the metadata group (once, at start).
+    pub fn set_meta(&self, meta: Meta) {
+        let _ = self.meta.set(meta);
+    }
+
+    /// The metadata group, once started.
+    pub fn meta(&self) -> Option<&Meta> {
+        self.meta.get()
+    }
+
+    /// The Raft of `group`, if this broker runs it.
+    pub fn raft(&self, group: GroupId) -> Option<AnyRaft> {
+        if group == GroupId::METADATA {
+            return self.meta().map(|m| AnyRaft::Meta(m.raft.clone()));
+        }
+        self.replica(group).map(|r| AnyRaft::Partition(r.raft.clone()))
+    }
+
+    /// The local replica of `group`.
+    pub fn replica(&self, group: GroupId) -> Option<Arc<Replica>> {
+        self.partitions.read().expect("partitions lock").get(&group).cloned()
+    }
+
+    /// Every local replica.
+    pub fn replicas(&self) -> Vec<Arc<Replica>> {
+        self.partitions.read().expect("partitions lock").values().cloned().collect()
+    }
+
+    /// Brings the running partition groups in line with `meta`.
+    pub async fn reconcile(&self, meta: &AppliedMeta) -> anyhow::Result<()> {
+        let nodes: BTreeMap<NodeId, BasicNode> =
+            meta.membership.membership().nodes().map(|(id, n)| (*id, n.clone())).collect();
+        let mut wanted = HashMap::new();
+        for (topic, partition, a) in meta.cluster.groups_on(self.node_id) {
+            wanted.insert(a.group, (topic.name.clone(), partition, a.replicas.clone()));
+        }
+        // Create what is missing.
+        for (group, (topic, partition, replicas)) in &wanted {
+            if self.replica(*group).is_some() {
+                continue;
+            }
+            let members: BTreeMap<NodeId, BasicNode> =
+                replicas.iter().filter_map(|id| nodes.get(id).map(|n| (*id, n.clone()))).collect();
+            if members.len() != replicas.len() {
+                tracing::warn!(%group, topic, partition, "replica addresses not known yet; retrying later");
+                continue;
+            }
+            let replica = self.start_replica(topic.clone(), *partition, *group, replicas.clone(), members).await?;
+            self.partitions.write().expect("partitions lock").insert(*group, replica);
+            tracing::info!(node = self.node_id, %group, topic, partition, "partition replica started");
+        }
+        // Remove what is no longer placed here (topic deleted).
+        let gone: Vec<GroupId> = self
+            .partitions
+            .read()
+            .expect("partitions lock")
+            .keys()
+            .filter(|g| !wanted.contains_key(g))
+            .copied()
+            .collect();
+        for group in gone {
+            let replica = self.partitions.write().expect("partitions lock").remove(&group);
+            if let Some(r) = replica {
+                if let Err(e) = r.raft.shutdown().await {
+                    tracing::warn!(%group, error = %e, "raft shutdown failed");
+                }
+                let mut wb = self.storage.batch();
+                self.storage.delete_group(&mut wb, group);
+                self.storage.write_durable(wb).await?;
+                tracing::info!(node = self.node_id, %group, topic = r.topic, partition = r.partition, "partition replica removed with its data");
+            }
+        }
+        Ok(())
+    }
+
+    async fn start_replica(
+        &self,
+        topic: String,
+        partition: u32,
+        group: GroupId,
+        replicas: Vec<NodeId>,
+        members: BTreeMap<NodeId, BasicNode>,
+    ) -> anyhow::Result<Arc<Replica>> {
+        let acks = Arc::new(AckTracker::default());
+        let log = LogStore::with_acks(self.storage.clone(), group, acks.clone());
+        let sm = StateMachine::open(self.storage.clone(), group)?.with_acks(acks.clone());
+        let progress = sm.subscribe();
+        let raft = Raft::new(self.node_id, partition_raft_config(), self.transport.factory(group), log, sm).await?;
+        if !raft.is_initialized().await? {
+            // Every replica initializes with the same membership: openraft
+            // elects one leader among them.
+            if let Err(e) = raft.initialize(members).await {
+                tracing::debug!(%group, error = %e, "initialize (another replica may have been first)");
+            }
+        }
+        Ok(Arc::new(Replica {
+            topic,
+            partition,
+            group,
+            replicas,
+            raft,
+            progress,
+            acks,
+            reader: PartitionReader::new(self.storage.clone(), group),
+        }))
+    }
+
+    /// Stops every partition group (orderly shutdown).
+    pub async fn shutdown(&self) {
+        let all: Vec<Arc<Replica>> =
+            self.partitions.write().expect("partitions lock").drain().map(|(_, r)| r).collect();
+        for r in all {
+            let _ = r.raft.shutdown().await;
+        }
+        if let Some(m) = self.meta() {
+            let _ = m.raft.shutdown().await;
+        }
+    }
+
+    /// The address of broker `id`, from the metadata group's membership.
+    pub fn address_of(&self, id: NodeId) -> Option<String> {
+        let meta = self.meta()?;
+        let state = meta.state.borrow();
+        state.membership.membership().get_node(&id).map(|n| n.addr.clone())
+    }
+}

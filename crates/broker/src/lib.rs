@@ -1,0 +1,23 @@
+//! A Ferrolog broker: one process serving the public gRPC API, the
+//! broker-to-broker Raft transport, health and reflection on one port, and
+//! running the metadata group plus the partition groups placed on it.
+//!
+//! # Layout
+//! - [`config`]: [`BrokerConfig`], node identity (flags, hostname ordinal,
+//!   the id stored in the data dir).
+//! - [`transport`]: the multi-group Raft transport (client and server).
+//! - [`groups`]: the registry of Raft groups and the reconciler that follows
+//!   the metadata group's placement.
+//! - [`service`]: the public `Broker` and `Admin` services.
+//! - [`error`]: [`error::BrokerError`] and its mapping to `tonic::Status`.
+//! - [`server`]: [`run`], wiring it together until shutdown.
+
+pub mod config;
+pub mod error;
+pub mod groups;
+pub mod server;
+pub mod service;
+pub mod transport;
+
+pub use config::BrokerConfig;
+pub use server::run;

@@ -1,0 +1,123 @@
+//! [`run`]: start a broker and serve until the cancellation token fires.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use ferrolog_proto::internal::raft_server::RaftServer;
+use ferrolog_proto::v1::admin_server::AdminServer;
+use ferrolog_proto::v1::broker_server::BrokerServer;
+use ferrolog_raft::LogStore;
+use ferrolog_raft::MetaStateMachine;
+use ferrolog_storage::Storage;
+use ferrolog_storage::StorageConfig;
+use ferrolog_types::GroupId;
+use openraft::BasicNode;
+use openraft::Raft;
+use tokio_util::sync::CancellationToken;
+
+use crate::BrokerConfig;
+use crate::groups::Groups;
+use crate::groups::Meta;
+use crate::groups::metadata_raft_config;
+use crate::service::Services;
+use crate::transport::RaftService;
+use crate::transport::Transport;
+
+/// How often the partition reconciler runs even without metadata changes
+/// (it retries what failed before).
+const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Runs a broker until `shutdown` is cancelled, then stops its groups and
+/// flushes its store.
+pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let node_id = config.node_id;
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("create {}", config.data_dir.display()))?;
+    let storage = Arc::new(Storage::open(&StorageConfig::new(config.data_dir.join("db"))).context("open the store")?);
+    let transport = Transport::new(node_id);
+    let groups = Groups::new(node_id, storage.clone(), transport.clone());
+
+    // The metadata group.
+    let sm = MetaStateMachine::open(storage.clone())?;
+    let meta_state = sm.subscribe();
+    let log = LogStore::new(storage.clone(), GroupId::METADATA);
+    let raft = Raft::new(node_id, metadata_raft_config(), transport.factory(GroupId::METADATA), log, sm).await?;
+    if !raft.is_initialized().await? {
+        if config.peers.contains_key(&node_id) {
+            // Bootstrap: every initial voter initializes with the same
+            // membership; on restart the group is initialized and this is skipped.
+            let members: std::collections::BTreeMap<u64, BasicNode> =
+                config.peers.iter().map(|(id, a)| (*id, BasicNode { addr: a.clone() })).collect();
+            if let Err(e) = raft.initialize(members).await {
+                tracing::debug!(error = %e, "metadata initialize (another voter may have been first)");
+            }
+        } else {
+            tracing::info!(node = node_id, "not an initial voter: waiting to be added to the cluster");
+        }
+    }
+    groups.set_meta(Meta { raft: raft.clone(), state: meta_state.clone() });
+
+    // Health: NOT_SERVING until the metadata group has a leader and this
+    // broker has applied the metadata (and so started its partitions).
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(ferrolog_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(ferrolog_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    // The reconciler: follows the metadata's placement.
+    let reconciler = {
+        let groups = groups.clone();
+        let mut state = meta_state.clone();
+        let shutdown = shutdown.clone();
+        let health = health_reporter.clone();
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let mut serving = false;
+            loop {
+                let snapshot = state.borrow_and_update().clone();
+                if let Err(e) = groups.reconcile(&snapshot).await {
+                    tracing::error!(node = node_id, error = %e, "reconciling partitions failed; retrying");
+                }
+                let has_leader = raft.current_leader().await.is_some();
+                if has_leader && snapshot.last_applied.is_some() && !serving {
+                    health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+                    serving = true;
+                    tracing::info!(node = node_id, "broker is serving");
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    r = state.changed() => if r.is_err() { break },
+                    _ = tokio::time::sleep(RECONCILE_INTERVAL) => {}
+                }
+            }
+        })
+    };
+
+    let services = Services::new(groups.clone());
+    tracing::info!(node = node_id, listen = %config.listen, advertise = config.advertise, "broker starting");
+    let serve = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(RaftServer::new(RaftService::new(groups.clone())))
+        .add_service(BrokerServer::new(services.clone()))
+        .add_service(AdminServer::new(services))
+        .serve_with_shutdown(config.listen, shutdown.clone().cancelled_owned());
+    let served = serve.await;
+
+    // Orderly stop: partitions and metadata group, then flush the store.
+    tracing::info!(node = node_id, "broker stopping");
+    shutdown.cancel();
+    let _ = reconciler.await;
+    groups.shutdown().await;
+    storage.flush().context("flush the store")?;
+    served.context("serve")?;
+    Ok(())
+}

@@ -1,0 +1,518 @@
+//! The public gRPC services (`ferrolog.v1`): `Broker` (produce, fetch, list
+//! offsets) and `Admin` (topics, cluster).
+//!
+//! Handlers validate input, route to the local Raft group, and turn every
+//! failure into a [`BrokerError`] (mapped to a status in `error.rs`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferrolog_metadata::DEFAULT_MAX_MESSAGE_BYTES;
+use ferrolog_metadata::MetaCommand;
+use ferrolog_metadata::MetaOutcome;
+use ferrolog_metadata::Topic;
+use ferrolog_partition::Outcome;
+use ferrolog_proto::errors::LeaderHint;
+use ferrolog_proto::v1;
+use ferrolog_raft::Request;
+use ferrolog_raft::Response;
+use ferrolog_raft::TypeConfig;
+use ferrolog_types::Batch;
+use ferrolog_types::BatchHeader;
+use ferrolog_types::NodeId;
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::error::ClientWriteError;
+use openraft::error::RaftError;
+use openraft::impls::ProgressResponder;
+use tonic::Request as TReq;
+use tonic::Response as TResp;
+use tonic::Status;
+
+use crate::error::BrokerError;
+use crate::groups::Groups;
+use crate::groups::Replica;
+
+/// Longest a produce waits for its acks level when the request names no timeout.
+pub const DEFAULT_PRODUCE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a fetch may long-poll.
+pub const MAX_FETCH_WAIT: Duration = Duration::from_secs(30);
+/// A broker whose last heartbeat ack to the metadata leader is older than
+/// this counts as not alive.
+pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(3);
+/// Default fetch size limit when the request names none.
+pub const DEFAULT_FETCH_MAX_BYTES: usize = 4 << 20;
+
+/// The public services of one broker.
+#[derive(Debug, Clone)]
+pub struct Services {
+    groups: Arc<Groups>,
+}
+
+impl Services {
+    /// Services over `groups`.
+    pub fn new(groups: Arc<Groups>) -> Self {
+        Services { groups }
+    }
+
+    fn topic(&self, name: &str) -> Result<Topic, BrokerError> {
+        let meta = self.groups.meta().ok_or_else(|| BrokerError::Unavailable("broker is starting".into()))?;
+        let state = meta.state.borrow();
+        state.cluster.topics.get(name).cloned().ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))
+    }
+
+    fn hint(&self, leader: Option<NodeId>) -> LeaderHint {
+        LeaderHint { leader_id: leader, leader_address: leader.and_then(|id| self.groups.address_of(id)) }
+    }
+
+    /// The local replica of `topic`/`partition`, or NOT_LEADER pointing at
+    /// its preferred leader when this broker holds none.
+    fn replica(&self, topic: &str, partition: u32) -> Result<(Topic, Arc<Replica>), BrokerError> {
+        let t = self.topic(topic)?;
+        let a = t.partitions.get(partition as usize).ok_or_else(|| BrokerError::UnknownPartition {
+            topic: topic.to_string(),
+            partition,
+            count: t.partitions.len(),
+        })?;
+        match self.groups.replica(a.group) {
+            Some(r) => Ok((t, r)),
+            None => Err(BrokerError::NotLeader {
+                what: format!("broker {} holds no replica of {topic}/{partition}", self.groups.node_id()),
+                hint: self.hint(a.replicas.first().copied()),
+            }),
+        }
+    }
+
+    async fn leader_replica(&self, topic: &str, partition: u32) -> Result<(Topic, Arc<Replica>), BrokerError> {
+        let (t, r) = self.replica(topic, partition)?;
+        let leader = r.raft.current_leader().await;
+        if leader != Some(self.groups.node_id()) {
+            return Err(BrokerError::NotLeader {
+                what: format!("broker {} is not the leader of {topic}/{partition}", self.groups.node_id()),
+                hint: self.hint(leader),
+            });
+        }
+        Ok((t, r))
+    }
+
+    fn write_error(&self, e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>, what: &str) -> BrokerError {
+        if let RaftError::APIError(ClientWriteError::LogEntryDiscarded(f)) = &e {
+            return BrokerError::Unavailable(format!(
+                "{what}: leader changed before the write committed; it may or may not be in the log ({f})"
+            ));
+        }
+        if let Some(f) = e.forward_to_leader() {
+            return BrokerError::NotLeader { what: format!("{what}: not the leader"), hint: self.hint(f.leader_id) };
+        }
+        BrokerError::Unavailable(format!("{what}: {e}"))
+    }
+}
+
+/// Converts a produced batch, checking what can be checked before Raft.
+fn batch_from_proto(b: v1::RecordBatch, max_bytes: u32) -> Result<Batch, BrokerError> {
+    if b.record_count == 0 {
+        return Err(BrokerError::InvalidArgument("record batch is empty (record_count = 0)".into()));
+    }
+    let header = BatchHeader {
+        producer_id: b.producer_id,
+        producer_epoch: b.producer_epoch,
+        base_sequence: b.base_sequence,
+        record_count: b.record_count,
+        compression: u32::try_from(b.compression)
+            .map_err(|_| BrokerError::InvalidArgument(format!("unknown compression {}", b.compression)))?,
+        first_timestamp_ms: b.first_timestamp_ms,
+        max_timestamp_ms: b.max_timestamp_ms,
+    };
+    if v1::Compression::try_from(b.compression).is_err() {
+        return Err(BrokerError::InvalidArgument(format!("unknown compression {}", b.compression)));
+    }
+    let batch = Batch { header, records: b.records, crc32c: b.crc32c };
+    if batch.size_bytes() > max_bytes as usize {
+        return Err(BrokerError::InvalidArgument(format!(
+            "record batch of {} bytes exceeds max.message.bytes ({max_bytes})",
+            batch.size_bytes()
+        )));
+    }
+    batch.verify().map_err(|e| BrokerError::CorruptBatch(e.to_string()))?;
+    Ok(batch)
+}
+
+/// Converts a stored batch for a fetch response.
+pub fn batch_to_proto(base_offset: u64, b: &Batch) -> v1::RecordBatch {
+    v1::RecordBatch {
+        base_offset: base_offset as i64,
+        producer_id: b.header.producer_id,
+        producer_epoch: b.header.producer_epoch,
+        base_sequence: b.header.base_sequence,
+        record_count: b.header.record_count,
+        compression: b.header.compression as i32,
+        first_timestamp_ms: b.header.first_timestamp_ms,
+        max_timestamp_ms: b.header.max_timestamp_ms,
+        records: b.records.clone(),
+        crc32c: b.crc32c,
+    }
+}
+
+#[tonic::async_trait]
+impl v1::broker_server::Broker for Services {
+    #[tracing::instrument(skip_all, fields(node = self.groups.node_id(), topic = %request.get_ref().topic, partition = request.get_ref().partition))]
+    async fn produce(&self, request: TReq<v1::ProduceRequest>) -> Result<TResp<v1::ProduceResponse>, Status> {
+        let req = request.into_inner();
+        let acks = v1::Acks::try_from(req.acks)
+            .map_err(|_| BrokerError::InvalidArgument(format!("unknown acks {}", req.acks)))?;
+        let (topic, replica) = self.leader_replica(&req.topic, req.partition).await?;
+        let max = if topic.config.max_message_bytes == 0 {
+            DEFAULT_MAX_MESSAGE_BYTES
+        } else {
+            topic.config.max_message_bytes
+        };
+        let batch = batch_from_proto(
+            req.batch.ok_or_else(|| BrokerError::InvalidArgument("produce request carries no batch".into()))?,
+            max,
+        )?;
+        let timeout =
+            if req.timeout_ms == 0 { DEFAULT_PRODUCE_TIMEOUT } else { Duration::from_millis(req.timeout_ms.into()) };
+        let hw = || replica.progress.borrow().next_offset as i64;
+        match acks {
+            v1::Acks::None => {
+                // Fire and forget: errors after this point are not reported.
+                let _ = replica.raft.client_write_ff(Request::append(batch), None).await;
+                Ok(TResp::new(v1::ProduceResponse {
+                    base_offset: -1,
+                    last_offset: -1,
+                    high_watermark: hw(),
+                    duplicate: false,
+                }))
+            }
+            v1::Acks::All => {
+                let fut = replica.raft.client_write(Request::append(batch));
+                let resp = tokio::time::timeout(timeout, fut)
+                    .await
+                    .map_err(|_| BrokerError::Timeout(format!("not committed within {timeout:?}")))?
+                    .map_err(|e| self.write_error(e, "produce"))?;
+                match resp.data {
+                    Response::Partition(Outcome::Appended { base_offset, last_offset }) => {
+                        Ok(TResp::new(v1::ProduceResponse {
+                            base_offset: base_offset as i64,
+                            last_offset: last_offset as i64,
+                            high_watermark: hw(),
+                            duplicate: false,
+                        }))
+                    }
+                    Response::Partition(Outcome::Rejected(r)) => Err(BrokerError::CorruptBatch(r.to_string()).into()),
+                    other => Err(BrokerError::Internal(format!("unexpected apply result {other:?}")).into()),
+                }
+            }
+            v1::Acks::Leader => {
+                let (token, acked) = replica.acks.register();
+                let (responder, _commit_rx, complete_rx) = ProgressResponder::new();
+                let req = Request::Partition { cmd: ferrolog_partition::Command::Append(batch), ack: token };
+                if let Err(e) = replica.raft.client_write_ff(req, Some(responder)).await {
+                    replica.acks.cancel(token);
+                    return Err(BrokerError::Unavailable(format!("produce: {e}")).into());
+                }
+                let result = tokio::time::timeout(timeout, async {
+                    tokio::select! {
+                        a = acked => a.map(|a| (a.base_offset, a.last_offset)).map_err(|_| BrokerError::Unavailable("produce: leader log closed".into())),
+                        done = complete_rx => match done {
+                            Ok(Ok(resp)) => match resp.data {
+                                Response::Partition(Outcome::Appended { base_offset, last_offset }) => Ok((base_offset, last_offset)),
+                                Response::Partition(Outcome::Rejected(r)) => Err(BrokerError::CorruptBatch(r.to_string())),
+                                other => Err(BrokerError::Internal(format!("unexpected apply result {other:?}"))),
+                            },
+                            Ok(Err(e)) => Err(self.write_error(RaftError::APIError(e), "produce")),
+                            Err(_) => Err(BrokerError::Unavailable("produce: raft dropped the request".into())),
+                        },
+                    }
+                })
+                .await;
+                replica.acks.cancel(token);
+                let (base, last) =
+                    result.map_err(|_| BrokerError::Timeout(format!("not appended within {timeout:?}")))??;
+                Ok(TResp::new(v1::ProduceResponse {
+                    base_offset: base as i64,
+                    last_offset: last as i64,
+                    high_watermark: hw(),
+                    duplicate: false,
+                }))
+            }
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(node = self.groups.node_id(), topic = %request.get_ref().topic, partition = request.get_ref().partition))]
+    async fn fetch(&self, request: TReq<v1::FetchRequest>) -> Result<TResp<v1::FetchResponse>, Status> {
+        let req = request.into_inner();
+        // Any replica may serve a fetch: it only holds applied, i.e.
+        // committed, batches, and serves up to what it knows is committed.
+        let (_, replica) = self.replica(&req.topic, req.partition)?;
+        if req.offset < 0 {
+            return Err(BrokerError::InvalidArgument(format!("negative fetch offset {}", req.offset)).into());
+        }
+        let offset = req.offset as u64;
+        let mut progress = replica.progress.clone();
+        let p = *progress.borrow_and_update();
+        if offset < p.log_start || offset > p.next_offset {
+            return Err(BrokerError::OutOfRange { offset: req.offset, start: p.log_start, end: p.next_offset }.into());
+        }
+        if offset == p.next_offset && req.max_wait_ms > 0 {
+            let wait = Duration::from_millis(req.max_wait_ms.into()).min(MAX_FETCH_WAIT);
+            let _ = tokio::time::timeout(wait, progress.wait_for(|p| p.next_offset > offset)).await;
+        }
+        let p = *replica.progress.borrow();
+        let max_bytes = if req.max_bytes == 0 { DEFAULT_FETCH_MAX_BYTES } else { req.max_bytes as usize };
+        let mut batches = Vec::new();
+        let mut bytes = 0;
+        let mut from = offset;
+        'outer: while from < p.next_offset {
+            let chunk = replica
+                .reader
+                .read(from, 64)
+                .map_err(|e| BrokerError::Internal(format!("read {}/{}: {e}", req.topic, req.partition)))?;
+            if chunk.is_empty() {
+                break;
+            }
+            for (base, b) in chunk {
+                if base >= p.next_offset {
+                    break 'outer;
+                }
+                let size = b.size_bytes();
+                // Always return at least one batch, so a batch larger than
+                // max_bytes cannot wedge a consumer.
+                if !batches.is_empty() && bytes + size > max_bytes {
+                    break 'outer;
+                }
+                bytes += size;
+                from = base + u64::from(b.header.record_count);
+                batches.push(batch_to_proto(base, &b));
+            }
+        }
+        Ok(TResp::new(v1::FetchResponse {
+            batches,
+            high_watermark: p.next_offset as i64,
+            log_start_offset: p.log_start as i64,
+        }))
+    }
+
+    async fn list_offsets(
+        &self,
+        request: TReq<v1::ListOffsetsRequest>,
+    ) -> Result<TResp<v1::ListOffsetsResponse>, Status> {
+        let req = request.into_inner();
+        let (_, replica) = self.replica(&req.topic, req.partition)?;
+        let p = *replica.progress.borrow();
+        let spec = v1::OffsetSpec::try_from(req.spec)
+            .map_err(|_| BrokerError::InvalidArgument(format!("unknown offset spec {}", req.spec)))?;
+        let offset = match spec {
+            v1::OffsetSpec::Earliest => p.log_start,
+            v1::OffsetSpec::Latest => p.next_offset,
+            v1::OffsetSpec::Timestamp => {
+                // The first batch whose newest record is at or after the
+                // timestamp; its base offset (records inside a batch are not
+                // decoded by brokers).
+                let mut found = p.next_offset;
+                let mut from = p.log_start;
+                'scan: while from < p.next_offset {
+                    let chunk = replica.reader.read(from, 256).map_err(|e| BrokerError::Internal(e.to_string()))?;
+                    if chunk.is_empty() {
+                        break;
+                    }
+                    for (base, b) in chunk {
+                        if b.header.max_timestamp_ms >= req.timestamp_ms {
+                            found = base.max(p.log_start);
+                            break 'scan;
+                        }
+                        from = base + u64::from(b.header.record_count);
+                    }
+                }
+                found
+            }
+        };
+        Ok(TResp::new(v1::ListOffsetsResponse { offset: offset as i64, timestamp_ms: 0 }))
+    }
+}
+
+impl Services {
+    async fn meta_leader(&self) -> Result<&crate::groups::Meta, BrokerError> {
+        let meta = self.groups.meta().ok_or_else(|| BrokerError::Unavailable("broker is starting".into()))?;
+        let leader = meta.raft.current_leader().await;
+        if leader != Some(self.groups.node_id()) {
+            return Err(BrokerError::NotLeader {
+                what: format!("broker {} is not the metadata leader", self.groups.node_id()),
+                hint: self.hint(leader),
+            });
+        }
+        Ok(meta)
+    }
+
+    async fn describe(&self, t: &Topic) -> v1::TopicDescription {
+        let mut partitions = Vec::new();
+        for (i, a) in t.partitions.iter().enumerate() {
+            let mut d = v1::PartitionDescription {
+                partition: i as u32,
+                leader_id: 0,
+                replicas: a
+                    .replicas
+                    .iter()
+                    .map(|id| v1::ReplicaState { broker_id: *id, lag: -1, in_sync: false })
+                    .collect(),
+                high_watermark: -1,
+                log_start_offset: -1,
+                group_id: a.group.0,
+            };
+            if let Some(r) = self.groups.replica(a.group) {
+                let m = r.raft.metrics().borrow_watched().clone();
+                d.leader_id = m.current_leader.unwrap_or(0);
+                let p = *r.progress.borrow();
+                d.high_watermark = p.next_offset as i64;
+                d.log_start_offset = p.log_start as i64;
+                // Lag in log entries, known on the leader only.
+                if let Some(repl) = &m.replication {
+                    let last = m.last_log_index.unwrap_or(0);
+                    for rs in &mut d.replicas {
+                        if let Some(matched) = repl.get(&rs.broker_id) {
+                            let idx = matched.map(|l| l.index).unwrap_or(0);
+                            rs.lag = last.saturating_sub(idx) as i64;
+                            rs.in_sync = rs.lag == 0;
+                        }
+                    }
+                }
+            }
+            partitions.push(d);
+        }
+        v1::TopicDescription {
+            name: t.name.clone(),
+            replication_factor: t.replication_factor,
+            config: Some(v1::TopicConfig {
+                retention_ms: t.config.retention_ms,
+                retention_bytes: t.config.retention_bytes,
+                max_message_bytes: Some(t.config.max_message_bytes),
+            }),
+            partitions,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl v1::admin_server::Admin for Services {
+    #[tracing::instrument(skip_all, fields(node = self.groups.node_id(), topic = %request.get_ref().name))]
+    async fn create_topic(
+        &self,
+        request: TReq<v1::CreateTopicRequest>,
+    ) -> Result<TResp<v1::CreateTopicResponse>, Status> {
+        let req = request.into_inner();
+        let meta = self.meta_leader().await?;
+        let brokers: Vec<NodeId> = meta.state.borrow().membership.membership().nodes().map(|(id, _)| *id).collect();
+        let partitions = if req.partitions == 0 { 1 } else { req.partitions };
+        let rf = if req.replication_factor == 0 { brokers.len().min(3) as u32 } else { req.replication_factor };
+        ferrolog_metadata::validate_create(&req.name, partitions, rf, brokers.len()).map_err(BrokerError::from)?;
+        let cfg = req.config.unwrap_or_default();
+        let config = ferrolog_metadata::TopicConfig {
+            retention_ms: cfg.retention_ms.filter(|v| *v >= 0),
+            retention_bytes: cfg.retention_bytes.filter(|v| *v >= 0),
+            max_message_bytes: cfg.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
+        };
+        if config.max_message_bytes == 0 {
+            return Err(BrokerError::InvalidArgument("max.message.bytes must be positive".into()).into());
+        }
+        let cmd =
+            MetaCommand::CreateTopic { name: req.name.clone(), partitions, replication_factor: rf, config, brokers };
+        let resp =
+            meta.raft.client_write(Request::Metadata(cmd)).await.map_err(|e| self.write_error(e, "create topic"))?;
+        match resp.data {
+            Response::Metadata(MetaOutcome::TopicCreated(t)) => {
+                Ok(TResp::new(v1::CreateTopicResponse { topic: Some(self.describe(&t).await) }))
+            }
+            Response::Metadata(MetaOutcome::Rejected(e)) => Err(BrokerError::from(e).into()),
+            other => Err(BrokerError::Internal(format!("unexpected metadata result {other:?}")).into()),
+        }
+    }
+
+    async fn delete_topic(
+        &self,
+        request: TReq<v1::DeleteTopicRequest>,
+    ) -> Result<TResp<v1::DeleteTopicResponse>, Status> {
+        let req = request.into_inner();
+        let meta = self.meta_leader().await?;
+        let cmd = MetaCommand::DeleteTopic { name: req.name };
+        let resp =
+            meta.raft.client_write(Request::Metadata(cmd)).await.map_err(|e| self.write_error(e, "delete topic"))?;
+        match resp.data {
+            Response::Metadata(MetaOutcome::TopicDeleted(_)) => Ok(TResp::new(v1::DeleteTopicResponse {})),
+            Response::Metadata(MetaOutcome::Rejected(e)) => Err(BrokerError::from(e).into()),
+            other => Err(BrokerError::Internal(format!("unexpected metadata result {other:?}")).into()),
+        }
+    }
+
+    async fn list_topics(
+        &self,
+        _request: TReq<v1::ListTopicsRequest>,
+    ) -> Result<TResp<v1::ListTopicsResponse>, Status> {
+        let meta = self.groups.meta().ok_or_else(|| BrokerError::Unavailable("broker is starting".into()))?;
+        let topics: Vec<Topic> = meta.state.borrow().cluster.topics.values().cloned().collect();
+        let mut out = Vec::new();
+        for t in &topics {
+            out.push(self.describe(t).await);
+        }
+        Ok(TResp::new(v1::ListTopicsResponse { topics: out }))
+    }
+
+    async fn describe_topic(
+        &self,
+        request: TReq<v1::DescribeTopicRequest>,
+    ) -> Result<TResp<v1::TopicDescription>, Status> {
+        let t = self.topic(&request.into_inner().name)?;
+        Ok(TResp::new(self.describe(&t).await))
+    }
+
+    async fn describe_cluster(
+        &self,
+        _request: TReq<v1::DescribeClusterRequest>,
+    ) -> Result<TResp<v1::DescribeClusterResponse>, Status> {
+        // Liveness is known on the metadata leader (last heartbeat acked by
+        // each broker), so the question is answered there.
+        let meta = self.meta_leader().await?;
+        let state = meta.state.borrow().clone();
+        let metrics = meta.raft.metrics().borrow_watched().clone();
+        let me = self.groups.node_id();
+        let alive = |id: NodeId| {
+            id == me
+                || metrics
+                    .heartbeat
+                    .as_ref()
+                    .and_then(|hb| hb.get(&id).cloned().flatten())
+                    .is_some_and(|t| openraft::Instant::elapsed(&*t) < LIVENESS_TIMEOUT)
+        };
+        let m = state.membership.membership();
+        let voters: std::collections::BTreeSet<NodeId> = m.voter_ids().collect();
+        let mut brokers = Vec::new();
+        for (id, node) in m.nodes() {
+            let replicas = state.cluster.groups_on(*id).count() as u32;
+            let led = self
+                .groups
+                .replicas()
+                .iter()
+                .filter(|r| r.raft.metrics().borrow_watched().current_leader == Some(*id))
+                .count() as u32;
+            brokers.push(v1::BrokerDescription {
+                id: *id,
+                address: node.addr.clone(),
+                alive: alive(*id),
+                metadata_voter: voters.contains(id),
+                partitions_led: led,
+                replicas,
+            });
+        }
+        // A partition with a replica on a broker that is not alive is under-replicated.
+        let under = state
+            .cluster
+            .topics
+            .values()
+            .flat_map(|t| t.partitions.iter())
+            .filter(|a| a.replicas.iter().any(|id| !alive(*id)))
+            .count() as u32;
+        Ok(TResp::new(v1::DescribeClusterResponse {
+            brokers,
+            metadata_leader_id: me,
+            under_replicated_partitions: under,
+        }))
+    }
+}

@@ -1,0 +1,386 @@
+//! The broker-to-broker Raft transport, shared by every Raft group.
+//!
+//! Client side: [`NetworkFactory`] is openraft's network factory for one
+//! group; every group's clients to a peer share that peer's one tonic
+//! [`Channel`] (one HTTP/2 connection, requests multiplexed as streams), and
+//! each message names its group. Payloads are openraft's own request and
+//! response types, postcard-encoded.
+//!
+//! Server side: [`RaftService`] receives a message, finds the group in the
+//! [`crate::groups::Groups`] registry and hands it to that group's Raft.
+//! A message for a group this broker does not run (yet) is answered with an
+//! error; the sender treats it as unreachable and backs off.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use ferrolog_proto::internal::RaftMessage;
+use ferrolog_proto::internal::RaftReply;
+use ferrolog_proto::internal::SnapshotChunk;
+use ferrolog_proto::internal::raft_client::RaftClient;
+use ferrolog_raft::TypeConfig;
+use ferrolog_raft::types::alias::Snapshot;
+use ferrolog_raft::types::alias::SnapshotMeta;
+use ferrolog_raft::types::alias::Vote;
+use ferrolog_types::GroupId;
+use ferrolog_types::NodeId;
+use openraft::BasicNode;
+use openraft::RaftNetworkFactory;
+use openraft::RaftNetworkV2;
+use openraft::error::NetworkError;
+use openraft::error::RPCError;
+use openraft::error::ReplicationClosed;
+use openraft::error::StreamingError;
+use openraft::error::Unreachable;
+use openraft::network::RPCOption;
+use openraft::raft::AppendEntriesRequest;
+use openraft::raft::AppendEntriesResponse;
+use openraft::raft::SnapshotResponse;
+use openraft::raft::VoteRequest;
+use openraft::raft::VoteResponse;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::transport::Channel;
+use tonic::transport::Endpoint;
+
+use crate::groups::Groups;
+
+/// Snapshot chunk size on the wire.
+const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+/// Connect timeout to a peer; past it the peer counts as unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// Snapshot chunks buffered ahead of the network; the sender waits when full.
+const SNAPSHOT_CHUNK_QUEUE: usize = 4;
+
+fn encode<T: Serialize>(v: &T) -> Result<bytes::Bytes, postcard::Error> {
+    postcard::to_allocvec(v).map(bytes::Bytes::from)
+}
+
+fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, postcard::Error> {
+    postcard::from_bytes(b)
+}
+
+/// One lazily connected channel per peer address, shared by all groups.
+#[derive(Debug)]
+pub struct Transport {
+    node_id: NodeId,
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl Transport {
+    /// A transport for broker `node_id`.
+    pub fn new(node_id: NodeId) -> Arc<Self> {
+        Arc::new(Transport { node_id, channels: Mutex::new(HashMap::new()) })
+    }
+
+    /// The channel to `addr`, created on first use.
+    pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        let mut channels = self.channels.lock().expect("channel map lock");
+        if let Some(c) = channels.get(addr) {
+            return Ok(c.clone());
+        }
+        let c = Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_while_idle(true)
+            .connect_lazy();
+        channels.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// A network factory for one group.
+    pub fn factory(self: &Arc<Self>, group: GroupId) -> NetworkFactory {
+        NetworkFactory { group, transport: self.clone() }
+    }
+}
+
+/// openraft's network factory for one group.
+#[derive(Debug, Clone)]
+pub struct NetworkFactory {
+    group: GroupId,
+    transport: Arc<Transport>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = GroupClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> GroupClient {
+        GroupClient {
+            group: self.group,
+            from: self.transport.node_id,
+            target,
+            client: self.transport.channel(&node.addr).map(RaftClient::new).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// A client of one group on one peer.
+#[derive(Debug)]
+pub struct GroupClient {
+    group: GroupId,
+    from: NodeId,
+    target: NodeId,
+    client: Result<RaftClient<Channel>, String>,
+}
+
+fn unreachable<E: std::fmt::Display>(e: E) -> RPCError<TypeConfig> {
+    RPCError::Unreachable(Unreachable::from_string(e.to_string()))
+}
+
+impl GroupClient {
+    fn message<T: Serialize>(&self, req: &T) -> Result<RaftMessage, RPCError<TypeConfig>> {
+        let payload = encode(req).map_err(|e| RPCError::Network(NetworkError::from_string(e.to_string())))?;
+        Ok(RaftMessage { group_id: self.group.0, from_node: self.from, to_node: self.target, payload })
+    }
+
+    fn client(&self) -> Result<RaftClient<Channel>, RPCError<TypeConfig>> {
+        self.client.clone().map_err(unreachable)
+    }
+
+    fn reply<T: DeserializeOwned>(reply: RaftReply) -> Result<T, RPCError<TypeConfig>> {
+        if !reply.error.is_empty() {
+            // The peer could not hand the message to the group (not created
+            // yet, shutting down): back off and retry.
+            return Err(unreachable(reply.error));
+        }
+        decode(&reply.payload).map_err(|e| RPCError::Network(NetworkError::from_string(e.to_string())))
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for GroupClient {
+    type SnapshotData = Vec<u8>;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let msg = self.message(&rpc)?;
+        let mut c = self.client()?;
+        let fut = c.append_entries(msg);
+        let r = tokio::time::timeout(option.hard_ttl(), fut).await.map_err(unreachable)?.map_err(unreachable)?;
+        Self::reply(r.into_inner())
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let msg = self.message(&rpc)?;
+        let mut c = self.client()?;
+        let r =
+            tokio::time::timeout(option.hard_ttl(), c.vote(msg)).await.map_err(unreachable)?.map_err(unreachable)?;
+        Self::reply(r.into_inner())
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let msg = self.message(&rpc)?;
+        let mut c = self.client()?;
+        let r = tokio::time::timeout(option.hard_ttl(), c.pre_vote(msg))
+            .await
+            .map_err(unreachable)?
+            .map_err(unreachable)?;
+        Self::reply(r.into_inner())
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl std::future::Future<Output = ReplicationClosed> + Send + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let to_streaming = |e: RPCError<TypeConfig>| match e {
+            RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+            other => StreamingError::Unreachable(Unreachable::from_string(other.to_string())),
+        };
+        let header = encode(&(vote, snapshot.meta.clone()))
+            .map_err(|e| StreamingError::Unreachable(Unreachable::from_string(e.to_string())))?;
+        let mut c = self.client().map_err(to_streaming)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(SNAPSHOT_CHUNK_QUEUE);
+        let (group, from, to) = (self.group.0, self.from, self.target);
+        let data = snapshot.snapshot;
+        tokio::spawn(async move {
+            let mut chunks = data.chunks(SNAPSHOT_CHUNK_BYTES).peekable();
+            let mut first = true;
+            loop {
+                let chunk = chunks.next();
+                let done = chunks.peek().is_none();
+                let msg = SnapshotChunk {
+                    group_id: group,
+                    from_node: from,
+                    to_node: to,
+                    header: if first { header.clone() } else { bytes::Bytes::new() },
+                    data: bytes::Bytes::copy_from_slice(chunk.unwrap_or_default()),
+                    done,
+                };
+                first = false;
+                if tx.send(msg).await.is_err() || done {
+                    break;
+                }
+            }
+        });
+        let call = c.install_snapshot(tokio_stream::wrappers::ReceiverStream::new(rx));
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            r = call => {
+                let reply = r.map_err(|e| StreamingError::Unreachable(Unreachable::from_string(e.to_string())))?;
+                Self::reply(reply.into_inner()).map_err(to_streaming)
+            }
+        }
+    }
+}
+
+/// The server side of `ferrolog.internal.v1.Raft`.
+#[derive(Debug, Clone)]
+pub struct RaftService {
+    groups: Arc<Groups>,
+}
+
+impl RaftService {
+    /// Serves the groups in `groups`.
+    pub fn new(groups: Arc<Groups>) -> Self {
+        RaftService { groups }
+    }
+}
+
+fn ok_reply<T: Serialize>(group: u64, v: &T) -> RaftReply {
+    match encode(v) {
+        Ok(payload) => RaftReply { group_id: group, payload, error: String::new() },
+        Err(e) => err_reply(group, format!("encode reply: {e}")),
+    }
+}
+
+fn err_reply(group: u64, error: impl Into<String>) -> RaftReply {
+    RaftReply { group_id: group, payload: bytes::Bytes::new(), error: error.into() }
+}
+
+type TonicResult<T> = Result<tonic::Response<T>, tonic::Status>;
+
+impl RaftService {
+    fn check_target(&self, msg: &RaftMessage) -> Option<RaftReply> {
+        (msg.to_node != self.groups.node_id()).then(|| {
+            err_reply(
+                msg.group_id,
+                format!("message for broker {} reached broker {}", msg.to_node, self.groups.node_id()),
+            )
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl ferrolog_proto::internal::raft_server::Raft for RaftService {
+    async fn append_entries(&self, request: tonic::Request<RaftMessage>) -> TonicResult<RaftReply> {
+        let msg = request.into_inner();
+        if let Some(r) = self.check_target(&msg) {
+            return Ok(tonic::Response::new(r));
+        }
+        let g = msg.group_id;
+        let Ok(req) = decode::<AppendEntriesRequest<TypeConfig>>(&msg.payload) else {
+            return Ok(tonic::Response::new(err_reply(g, "undecodable append-entries request")));
+        };
+        let reply = match self.groups.raft(GroupId(g)) {
+            None => err_reply(g, format!("group {g} is not running on this broker")),
+            Some(raft) => match raft.append_entries(req).await {
+                Ok(resp) => ok_reply(g, &resp),
+                Err(e) => err_reply(g, e.to_string()),
+            },
+        };
+        Ok(tonic::Response::new(reply))
+    }
+
+    async fn vote(&self, request: tonic::Request<RaftMessage>) -> TonicResult<RaftReply> {
+        let msg = request.into_inner();
+        if let Some(r) = self.check_target(&msg) {
+            return Ok(tonic::Response::new(r));
+        }
+        let g = msg.group_id;
+        let Ok(req) = decode::<VoteRequest<TypeConfig>>(&msg.payload) else {
+            return Ok(tonic::Response::new(err_reply(g, "undecodable vote request")));
+        };
+        let reply = match self.groups.raft(GroupId(g)) {
+            None => err_reply(g, format!("group {g} is not running on this broker")),
+            Some(raft) => match raft.vote(req).await {
+                Ok(resp) => ok_reply(g, &resp),
+                Err(e) => err_reply(g, e.to_string()),
+            },
+        };
+        Ok(tonic::Response::new(reply))
+    }
+
+    async fn pre_vote(&self, request: tonic::Request<RaftMessage>) -> TonicResult<RaftReply> {
+        let msg = request.into_inner();
+        if let Some(r) = self.check_target(&msg) {
+            return Ok(tonic::Response::new(r));
+        }
+        let g = msg.group_id;
+        let Ok(req) = decode::<VoteRequest<TypeConfig>>(&msg.payload) else {
+            return Ok(tonic::Response::new(err_reply(g, "undecodable pre-vote request")));
+        };
+        let reply = match self.groups.raft(GroupId(g)) {
+            None => err_reply(g, format!("group {g} is not running on this broker")),
+            Some(raft) => match raft.pre_vote(req).await {
+                Ok(resp) => ok_reply(g, &resp),
+                Err(e) => err_reply(g, e.to_string()),
+            },
+        };
+        Ok(tonic::Response::new(reply))
+    }
+
+    async fn transfer_leader(&self, request: tonic::Request<RaftMessage>) -> TonicResult<RaftReply> {
+        let g = request.into_inner().group_id;
+        Ok(tonic::Response::new(err_reply(g, "transfer_leader is not supported yet")))
+    }
+
+    async fn batch(
+        &self,
+        _request: tonic::Request<ferrolog_proto::internal::RaftBatch>,
+    ) -> TonicResult<ferrolog_proto::internal::RaftBatchReply> {
+        Err(tonic::Status::unimplemented("batched raft messages are not used yet"))
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: tonic::Request<tonic::Streaming<SnapshotChunk>>,
+    ) -> TonicResult<RaftReply> {
+        let mut stream = request.into_inner();
+        let mut header: Option<(Vote, SnapshotMeta)> = None;
+        let mut group = 0;
+        let mut data = Vec::new();
+        while let Some(chunk) = stream.message().await? {
+            if header.is_none() {
+                group = chunk.group_id;
+                if chunk.to_node != self.groups.node_id() {
+                    return Ok(tonic::Response::new(err_reply(group, "snapshot for another broker")));
+                }
+                match decode(&chunk.header) {
+                    Ok(h) => header = Some(h),
+                    Err(e) => return Ok(tonic::Response::new(err_reply(group, format!("bad snapshot header: {e}")))),
+                }
+            }
+            data.extend_from_slice(&chunk.data);
+            if chunk.done {
+                break;
+            }
+        }
+        let Some((vote, meta)) = header else {
+            return Err(tonic::Status::invalid_argument("empty snapshot stream"));
+        };
+        let reply = match self.groups.raft(GroupId(group)) {
+            None => err_reply(group, format!("group {group} is not running on this broker")),
+            Some(raft) => match raft.install_full_snapshot(vote, Snapshot { meta, snapshot: data }).await {
+                Ok(resp) => ok_reply(group, &resp),
+                Err(e) => err_reply(group, e.to_string()),
+            },
+        };
+        Ok(tonic::Response::new(reply))
+    }
+}

@@ -1,0 +1,109 @@
+//! `ferrolog server`: flags, environment and config file become a
+//! [`BrokerConfig`]; SIGTERM and Ctrl-C stop the broker in order.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use anyhow::bail;
+use ferrolog_broker::BrokerConfig;
+use ferrolog_broker::config::node_id_from_hostname;
+use ferrolog_broker::config::parse_peers;
+use ferrolog_broker::config::settle_node_id;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+/// Default client/Raft port.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9092";
+
+/// Run a broker.
+///
+/// Example (three brokers on one machine, this is broker 1):
+///   ferrolog server --node-id 1 --data-dir /tmp/f1 --listen 127.0.0.1:9092 \
+///     --peers 1=127.0.0.1:9092,2=127.0.0.1:9093,3=127.0.0.1:9094
+#[derive(Debug, clap::Args)]
+pub struct ServerArgs {
+    /// This broker's id (default: from a hostname ending in -N, as N+1).
+    #[arg(long, env = "FERROLOG_NODE_ID")]
+    node_id: Option<u64>,
+    /// Data directory.
+    #[arg(long, env = "FERROLOG_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address to serve the API, Raft, health and reflection on.
+    #[arg(long, env = "FERROLOG_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Address others reach this broker at (default: --listen).
+    #[arg(long, env = "FERROLOG_ADVERTISE")]
+    advertise: Option<String>,
+    /// Initial metadata voters: ID=HOST:PORT,... (this broker included).
+    #[arg(long, env = "FERROLOG_PEERS")]
+    peers: Option<String>,
+    /// A TOML file with the same keys (node_id, data_dir, listen, advertise,
+    /// peers); flags and environment variables override it.
+    #[arg(long, env = "FERROLOG_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    node_id: Option<u64>,
+    data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    advertise: Option<String>,
+    peers: Option<String>,
+}
+
+/// Resolves the configuration: flags/env over file over defaults.
+pub fn resolve(args: ServerArgs) -> anyhow::Result<BrokerConfig> {
+    let file: FileConfig = match &args.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?;
+            toml::from_str(&text).with_context(|| format!("parse {}", p.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    let data_dir = args.data_dir.or(file.data_dir).context("--data-dir is required")?;
+    let listen = match args.listen.or(file.listen) {
+        Some(l) => l,
+        None => DEFAULT_LISTEN.parse().context("default listen address")?,
+    };
+    let advertise = args.advertise.or(file.advertise).unwrap_or_else(|| listen.to_string());
+    let configured = args
+        .node_id
+        .or(file.node_id)
+        .or_else(|| hostname::get().ok().and_then(|h| h.into_string().ok()).and_then(|h| node_id_from_hostname(&h)));
+    let node_id = settle_node_id(&data_dir, configured)?;
+    let peers = match args.peers.or(file.peers) {
+        Some(p) => parse_peers(&p)?,
+        None => [(node_id, advertise.clone())].into_iter().collect(),
+    };
+    if let Some(a) = peers.get(&node_id)
+        && *a != advertise
+    {
+        bail!("--peers gives broker {node_id} the address {a}, but it advertises {advertise}");
+    }
+    Ok(BrokerConfig { node_id, data_dir, listen, advertise, peers })
+}
+
+/// Runs the broker until SIGTERM or Ctrl-C.
+pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let config = resolve(args)?;
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: stopping"),
+        }
+        signal.cancel();
+    });
+    ferrolog_broker::run(config, shutdown).await
+}

@@ -1,0 +1,191 @@
+//! A real 3-broker cluster on loopback: create a replication-factor-3 topic
+//! with 3 partitions, produce with every acks level, fetch everything back
+//! from every replica; and every bad input gets a clear status.
+
+use std::time::Duration;
+
+use ferrolog_proto::errors::Reason;
+use ferrolog_proto::errors::reason_of;
+use ferrolog_proto::v1;
+use ferrolog_proto::v1::broker_client::BrokerClient;
+use ferrolog_tests::client::TestClient;
+use ferrolog_tests::client::make_batch;
+use ferrolog_tests::cluster::Cluster;
+use tonic::Code;
+
+const START: Duration = Duration::from_secs(30);
+const OP: Duration = Duration::from_secs(20);
+
+fn value(acks: &str, p: u32, i: usize) -> Vec<u8> {
+    format!("{acks}-p{p}-{i}").into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_and_fetch_with_each_acks_level() -> anyhow::Result<()> {
+    let cluster = Cluster::start(3)?;
+    cluster.wait_serving(START).await?;
+    let client = TestClient::new(cluster.addrs());
+    let t = client.create_topic("orders", 3, 3).await?;
+    assert_eq!(t.partitions.len(), 3);
+    for p in &t.partitions {
+        let mut r: Vec<u64> = p.replicas.iter().map(|r| r.broker_id).collect();
+        r.sort();
+        assert_eq!(r, vec![1, 2, 3]);
+    }
+    client.wait_leaders("orders", START).await?;
+
+    for p in 0..3u32 {
+        let mut expected = Vec::new();
+        // acks=all and acks=1: each answer names the offsets, dense from 0.
+        for (acks, name) in [(v1::Acks::All, "all"), (v1::Acks::Leader, "one")] {
+            for i in 0..10 {
+                let values = vec![value(name, p, i), value(name, p, i + 100)];
+                let r = client.produce("orders", p, acks, &values, OP).await?;
+                assert_eq!(r.base_offset, expected.len() as i64, "{name} p{p} #{i}: offsets are dense");
+                assert_eq!(r.last_offset, r.base_offset + 1);
+                expected.extend(values);
+            }
+        }
+        // acks=0: no offsets, but the records arrive.
+        for i in 0..10 {
+            let values = vec![value("zero", p, i)];
+            let r = client.produce("orders", p, v1::Acks::None, &values, OP).await?;
+            assert_eq!(r.base_offset, -1);
+            expected.extend(values);
+        }
+        // Every replica serves exactly the committed log, once it caught up.
+        for addr in cluster.addrs() {
+            let deadline = std::time::Instant::now() + OP;
+            loop {
+                let (got, hw) = client.fetch_from(&addr, "orders", p, 0).await?;
+                if got.len() == expected.len() {
+                    let offsets: Vec<u64> = got.iter().map(|(o, _)| *o).collect();
+                    assert_eq!(offsets, (0..expected.len() as u64).collect::<Vec<_>>());
+                    let values: Vec<Vec<u8>> = got.into_iter().map(|(_, v)| v).collect();
+                    assert_eq!(values, expected, "p{p} on {addr}: records in produce order");
+                    assert_eq!(hw, expected.len() as u64);
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "p{p} on {addr}: {} of {} records",
+                    got.len(),
+                    expected.len()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    // Long poll: a fetch at the end waits for the next record.
+    let leaders = client.wait_leaders("orders", START).await?;
+    let leader_addr = cluster.node(leaders[0]).addr.clone();
+    let mut c = BrokerClient::connect(format!("http://{leader_addr}")).await?;
+    let end = client.fetch_from(&leader_addr, "orders", 0, 0).await?.1;
+    let poll = tokio::spawn(async move {
+        c.fetch(v1::FetchRequest {
+            topic: "orders".into(),
+            partition: 0,
+            offset: end as i64,
+            max_bytes: 0,
+            max_wait_ms: 10_000,
+            min_bytes: 1,
+        })
+        .await
+        .map(|r| r.into_inner())
+    });
+    client.produce("orders", 0, v1::Acks::All, &[b"late".to_vec()], OP).await?;
+    let r = poll.await??;
+    assert_eq!(r.batches.len(), 1, "long poll returns the new batch");
+    assert_eq!(r.batches[0].base_offset as u64, end);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_clear_errors_and_loses_nothing() -> anyhow::Result<()> {
+    let cluster = Cluster::start(3)?;
+    cluster.wait_serving(START).await?;
+    let client = TestClient::new(cluster.addrs());
+    client.create_topic("t1", 1, 3).await?;
+    let leaders = client.wait_leaders("t1", START).await?;
+    let ok = client.produce("t1", 0, v1::Acks::All, &[b"kept".to_vec()], OP).await?;
+    assert_eq!(ok.base_offset, 0);
+
+    // Topic admin errors.
+    let e = client.create_topic("t1", 1, 3).await.expect_err("duplicate");
+    assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
+    let e = client.create_topic("bad name!", 1, 1).await.expect_err("invalid name");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("not allowed"), "{}", e.message());
+    let e = client.create_topic("t2", 1, 4).await.expect_err("rf above brokers");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("replication factor 4"), "{}", e.message());
+
+    let leader = cluster.node(leaders[0]).addr.clone();
+    let mut c = BrokerClient::connect(format!("http://{leader}")).await?;
+    let produce = |batch: Option<v1::RecordBatch>, topic: &str, partition: u32| v1::ProduceRequest {
+        topic: topic.into(),
+        partition,
+        acks: v1::Acks::All as i32,
+        batch,
+        timeout_ms: 0,
+    };
+    // Unknown topic and partition.
+    let e = c.produce(produce(Some(make_batch(&[b"x".to_vec()])), "nope", 0)).await.expect_err("unknown topic");
+    assert_eq!(e.code(), Code::NotFound);
+    let e = c.produce(produce(Some(make_batch(&[b"x".to_vec()])), "t1", 7)).await.expect_err("unknown partition");
+    assert_eq!(e.code(), Code::NotFound);
+    assert!(e.message().contains("no partition 7"), "{}", e.message());
+    // Missing, empty, corrupt, oversize batches.
+    let e = c.produce(produce(None, "t1", 0)).await.expect_err("no batch");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let mut empty = make_batch(&[b"x".to_vec()]);
+    empty.record_count = 0;
+    let e = c.produce(produce(Some(empty), "t1", 0)).await.expect_err("empty");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let mut corrupt = make_batch(&[b"x".to_vec()]);
+    corrupt.crc32c ^= 1;
+    let e = c.produce(produce(Some(corrupt), "t1", 0)).await.expect_err("corrupt");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(reason_of(&e).map(|(r, _)| r), Some(Reason::CorruptBatch));
+    let big = make_batch(&[vec![7u8; 2 << 20]]);
+    let e = c.produce(produce(Some(big), "t1", 0)).await.expect_err("oversize");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("max.message.bytes"), "{}", e.message());
+    // Fetch out of range carries the log's bounds.
+    let e = c
+        .fetch(v1::FetchRequest {
+            topic: "t1".into(),
+            partition: 0,
+            offset: 99,
+            max_bytes: 0,
+            max_wait_ms: 0,
+            min_bytes: 0,
+        })
+        .await
+        .expect_err("out of range");
+    assert_eq!(e.code(), Code::OutOfRange);
+    assert!(e.message().contains("0..1"), "{}", e.message());
+    // A produce to a follower names the leader.
+    let follower = cluster.nodes.iter().find(|n| n.id != leaders[0]).expect("a follower").addr.clone();
+    let mut f = BrokerClient::connect(format!("http://{follower}")).await?;
+    let e = f.produce(produce(Some(make_batch(&[b"x".to_vec()])), "t1", 0)).await.expect_err("not leader");
+    assert_eq!(e.code(), Code::Unavailable);
+    let hint = ferrolog_proto::errors::leader_hint(&e).expect("not-leader detail");
+    assert_eq!(hint.leader_id, Some(leaders[0]));
+    assert_eq!(hint.leader_address.as_deref(), Some(leader.as_str()));
+
+    // Nothing acknowledged was lost, nothing rejected was written.
+    let (got, hw) = client.fetch_from(&leader, "t1", 0, 0).await?;
+    assert_eq!(got, vec![(0, b"kept".to_vec())]);
+    assert_eq!(hw, 1);
+
+    // Deleting the topic removes it; its name can be used again.
+    client.admin(OP, |mut c| async move { c.delete_topic(v1::DeleteTopicRequest { name: "t1".into() }).await }).await?;
+    let e = client
+        .admin(OP, |mut c| async move { c.describe_topic(v1::DescribeTopicRequest { name: "t1".into() }).await })
+        .await
+        .expect_err("deleted");
+    assert_eq!(e.code(), Code::NotFound);
+    Ok(())
+}

@@ -1,0 +1,182 @@
+//! Real multi-process clusters for tests: `ferrolog server` child processes
+//! on loopback ports, each with its own temp data dir and log file.
+
+use std::path::PathBuf;
+use std::process::Child;
+use std::process::Command;
+use std::process::Stdio;
+use std::time::Duration;
+use std::time::Instant;
+
+use anyhow::Context;
+use anyhow::bail;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+/// The `ferrolog` binary: `FERROLOG_BIN`, else next to the test binary's
+/// directory (`target/<profile>/ferrolog`), which `scripts/test.sh` builds.
+pub fn ferrolog_bin() -> anyhow::Result<PathBuf> {
+    if let Ok(p) = std::env::var("FERROLOG_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().and_then(|d| d.parent()).context("test binary has no target dir")?;
+    let bin = dir.join("ferrolog");
+    if !bin.exists() {
+        bail!("{} not found: build it first (cargo build -p ferrolog) or set FERROLOG_BIN", bin.display());
+    }
+    Ok(bin)
+}
+
+/// A free loopback port (bound and released; the broker binds it next).
+pub fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// One broker process.
+#[derive(Debug)]
+pub struct Node {
+    /// Broker id.
+    pub id: u64,
+    /// `127.0.0.1:port`.
+    pub addr: String,
+    data_dir: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+/// A cluster of broker processes.
+#[derive(Debug)]
+pub struct Cluster {
+    /// The brokers, by index (id = index + 1).
+    pub nodes: Vec<Node>,
+    peers: String,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts `n` brokers, all initial metadata voters.
+    pub fn start(n: usize) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            let id = i as u64 + 1;
+            nodes.push(Node {
+                id,
+                addr: format!("127.0.0.1:{}", free_port()?),
+                data_dir: dir.path().join(format!("node-{id}")),
+                log: dir.path().join(format!("node-{id}.log")),
+                child: None,
+            });
+        }
+        let peers = nodes.iter().map(|n| format!("{}={}", n.id, n.addr)).collect::<Vec<_>>().join(",");
+        let mut c = Cluster { nodes, peers, dir };
+        for i in 0..n {
+            c.spawn(i)?;
+        }
+        Ok(c)
+    }
+
+    fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
+        let bin = ferrolog_bin()?;
+        let node = &mut self.nodes[i];
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log)?;
+        let child = Command::new(bin)
+            .args(["server", "--node-id", &node.id.to_string(), "--listen", &node.addr, "--peers", &self.peers])
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .env("RUST_LOG", std::env::var("FERROLOG_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        node.child = Some(child);
+        Ok(())
+    }
+
+    /// Addresses of every broker (running or not).
+    pub fn addrs(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.addr.clone()).collect()
+    }
+
+    /// The node with broker id `id`.
+    pub fn node(&self, id: u64) -> &Node {
+        &self.nodes[id as usize - 1]
+    }
+
+    /// SIGKILLs broker `id` and reaps it.
+    pub fn kill(&mut self, id: u64) -> anyhow::Result<()> {
+        let node = &mut self.nodes[id as usize - 1];
+        if let Some(mut c) = node.child.take() {
+            c.kill()?; // SIGKILL
+            c.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Restarts broker `id` on its data dir.
+    pub fn restart(&mut self, id: u64) -> anyhow::Result<()> {
+        self.kill(id)?;
+        self.spawn(id as usize - 1)
+    }
+
+    /// Waits until every running broker reports SERVING on grpc.health.v1.
+    pub async fn wait_serving(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        for n in self.nodes.iter().filter(|n| n.child.is_some()) {
+            loop {
+                if serving(&n.addr).await {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("broker {} not serving after {timeout:?}; log:\n{}", n.id, self.log_tail(n.id));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// The last lines of broker `id`'s log (for failure messages).
+    pub fn log_tail(&self, id: u64) -> String {
+        let text = std::fs::read_to_string(&self.node(id).log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// Keeps the data and logs (for debugging a failure).
+    pub fn keep(self) -> PathBuf {
+        let mut s = self;
+        for n in &mut s.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        let dir = std::mem::replace(&mut s.dir, tempfile::tempdir().expect("tempdir"));
+        dir.keep()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+async fn serving(addr: &str) -> bool {
+    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else { return false };
+    let Ok(ch) = endpoint.connect_timeout(Duration::from_millis(300)).connect().await else { return false };
+    let mut c = HealthClient::new(ch);
+    matches!(
+        c.check(HealthCheckRequest { service: String::new() }).await.map(|r| r.into_inner().status),
+        Ok(s) if s == ServingStatus::Serving as i32
+    )
+}
