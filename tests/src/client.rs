@@ -145,7 +145,16 @@ impl TestClient {
                     let name = topic.to_string();
                     async move { c.describe_topic(v1::DescribeTopicRequest { name }).await }
                 })
-                .await?;
+                .await;
+            // A broker whose metadata replica has not applied the creation
+            // yet does not know the topic: retriable, as in Kafka.
+            let d = match d {
+                Err(s) if s.code() == Code::NotFound && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+                other => other?,
+            };
             let leaders: Vec<u64> = d.partitions.iter().map(|p| p.leader_id).collect();
             if !leaders.is_empty() && leaders.iter().all(|l| *l != 0) {
                 return Ok(leaders);
@@ -193,7 +202,10 @@ impl TestClient {
                 Err(s) => {
                     self.leaders.lock().expect("lock").remove(&key);
                     let hint = leader_hint(&s);
-                    let nothing_written = hint.is_some() || s.message().starts_with("connect ");
+                    // Unknown topic right after creation: this broker's
+                    // metadata replica lags; nothing was written.
+                    let nothing_written =
+                        hint.is_some() || s.message().starts_with("connect ") || s.code() == Code::NotFound;
                     if !nothing_written || Instant::now() > deadline {
                         return Err(s);
                     }
