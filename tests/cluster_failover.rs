@@ -45,7 +45,12 @@ async fn produce_until(
                 first_ok.get_or_insert(start.elapsed());
             }
             // Not acknowledged: it may or may not be in the log; never retried.
-            Err(_) => *ambiguous += 1,
+            Err(e) => {
+                if *ambiguous < 3 {
+                    eprintln!("ambiguous produce failure: {e:?}");
+                }
+                *ambiguous += 1
+            }
         }
     }
     Ok(first_ok.unwrap_or_default())

@@ -1,0 +1,322 @@
+//! The Rust client of Ferrolog (first cut): bootstrap from any broker list,
+//! route produce requests to partition leaders by following `NOT_LEADER`
+//! hints, build and check record batches, fetch, and admin calls.
+//!
+//! Not here yet (see the client issue): batching with linger, keyed
+//! partitioning, compression, idempotence, consumer groups.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+use std::time::Instant;
+
+use ferrolog_proto::errors::leader_hint;
+use ferrolog_proto::v1;
+use ferrolog_proto::v1::admin_client::AdminClient;
+use ferrolog_proto::v1::broker_client::BrokerClient;
+use ferrolog_types::Batch;
+use ferrolog_types::BatchHeader;
+use prost::Message;
+use tonic::Code;
+use tonic::Status;
+use tonic::transport::Channel;
+
+/// Connect timeout to one broker.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// Per-request timeout on the wire.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Client errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The broker answered with an error.
+    #[error("{}: {}", .0.code(), .0.message())]
+    Status(#[from] Status),
+    /// A fetched batch failed its checksum or could not be decoded.
+    #[error("corrupt batch at offset {offset}: {detail}")]
+    Corrupt {
+        /// Base offset of the batch.
+        offset: i64,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+/// Builds a sealed, uncompressed batch of `(key, value)` records.
+pub fn make_batch(records: &[(Option<Vec<u8>>, Vec<u8>)], timestamp_ms: i64) -> v1::RecordBatch {
+    let list = v1::RecordList {
+        records: records
+            .iter()
+            .enumerate()
+            .map(|(i, (k, v))| v1::Record {
+                key: k.clone().map(Into::into),
+                value: v.clone().into(),
+                headers: vec![],
+                timestamp_ms,
+                offset_delta: i as u32,
+            })
+            .collect(),
+    };
+    let b =
+        Batch::seal(BatchHeader::plain(records.len() as u32, timestamp_ms), bytes::Bytes::from(list.encode_to_vec()));
+    v1::RecordBatch {
+        base_offset: 0,
+        producer_id: b.header.producer_id,
+        producer_epoch: b.header.producer_epoch,
+        base_sequence: b.header.base_sequence,
+        record_count: b.header.record_count,
+        compression: 0,
+        first_timestamp_ms: timestamp_ms,
+        max_timestamp_ms: timestamp_ms,
+        records: b.records,
+        crc32c: b.crc32c,
+    }
+}
+
+/// A fetched record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchedRecord {
+    /// Its offset.
+    pub offset: u64,
+    /// Its key, if any.
+    pub key: Option<Vec<u8>>,
+    /// Its value.
+    pub value: Vec<u8>,
+    /// Producer timestamp.
+    pub timestamp_ms: i64,
+}
+
+/// Checks a fetched batch's CRC32C end to end and decodes its records.
+pub fn decode_batch(b: &v1::RecordBatch) -> Result<Vec<FetchedRecord>, ClientError> {
+    let header = BatchHeader {
+        producer_id: b.producer_id,
+        producer_epoch: b.producer_epoch,
+        base_sequence: b.base_sequence,
+        record_count: b.record_count,
+        compression: b.compression as u32,
+        first_timestamp_ms: b.first_timestamp_ms,
+        max_timestamp_ms: b.max_timestamp_ms,
+    };
+    let corrupt = |detail: String| ClientError::Corrupt { offset: b.base_offset, detail };
+    Batch { header, records: b.records.clone(), crc32c: b.crc32c }.verify().map_err(|e| corrupt(e.to_string()))?;
+    if b.compression != 0 {
+        return Err(corrupt(format!("compression {} is not supported by this client yet", b.compression)));
+    }
+    let list = v1::RecordList::decode(b.records.as_ref()).map_err(|e| corrupt(e.to_string()))?;
+    Ok(list
+        .records
+        .into_iter()
+        .map(|r| FetchedRecord {
+            offset: b.base_offset as u64 + u64::from(r.offset_delta),
+            key: r.key.map(|k| k.to_vec()),
+            value: r.value.to_vec(),
+            timestamp_ms: r.timestamp_ms,
+        })
+        .collect())
+}
+
+/// Talks to a cluster through any of its brokers.
+#[derive(Debug)]
+pub struct Client {
+    bootstrap: Vec<String>,
+    channels: Mutex<HashMap<String, Channel>>,
+    leaders: Mutex<HashMap<(String, u32), String>>,
+}
+
+fn retriable(s: &Status) -> bool {
+    matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled)
+}
+
+impl Client {
+    /// A client bootstrapping from `brokers` (`host:port`).
+    pub fn new(brokers: Vec<String>) -> Self {
+        Client { bootstrap: brokers, channels: Mutex::new(HashMap::new()), leaders: Mutex::new(HashMap::new()) }
+    }
+
+    /// The broker addresses this client bootstraps from.
+    pub fn brokers(&self) -> &[String] {
+        &self.bootstrap
+    }
+
+    /// A (shared, lazily connecting) channel to `addr`.
+    pub fn channel(&self, addr: &str) -> Result<Channel, Status> {
+        let mut map = self.channels.lock().expect("channel map lock");
+        if let Some(c) = map.get(addr) {
+            return Ok(c.clone());
+        }
+        let c = Channel::from_shared(format!("http://{addr}"))
+            .map_err(|e| Status::invalid_argument(format!("bad broker address {addr:?}: {e}")))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        map.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// Runs an admin call on the metadata leader, following hints and
+    /// retrying unavailability until `timeout`.
+    pub async fn admin<T, F, Fut>(&self, timeout: Duration, mut call: F) -> Result<T, Status>
+    where
+        F: FnMut(AdminClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let deadline = Instant::now() + timeout;
+        let mut i = 0;
+        let mut next: Option<String> = None;
+        loop {
+            let addr = next.take().unwrap_or_else(|| self.bootstrap[i % self.bootstrap.len()].clone());
+            i += 1;
+            let r = match self.channel(&addr) {
+                Ok(ch) => call(AdminClient::new(ch)).await.map(|r| r.into_inner()),
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(v) => return Ok(v),
+                Err(s) if retriable(&s) && Instant::now() < deadline => {
+                    next = leader_hint(&s).and_then(|h| h.leader_address);
+                    if next.is_none() {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+                Err(s) => return Err(s),
+            }
+        }
+    }
+
+    /// Creates a topic.
+    pub async fn create_topic(&self, name: &str, partitions: u32, rf: u32) -> Result<v1::TopicDescription, Status> {
+        let req = v1::CreateTopicRequest { name: name.into(), partitions, replication_factor: rf, config: None };
+        self.admin(Duration::from_secs(20), |mut c| {
+            let req = req.clone();
+            async move { c.create_topic(req).await }
+        })
+        .await
+        .map(|r| r.topic.unwrap_or_default())
+    }
+
+    /// Describes a topic, waiting up to `timeout` for every partition to
+    /// have a leader (and for brokers to learn of a just-created topic).
+    pub async fn wait_leaders(&self, topic: &str, timeout: Duration) -> Result<v1::TopicDescription, Status> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let d = self
+                .admin(timeout, |mut c| {
+                    let name = topic.to_string();
+                    async move { c.describe_topic(v1::DescribeTopicRequest { name }).await }
+                })
+                .await;
+            // A broker whose metadata replica has not applied the creation
+            // yet does not know the topic: retriable, as in Kafka.
+            let d = match d {
+                Err(s) if s.code() == Code::NotFound && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+                other => other?,
+            };
+            if !d.partitions.is_empty() && d.partitions.iter().all(|p| p.leader_id != 0) {
+                return Ok(d);
+            }
+            if Instant::now() > deadline {
+                return Err(Status::unavailable(format!("partitions of {topic} have no leader after {timeout:?}")));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Produces one batch to a partition's leader, following `NOT_LEADER`
+    /// hints and retrying *only* errors that say nothing was written (not
+    /// leader, unreachable, topic not known yet) until `timeout`.
+    /// Ambiguous failures (timeouts, leader change after append) are
+    /// returned: retrying them could duplicate without idempotence.
+    pub async fn produce(
+        &self,
+        topic: &str,
+        partition: u32,
+        acks: v1::Acks,
+        batch: v1::RecordBatch,
+        timeout: Duration,
+    ) -> Result<v1::ProduceResponse, Status> {
+        let deadline = Instant::now() + timeout;
+        let key = (topic.to_string(), partition);
+        let mut i = partition as usize;
+        loop {
+            let cached = self.leaders.lock().expect("leader cache lock").get(&key).cloned();
+            let addr = cached.clone().unwrap_or_else(|| {
+                i += 1;
+                self.bootstrap[i % self.bootstrap.len()].clone()
+            });
+            let req = v1::ProduceRequest {
+                topic: topic.into(),
+                partition,
+                acks: acks as i32,
+                batch: Some(batch.clone()),
+                timeout_ms: 5_000,
+            };
+            let r = match self.channel(&addr) {
+                Ok(ch) => BrokerClient::new(ch).produce(req).await.map(|r| r.into_inner()),
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(v) => {
+                    if cached.is_none() {
+                        self.leaders.lock().expect("leader cache lock").insert(key, addr);
+                    }
+                    return Ok(v);
+                }
+                Err(s) => {
+                    self.leaders.lock().expect("leader cache lock").remove(&key);
+                    let hint = leader_hint(&s);
+                    // A refused connection sent nothing: safe to retry elsewhere.
+                    let unconnected = s.code() == Code::Unavailable && s.message().contains("connect error");
+                    let nothing_written = hint.is_some() || unconnected || s.code() == Code::NotFound;
+                    if !nothing_written || Instant::now() > deadline {
+                        return Err(s);
+                    }
+                    match hint.and_then(|h| h.leader_address) {
+                        Some(a) if a != addr => {
+                            self.leaders.lock().expect("leader cache lock").insert(key.clone(), a);
+                        }
+                        _ => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Fetches from `addr`'s replica of `topic`/`partition`, from `from` up
+    /// to its high watermark. Returns the records and the high watermark.
+    pub async fn fetch_all_from(
+        &self,
+        addr: &str,
+        topic: &str,
+        partition: u32,
+        from: u64,
+    ) -> Result<(Vec<FetchedRecord>, u64), ClientError> {
+        let mut c = BrokerClient::new(self.channel(addr)?);
+        let mut out: Vec<FetchedRecord> = Vec::new();
+        let mut offset = from;
+        loop {
+            let r = c
+                .fetch(v1::FetchRequest {
+                    topic: topic.into(),
+                    partition,
+                    offset: offset as i64,
+                    max_bytes: 1 << 20,
+                    max_wait_ms: 0,
+                    min_bytes: 0,
+                })
+                .await?
+                .into_inner();
+            let hw = r.high_watermark as u64;
+            for b in &r.batches {
+                out.extend(decode_batch(b)?.into_iter().filter(|rec| rec.offset >= offset));
+            }
+            offset = out.last().map(|r| r.offset + 1).unwrap_or(offset);
+            if r.batches.is_empty() || offset >= hw {
+                return Ok((out, hw));
+            }
+        }
+    }
+}
