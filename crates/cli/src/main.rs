@@ -6,6 +6,7 @@
 //! `consume`, `group`, `cluster`, `bench produce|consume`) arrive with the
 //! client work; until then they are absent rather than stubs.
 
+mod bench_produce;
 mod server;
 
 use std::time::Duration;
@@ -40,6 +41,8 @@ enum Bench {
     ///
     /// Example: ferrolog bench storage --groups 1,16,256 --group-commit both --duration 5
     Storage(StorageArgs),
+    /// Produce to a running cluster and report throughput and latency.
+    Produce(bench_produce::ProduceArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -50,8 +53,11 @@ enum OnOff {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Output {
+/// Output format of benchmarks.
+pub enum Output {
+    /// A human-readable table.
     Text,
+    /// JSON for scripts.
     Json,
 }
 
@@ -90,6 +96,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Server(args) => rt.block_on(server::run(args)),
         Command::Bench(Bench::Storage(args)) => rt.block_on(bench_storage(args)),
+        Command::Bench(Bench::Produce(args)) => rt.block_on(bench_produce::run(args)),
     }
 }
 

@@ -1,0 +1,198 @@
+//! `ferrolog bench produce`: closed-loop producers against a real cluster,
+//! in the spirit of kafka-producer-perf-test.
+//!
+//! Each of `--producers` tasks owns one partition (task i → partition
+//! i mod P) and sends batches of `--batch-records` records of
+//! `--record-size` bytes, one batch in flight at a time, waiting for the
+//! acks level. Latency is per batch, from send to answer.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::ValueEnum;
+use ferrolog_client::Client;
+use ferrolog_proto::v1;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tonic::Code;
+
+/// Acks level on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+pub enum AcksArg {
+    /// Committed by a quorum.
+    All,
+    /// Durable on the leader.
+    #[value(name = "1")]
+    One,
+    /// Fire and forget.
+    #[value(name = "0")]
+    Zero,
+}
+
+impl AcksArg {
+    fn proto(self) -> v1::Acks {
+        match self {
+            AcksArg::All => v1::Acks::All,
+            AcksArg::One => v1::Acks::Leader,
+            AcksArg::Zero => v1::Acks::None,
+        }
+    }
+}
+
+/// Produce benchmark.
+///
+/// Example: ferrolog bench produce --topic bench --records 200000 --record-size 1024 --producers 4 --acks all
+#[derive(Debug, clap::Args)]
+pub struct ProduceArgs {
+    /// Brokers to bootstrap from.
+    #[arg(long, env = "FERROLOG_BROKERS", default_value = "127.0.0.1:9092", value_delimiter = ',')]
+    brokers: Vec<String>,
+    /// Topic (created with --partitions and --replication-factor if missing).
+    #[arg(long)]
+    topic: String,
+    /// Records to send in all (ignored with --duration).
+    #[arg(long, default_value_t = 100_000)]
+    records: u64,
+    /// Run for this many seconds instead of a record count.
+    #[arg(long)]
+    duration: Option<u64>,
+    /// Bytes per record value.
+    #[arg(long, default_value_t = 1024)]
+    record_size: usize,
+    /// Records per batch (one Raft entry per batch).
+    #[arg(long, default_value_t = 16)]
+    batch_records: usize,
+    /// Concurrent producers.
+    #[arg(long, default_value_t = 1)]
+    producers: usize,
+    /// Acks level.
+    #[arg(long, value_enum, default_value = "all")]
+    acks: AcksArg,
+    /// Partitions when creating the topic.
+    #[arg(long, default_value_t = 1)]
+    partitions: u32,
+    /// Replication factor when creating the topic.
+    #[arg(long, default_value_t = 3)]
+    replication_factor: u32,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    output: crate::Output,
+}
+
+/// What a run measured.
+#[derive(Debug, Serialize)]
+pub struct ProduceReport {
+    acks: AcksArg,
+    producers: usize,
+    partitions: usize,
+    record_size: usize,
+    batch_records: usize,
+    records: u64,
+    errors: u64,
+    seconds: f64,
+    records_per_sec: f64,
+    mb_per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+    max_ms: f64,
+}
+
+/// Runs the benchmark and prints its report.
+pub async fn run(args: ProduceArgs) -> anyhow::Result<()> {
+    let client = Arc::new(Client::new(args.brokers.clone()));
+    match client.create_topic(&args.topic, args.partitions, args.replication_factor).await {
+        Ok(_) => {}
+        Err(s) if s.code() == Code::AlreadyExists => {}
+        Err(s) => return Err(anyhow::anyhow!("create topic {}: {}", args.topic, s.message())),
+    }
+    let desc = client.wait_leaders(&args.topic, Duration::from_secs(30)).await.context("wait for partition leaders")?;
+    let partitions = desc.partitions.len();
+    let value = vec![b'x'; args.record_size];
+    let batch: Vec<(Option<Vec<u8>>, Vec<u8>)> = (0..args.batch_records).map(|_| (None, value.clone())).collect();
+    let sent = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let deadline = args.duration.map(|d| Instant::now() + Duration::from_secs(d));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..args.producers {
+        let client = client.clone();
+        let topic = args.topic.clone();
+        let batch = ferrolog_client::make_batch(&batch, 0);
+        let (sent, errors) = (sent.clone(), errors.clone());
+        let (acks, total, per) = (args.acks.proto(), args.records, args.batch_records as u64);
+        let partition = (i % partitions) as u32;
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+            loop {
+                match deadline {
+                    Some(d) if Instant::now() >= d => break,
+                    None if sent.fetch_add(per, Ordering::Relaxed) >= total => break,
+                    _ => {}
+                }
+                let t0 = Instant::now();
+                match client.produce(&topic, partition, acks, batch.clone(), Duration::from_secs(30)).await {
+                    Ok(_) => {
+                        hist.record(t0.elapsed().as_micros().max(1) as u64)?;
+                        if deadline.is_some() {
+                            sent.fetch_add(per, Ordering::Relaxed);
+                        }
+                    }
+                    Err(e) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(error = %e, "produce failed");
+                    }
+                }
+            }
+            Ok::<_, anyhow::Error>(hist)
+        }));
+    }
+    let mut total = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    for t in tasks {
+        total.add(t.await??)?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let records = total.len() * args.batch_records as u64;
+    let ms = |q: f64| total.value_at_quantile(q) as f64 / 1000.0;
+    let report = ProduceReport {
+        acks: args.acks,
+        producers: args.producers,
+        partitions,
+        record_size: args.record_size,
+        batch_records: args.batch_records,
+        records,
+        errors: errors.load(Ordering::Relaxed),
+        seconds,
+        records_per_sec: records as f64 / seconds,
+        mb_per_sec: records as f64 * args.record_size as f64 / seconds / 1e6,
+        p50_ms: ms(0.5),
+        p99_ms: ms(0.99),
+        p999_ms: ms(0.999),
+        max_ms: total.max() as f64 / 1000.0,
+    };
+    match args.output {
+        crate::Output::Json => println!("{}", serde_json::to_string(&report)?),
+        crate::Output::Text => println!(
+            "acks={:?} producers={} partitions={} record={}B batch={} | {} records in {:.1}s: {:.0} records/s, {:.2} MB/s | batch latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms | {} errors",
+            report.acks,
+            report.producers,
+            report.partitions,
+            report.record_size,
+            report.batch_records,
+            report.records,
+            report.seconds,
+            report.records_per_sec,
+            report.mb_per_sec,
+            report.p50_ms,
+            report.p99_ms,
+            report.p999_ms,
+            report.max_ms,
+            report.errors
+        ),
+    }
+    Ok(())
+}
