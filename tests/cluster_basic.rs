@@ -77,6 +77,23 @@ async fn produce_and_fetch_with_each_acks_level() -> anyhow::Result<()> {
         }
     }
 
+    // Metrics: every broker serves Prometheus text; the leaders counted the
+    // produces per acks level (10 + 10 + 10 per partition, 3 partitions).
+    let mut produced = [0.0; 3];
+    let mut replicas = 0.0;
+    for n in &cluster.nodes {
+        let text = ferrolog_tests::cluster::scrape(&n.metrics_addr)?;
+        for (i, acks) in ["all", "1", "0"].iter().enumerate() {
+            produced[i] +=
+                ferrolog_tests::cluster::sample(&text, &format!("ferrolog_produce_requests_total{{acks=\"{acks}\"}}"))
+                    .unwrap_or(0.0);
+        }
+        replicas += ferrolog_tests::cluster::sample(&text, "ferrolog_partition_replicas").unwrap_or(0.0);
+        assert!(text.contains("ferrolog_rocksdb_write_stopped 0"), "write-stall gauge missing");
+    }
+    assert!(produced.iter().all(|n| *n >= 30.0), "produce counters per acks level: {produced:?}");
+    assert_eq!(replicas, 9.0, "3 partitions x 3 replicas");
+
     // Long poll: a fetch at the end waits for the next record.
     let leaders = client.wait_leaders("orders", START).await?;
     let leader_addr = cluster.node(leaders[0]).addr.clone();
@@ -182,6 +199,19 @@ async fn bad_input_gets_clear_errors_and_loses_nothing() -> anyhow::Result<()> {
 
     // Deleting the topic removes it; its name can be used again.
     client.admin(OP, |mut c| async move { c.delete_topic(v1::DeleteTopicRequest { name: "t1".into() }).await }).await?;
+    // Metadata reaches followers asynchronously: every broker must stop
+    // knowing the topic shortly after the delete commits.
+    let deadline = std::time::Instant::now() + OP;
+    for addr in cluster.addrs() {
+        loop {
+            let mut a = v1::admin_client::AdminClient::connect(format!("http://{addr}")).await?;
+            match a.describe_topic(v1::DescribeTopicRequest { name: "t1".into() }).await {
+                Err(e) if e.code() == Code::NotFound => break,
+                other => assert!(std::time::Instant::now() < deadline, "{addr} still describes t1: {other:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     let e = client
         .admin(OP, |mut c| async move { c.describe_topic(v1::DescribeTopicRequest { name: "t1".into() }).await })
         .await

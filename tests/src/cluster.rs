@@ -42,6 +42,8 @@ pub struct Node {
     pub id: u64,
     /// `127.0.0.1:port`.
     pub addr: String,
+    /// Where it serves Prometheus metrics.
+    pub metrics_addr: String,
     data_dir: PathBuf,
     log: PathBuf,
     child: Option<Child>,
@@ -66,6 +68,7 @@ impl Cluster {
             nodes.push(Node {
                 id,
                 addr: format!("127.0.0.1:{}", free_port()?),
+                metrics_addr: format!("127.0.0.1:{}", free_port()?),
                 data_dir: dir.path().join(format!("node-{id}")),
                 log: dir.path().join(format!("node-{id}.log")),
                 child: None,
@@ -85,6 +88,7 @@ impl Cluster {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log)?;
         let child = Command::new(bin)
             .args(["server", "--node-id", &node.id.to_string(), "--listen", &node.addr, "--peers", &self.peers])
+            .args(["--metrics-listen", &node.metrics_addr])
             .arg("--data-dir")
             .arg(&node.data_dir)
             .env("RUST_LOG", std::env::var("FERROLOG_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
@@ -169,6 +173,27 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// `GET /metrics` of a broker: the Prometheus text.
+pub fn scrape(metrics_addr: &str) -> anyhow::Result<String> {
+    use std::io::Read;
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(metrics_addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: {metrics_addr}\r\nConnection: close\r\n\r\n")?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    let (head, rest) = body.split_once("\r\n\r\n").context("no HTTP header end")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("metrics answered {head}");
+    }
+    Ok(rest.to_string())
+}
+
+/// The value of an unlabelled or exactly-labelled sample in Prometheus text.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 async fn serving(addr: &str) -> bool {

@@ -21,6 +21,8 @@ pub struct BrokerConfig {
     pub listen: SocketAddr,
     /// Address other brokers and clients use to reach it.
     pub advertise: String,
+    /// Where to serve Prometheus metrics (`/metrics`), if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
     /// Initial voters of the metadata group, this broker included when it
     /// is one: `id → address`.
     pub peers: BTreeMap<NodeId, String>,

@@ -8,6 +8,7 @@
 //! - [`transport`]: the multi-group Raft transport (client and server).
 //! - [`groups`]: the registry of Raft groups and the reconciler that follows
 //!   the metadata group's placement.
+//! - [`metrics`]: Prometheus metrics on `--metrics-listen`.
 //! - [`service`]: the public `Broker` and `Admin` services.
 //! - [`error`]: [`error::BrokerError`] and its mapping to `tonic::Status`.
 //! - [`server`]: [`run`], wiring it together until shutdown.
@@ -15,6 +16,7 @@
 pub mod config;
 pub mod error;
 pub mod groups;
+pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod transport;

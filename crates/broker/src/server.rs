@@ -99,7 +99,12 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> anyhow::R
         })
     };
 
-    let services = Services::new(groups.clone());
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let metrics_server = config.metrics_listen.map(|addr| {
+        tracing::info!(node = node_id, %addr, "serving Prometheus metrics at /metrics");
+        tokio::spawn(crate::metrics::serve(addr, metrics.clone(), groups.clone(), storage.clone(), shutdown.clone()))
+    });
+    let services = Services::new(groups.clone(), metrics);
     tracing::info!(node = node_id, listen = %config.listen, advertise = config.advertise, "broker starting");
     let serve = tonic::transport::Server::builder()
         .tcp_nodelay(true)
@@ -116,6 +121,13 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> anyhow::R
     tracing::info!(node = node_id, "broker stopping");
     shutdown.cancel();
     let _ = reconciler.await;
+    if let Some(m) = metrics_server {
+        match m.await {
+            Ok(Err(e)) => tracing::error!(error = %e, "metrics server failed"),
+            Err(e) => tracing::error!(error = %e, "metrics server panicked"),
+            Ok(Ok(())) => {}
+        }
+    }
     groups.shutdown().await;
     storage.flush().context("flush the store")?;
     served.context("serve")?;

@@ -31,6 +31,7 @@ use tonic::Status;
 use crate::error::BrokerError;
 use crate::groups::Groups;
 use crate::groups::Replica;
+use crate::metrics::Metrics;
 
 /// Longest a produce waits for its acks level when the request names no timeout.
 pub const DEFAULT_PRODUCE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -46,12 +47,13 @@ pub const DEFAULT_FETCH_MAX_BYTES: usize = 4 << 20;
 #[derive(Debug, Clone)]
 pub struct Services {
     groups: Arc<Groups>,
+    metrics: Arc<Metrics>,
 }
 
 impl Services {
-    /// Services over `groups`.
-    pub fn new(groups: Arc<Groups>) -> Self {
-        Services { groups }
+    /// Services over `groups`, counting into `metrics`.
+    pub fn new(groups: Arc<Groups>, metrics: Arc<Metrics>) -> Self {
+        Services { groups, metrics }
     }
 
     fn topic(&self, name: &str) -> Result<Topic, BrokerError> {
@@ -157,6 +159,38 @@ impl v1::broker_server::Broker for Services {
     #[tracing::instrument(skip_all, fields(node = self.groups.node_id(), topic = %request.get_ref().topic, partition = request.get_ref().partition))]
     async fn produce(&self, request: TReq<v1::ProduceRequest>) -> Result<TResp<v1::ProduceResponse>, Status> {
         let req = request.into_inner();
+        let t0 = std::time::Instant::now();
+        let slot = match v1::Acks::try_from(req.acks) {
+            Ok(v1::Acks::All) | Err(_) => 0,
+            Ok(v1::Acks::Leader) => 1,
+            Ok(v1::Acks::None) => 2,
+        };
+        let records = req.batch.as_ref().map(|b| u64::from(b.record_count)).unwrap_or(0);
+        let r = self.produce_inner(req).await;
+        self.metrics.produce[slot].observe(t0.elapsed(), if r.is_ok() { records } else { 0 }, r.is_ok());
+        r
+    }
+
+    #[tracing::instrument(skip_all, fields(node = self.groups.node_id(), topic = %request.get_ref().topic, partition = request.get_ref().partition))]
+    async fn fetch(&self, request: TReq<v1::FetchRequest>) -> Result<TResp<v1::FetchResponse>, Status> {
+        let t0 = std::time::Instant::now();
+        let r = self.fetch_inner(request.into_inner()).await;
+        let records =
+            r.as_ref().map(|r| r.get_ref().batches.iter().map(|b| u64::from(b.record_count)).sum()).unwrap_or(0);
+        self.metrics.fetch.observe(t0.elapsed(), records, r.is_ok());
+        r
+    }
+
+    async fn list_offsets(
+        &self,
+        request: TReq<v1::ListOffsetsRequest>,
+    ) -> Result<TResp<v1::ListOffsetsResponse>, Status> {
+        self.list_offsets_inner(request.into_inner()).await
+    }
+}
+
+impl Services {
+    async fn produce_inner(&self, req: v1::ProduceRequest) -> Result<TResp<v1::ProduceResponse>, Status> {
         let acks = v1::Acks::try_from(req.acks)
             .map_err(|_| BrokerError::InvalidArgument(format!("unknown acks {}", req.acks)))?;
         let (topic, replica) = self.leader_replica(&req.topic, req.partition).await?;
@@ -238,9 +272,7 @@ impl v1::broker_server::Broker for Services {
         }
     }
 
-    #[tracing::instrument(skip_all, fields(node = self.groups.node_id(), topic = %request.get_ref().topic, partition = request.get_ref().partition))]
-    async fn fetch(&self, request: TReq<v1::FetchRequest>) -> Result<TResp<v1::FetchResponse>, Status> {
-        let req = request.into_inner();
+    async fn fetch_inner(&self, req: v1::FetchRequest) -> Result<TResp<v1::FetchResponse>, Status> {
         // Any replica may serve a fetch: it only holds applied, i.e.
         // committed, batches, and serves up to what it knows is committed.
         let (_, replica) = self.replica(&req.topic, req.partition)?;
@@ -292,11 +324,7 @@ impl v1::broker_server::Broker for Services {
         }))
     }
 
-    async fn list_offsets(
-        &self,
-        request: TReq<v1::ListOffsetsRequest>,
-    ) -> Result<TResp<v1::ListOffsetsResponse>, Status> {
-        let req = request.into_inner();
+    async fn list_offsets_inner(&self, req: v1::ListOffsetsRequest) -> Result<TResp<v1::ListOffsetsResponse>, Status> {
         let (_, replica) = self.replica(&req.topic, req.partition)?;
         let p = *replica.progress.borrow();
         let spec = v1::OffsetSpec::try_from(req.spec)

@@ -35,11 +35,14 @@ pub struct ServerArgs {
     /// Address others reach this broker at (default: --listen).
     #[arg(long, env = "FERROLOG_ADVERTISE")]
     advertise: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, env = "FERROLOG_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// Initial metadata voters: ID=HOST:PORT,... (this broker included).
     #[arg(long, env = "FERROLOG_PEERS")]
     peers: Option<String>,
     /// A TOML file with the same keys (node_id, data_dir, listen, advertise,
-    /// peers); flags and environment variables override it.
+    /// metrics_listen, peers); flags and environment variables override it.
     #[arg(long, env = "FERROLOG_CONFIG")]
     config: Option<PathBuf>,
 }
@@ -51,6 +54,7 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     listen: Option<SocketAddr>,
     advertise: Option<String>,
+    metrics_listen: Option<SocketAddr>,
     peers: Option<String>,
 }
 
@@ -83,7 +87,8 @@ pub fn resolve(args: ServerArgs) -> anyhow::Result<BrokerConfig> {
     {
         bail!("--peers gives broker {node_id} the address {a}, but it advertises {advertise}");
     }
-    Ok(BrokerConfig { node_id, data_dir, listen, advertise, peers })
+    let metrics_listen = args.metrics_listen.or(file.metrics_listen);
+    Ok(BrokerConfig { node_id, data_dir, listen, advertise, metrics_listen, peers })
 }
 
 /// Runs the broker until SIGTERM or Ctrl-C.

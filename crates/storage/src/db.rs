@@ -289,6 +289,12 @@ impl Storage {
         }
     }
 
+    /// An integer RocksDB property summed over the column families
+    /// (e.g. `rocksdb.is-write-stopped`, `rocksdb.actual-delayed-write-rate`).
+    pub fn property_sum(&self, name: &str) -> u64 {
+        Cf::ALL.iter().filter_map(|cf| self.db.property_int_value_cf(self.cf(*cf), name).ok().flatten()).sum()
+    }
+
     /// Flushes memtables to SST files (tests and orderly shutdown).
     pub fn flush(&self) -> Result<(), StorageError> {
         for cf in Cf::ALL {

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Idle cost of partition replicas: starts 3 brokers, creates one topic with
+# N partitions at RF=3 (so every broker holds N replicas, leading ~N/3),
+# waits for every partition to have a leader, then samples each broker's CPU
+# time and RSS over a quiet window. Prints CPU% (of one core) and RSS MiB.
+#
+# Usage: bench/idle.sh [partitions] [window-seconds]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-1000}
+WINDOW=${2:-30}
+BIN=${FERROLOG_BIN:-target/debug/ferrolog}
+[[ -x $BIN ]] || cargo build -q -p ferrolog
+DIR=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$DIR"' EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+P1=$(port); P2=$(port); P3=$(port)
+PEERS="1=127.0.0.1:$P1,2=127.0.0.1:$P2,3=127.0.0.1:$P3"
+PIDS=()
+for i in 1 2 3; do
+  p=$(eval echo "\$P$i")
+  RUST_LOG=warn "$BIN" server --node-id $i --listen "127.0.0.1:$p" --peers "$PEERS" --data-dir "$DIR/n$i" >>"$DIR/n$i.log" 2>&1 &
+  PIDS+=($!)
+done
+BROKERS="127.0.0.1:$P1,127.0.0.1:$P2,127.0.0.1:$P3"
+sample() { # pid -> "cpu_ticks rss_kib"
+  awk '{print $14+$15}' "/proc/$1/stat" | tr '\n' ' '; awk '/VmRSS/{print $2}' "/proc/$1/status"
+}
+# Baseline with no partitions.
+sleep 5
+report() { # label
+  declare -A T0
+  for pid in "${PIDS[@]}"; do read -r t _ < <(sample "$pid"); T0[$pid]=$t; done
+  sleep "$WINDOW"
+  local hz; hz=$(getconf CLK_TCK)
+  for pid in "${PIDS[@]}"; do
+    read -r t rss < <(sample "$pid")
+    awk -v l="$1" -v p="$pid" -v d=$((t - T0[$pid])) -v hz="$hz" -v w="$WINDOW" -v r="$rss" \
+      'BEGIN { printf "%s broker pid %d: CPU %.1f%% of a core, RSS %.0f MiB\n", l, p, 100*d/hz/w, r/1024 }'
+  done
+}
+report "0 partitions:"
+# One record per create keeps the tool's wait-for-leaders logic: bench with 1 record.
+start=$(date +%s)
+"$BIN" bench produce --brokers "$BROKERS" --topic idle --partitions "$N" --replication-factor 3 --records 1 --batch-records 1 >/dev/null
+echo "created $N partitions (RF=3) and all have leaders after $(( $(date +%s) - start ))s"
+sleep 5
+report "$N partitions:"
