@@ -129,3 +129,26 @@ async fn sigkill_leader_then_all_brokers_loses_no_acknowledged_record() -> anyho
     verify(&client, &cluster, &acked).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_hands_leadership_away_and_exits_cleanly() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(3)?;
+    cluster.wait_serving(START).await?;
+    let client = TestClient::new(cluster.addrs());
+    client.create_topic("ledger", 1, 3).await?;
+    let leader = client.wait_leaders("ledger", START).await?[0];
+    let (mut next, mut acked, mut ambiguous) = (0u64, HashMap::new(), 0u64);
+    produce_until(&client, &mut next, &mut acked, &mut ambiguous, 100, START).await?;
+
+    let status = cluster.terminate(leader, Duration::from_secs(15))?;
+    assert!(status.success(), "broker {leader} exited with {status} after SIGTERM");
+    // Leadership was handed over before it stopped: a new leader is there
+    // and production goes on with no ambiguous failure.
+    let first = produce_until(&client, &mut next, &mut acked, &mut ambiguous, 100, START).await?;
+    eprintln!("after SIGTERM of leader {leader}: produce succeeded after {first:?}, {ambiguous} ambiguous failures");
+    assert_eq!(ambiguous, 0, "an orderly stop must not fail acknowledged-or-not writes ambiguously");
+    let new_leader = client.wait_leaders("ledger", START).await?[0];
+    assert_ne!(new_leader, leader);
+    verify(&client, &cluster, &acked).await?;
+    Ok(())
+}

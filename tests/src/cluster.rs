@@ -120,6 +120,29 @@ impl Cluster {
         Ok(())
     }
 
+    /// Sends SIGTERM to broker `id` and waits up to `timeout` for it to exit.
+    #[allow(unsafe_code)]
+    pub fn terminate(&mut self, id: u64, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let node = &mut self.nodes[id as usize - 1];
+        let mut c = node.child.take().context("broker is not running")?;
+        // SAFETY: kill(2) on our own, not yet reaped, child.
+        if unsafe { libc::kill(c.id() as i32, libc::SIGTERM) } != 0 {
+            bail!("SIGTERM to broker {id}: {}", std::io::Error::last_os_error());
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = c.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                bail!("broker {id} did not exit within {timeout:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Restarts broker `id` on its data dir.
     pub fn restart(&mut self, id: u64) -> anyhow::Result<()> {
         self.kill(id)?;

@@ -115,6 +115,14 @@ pub enum AnyRaft {
 type RaftResult<T> = Result<T, RaftError<TypeConfig>>;
 
 impl AnyRaft {
+    fn metrics(&self) -> openraft::RaftMetrics<TypeConfig> {
+        use openraft::async_runtime::watch::WatchReceiver;
+        match self {
+            AnyRaft::Meta(r) => r.metrics().borrow_watched().clone(),
+            AnyRaft::Partition(r) => r.metrics().borrow_watched().clone(),
+        }
+    }
+
     /// Hands an AppendEntries request to the group.
     pub async fn append_entries(
         &self,
@@ -139,6 +147,17 @@ impl AnyRaft {
         match self {
             AnyRaft::Meta(r) => r.pre_vote(req).await,
             AnyRaft::Partition(r) => r.pre_vote(req).await,
+        }
+    }
+
+    /// Hands a leadership transfer request to the group.
+    pub async fn handle_transfer_leader(
+        &self,
+        req: openraft::raft::TransferLeaderRequest<TypeConfig>,
+    ) -> Result<openraft::raft::TransferLeaderResponse<TypeConfig>, openraft::error::Fatal<TypeConfig>> {
+        match self {
+            AnyRaft::Meta(r) => r.handle_transfer_leader(req).await,
+            AnyRaft::Partition(r) => r.handle_transfer_leader(req).await,
         }
     }
 
@@ -290,6 +309,57 @@ impl Groups {
             acks,
             reader: PartitionReader::new(self.storage.clone(), group),
         }))
+    }
+
+    /// Hands leadership of every group this broker leads to an up-to-date
+    /// follower and waits (up to `timeout`) until it moved. Best effort: a
+    /// group with no caught-up follower keeps its leader until it stops.
+    pub async fn hand_off_leadership(&self, timeout: std::time::Duration) -> usize {
+        use openraft::async_runtime::watch::WatchReceiver;
+        let me = self.node_id;
+        let mut pending: Vec<AnyRaft> = Vec::new();
+        let mut rafts: Vec<AnyRaft> = self.replicas().into_iter().map(|r| AnyRaft::Partition(r.raft.clone())).collect();
+        if let Some(m) = self.meta() {
+            rafts.push(AnyRaft::Meta(m.raft.clone()));
+        }
+        for raft in rafts {
+            let metrics = raft.metrics();
+            if metrics.current_leader != Some(me) {
+                continue;
+            }
+            let last = metrics.last_log_index;
+            // The most caught-up follower (matched == last if possible).
+            let target = metrics.replication.as_ref().and_then(|repl| {
+                repl.iter()
+                    .filter(|(id, _)| **id != me)
+                    .max_by_key(|(_, m)| m.map(|l| l.index))
+                    .filter(|(_, m)| m.map(|l| l.index) == last)
+                    .map(|(id, _)| *id)
+            });
+            if let Some(to) = target {
+                let r = match &raft {
+                    AnyRaft::Meta(r) => r.trigger().transfer_leader(to).await,
+                    AnyRaft::Partition(r) => r.trigger().transfer_leader(to).await,
+                };
+                if r.is_ok() {
+                    pending.push(raft);
+                }
+            }
+        }
+        let started = pending.len();
+        let deadline = tokio::time::Instant::now() + timeout;
+        for raft in pending {
+            let mut rx = match &raft {
+                AnyRaft::Meta(r) => r.metrics(),
+                AnyRaft::Partition(r) => r.metrics(),
+            };
+            while rx.borrow_watched().current_leader == Some(me) {
+                if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+                    break;
+                }
+            }
+        }
+        started
     }
 
     /// Stops every partition group (orderly shutdown).

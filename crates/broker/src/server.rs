@@ -27,6 +27,8 @@ use crate::transport::Transport;
 /// How often the partition reconciler runs even without metadata changes
 /// (it retries what failed before).
 const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest a stopping broker waits for its leaderships to move.
+const HANDOFF_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs a broker until `shutdown` is cancelled, then stops its groups and
 /// flushes its store.
@@ -105,6 +107,7 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> anyhow::R
         tokio::spawn(crate::metrics::serve(addr, metrics.clone(), groups.clone(), storage.clone(), shutdown.clone()))
     });
     let services = Services::new(groups.clone(), metrics);
+    let stop_serving = CancellationToken::new();
     tracing::info!(node = node_id, listen = %config.listen, advertise = config.advertise, "broker starting");
     let serve = tonic::transport::Server::builder()
         .tcp_nodelay(true)
@@ -114,12 +117,24 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> anyhow::R
         .add_service(RaftServer::new(RaftService::new(groups.clone())))
         .add_service(BrokerServer::new(services.clone()))
         .add_service(AdminServer::new(services))
-        .serve_with_shutdown(config.listen, shutdown.clone().cancelled_owned());
+        .serve_with_shutdown(config.listen, stop_serving.clone().cancelled_owned());
+    // SIGTERM: first hand leadership away while still serving (the new
+    // leaders need our votes and replies), then stop accepting.
+    let handoff = {
+        let (groups, shutdown, stop_serving) = (groups.clone(), shutdown.clone(), stop_serving.clone());
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            let moved = groups.hand_off_leadership(HANDOFF_TIMEOUT).await;
+            tracing::info!(node = node_id, groups = moved, "leadership handed off; stopping");
+            stop_serving.cancel();
+        })
+    };
     let served = serve.await;
 
     // Orderly stop: partitions and metadata group, then flush the store.
     tracing::info!(node = node_id, "broker stopping");
     shutdown.cancel();
+    let _ = handoff.await;
     let _ = reconciler.await;
     if let Some(m) = metrics_server {
         match m.await {

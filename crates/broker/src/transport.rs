@@ -38,6 +38,8 @@ use openraft::network::RPCOption;
 use openraft::raft::AppendEntriesRequest;
 use openraft::raft::AppendEntriesResponse;
 use openraft::raft::SnapshotResponse;
+use openraft::raft::TransferLeaderRequest;
+use openraft::raft::TransferLeaderResponse;
 use openraft::raft::VoteRequest;
 use openraft::raft::VoteResponse;
 use serde::Serialize;
@@ -191,6 +193,20 @@ impl RaftNetworkV2<TypeConfig> for GroupClient {
         Self::reply(r.into_inner())
     }
 
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let msg = self.message(&req)?;
+        let mut c = self.client()?;
+        let r = tokio::time::timeout(option.hard_ttl(), c.transfer_leader(msg))
+            .await
+            .map_err(unreachable)?
+            .map_err(unreachable)?;
+        Self::reply(r.into_inner())
+    }
+
     async fn full_snapshot(
         &mut self,
         vote: Vote,
@@ -336,8 +352,22 @@ impl ferrolog_proto::internal::raft_server::Raft for RaftService {
     }
 
     async fn transfer_leader(&self, request: tonic::Request<RaftMessage>) -> TonicResult<RaftReply> {
-        let g = request.into_inner().group_id;
-        Ok(tonic::Response::new(err_reply(g, "transfer_leader is not supported yet")))
+        let msg = request.into_inner();
+        if let Some(r) = self.check_target(&msg) {
+            return Ok(tonic::Response::new(r));
+        }
+        let g = msg.group_id;
+        let Ok(req) = decode::<TransferLeaderRequest<TypeConfig>>(&msg.payload) else {
+            return Ok(tonic::Response::new(err_reply(g, "undecodable transfer-leader request")));
+        };
+        let reply = match self.groups.raft(GroupId(g)) {
+            None => err_reply(g, format!("group {g} is not running on this broker")),
+            Some(raft) => match raft.handle_transfer_leader(req).await {
+                Ok(resp) => ok_reply(g, &resp),
+                Err(e) => err_reply(g, e.to_string()),
+            },
+        };
+        Ok(tonic::Response::new(reply))
     }
 
     async fn batch(
