@@ -205,7 +205,7 @@ async fn bad_input_gets_clear_errors_and_loses_nothing() -> anyhow::Result<()> {
     for addr in cluster.addrs() {
         loop {
             let mut a = v1::admin_client::AdminClient::connect(format!("http://{addr}")).await?;
-            match a.describe_topic(v1::DescribeTopicRequest { name: "t1".into() }).await {
+            match a.describe_topic(v1::DescribeTopicRequest { name: "t1".into(), local_only: false }).await {
                 Err(e) if e.code() == Code::NotFound => break,
                 other => assert!(std::time::Instant::now() < deadline, "{addr} still describes t1: {other:?}"),
             }
@@ -213,9 +213,56 @@ async fn bad_input_gets_clear_errors_and_loses_nothing() -> anyhow::Result<()> {
         }
     }
     let e = client
-        .admin(OP, |mut c| async move { c.describe_topic(v1::DescribeTopicRequest { name: "t1".into() }).await })
+        .admin(OP, |mut c| async move {
+            c.describe_topic(v1::DescribeTopicRequest { name: "t1".into(), local_only: false }).await
+        })
         .await
         .expect_err("deleted");
     assert_eq!(e.code(), Code::NotFound);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_broker_joins_and_receives_partitions() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(3)?;
+    cluster.wait_serving(START).await?;
+    let id = cluster.add_joining_node()?;
+    cluster.wait_serving(START).await?;
+    let client = TestClient::new(cluster.addrs());
+    // The cluster knows it (as a metadata learner) and sees it alive.
+    let deadline = std::time::Instant::now() + START;
+    loop {
+        let c =
+            client.admin(OP, |mut c| async move { c.describe_cluster(v1::DescribeClusterRequest {}).await }).await?;
+        if let Some(b) = c.brokers.iter().find(|b| b.id == id)
+            && b.alive
+        {
+            assert!(!b.metadata_voter, "a joined broker is a learner of the metadata group");
+            assert_eq!(b.address, cluster.node(id).addr);
+            assert_eq!(c.brokers.len(), 4);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "broker {id} not listed alive: {c:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // New topics place replicas on it, and it serves them.
+    let t = client.create_topic("spread", 4, 2).await?;
+    let on_new: Vec<u32> =
+        t.partitions.iter().filter(|p| p.replicas.iter().any(|r| r.broker_id == id)).map(|p| p.partition).collect();
+    assert_eq!(on_new.len(), 2, "4 partitions x 2 replicas over 4 brokers: 2 on the new one");
+    client.wait_leaders("spread", START).await?;
+    for p in &on_new {
+        let r = client.produce("spread", *p, v1::Acks::All, &[b"hello".to_vec()], OP).await?;
+        assert_eq!(r.base_offset, 0);
+        let deadline = std::time::Instant::now() + OP;
+        loop {
+            let (got, _) = client.fetch_from(&cluster.node(id).addr, "spread", *p, 0).await?;
+            if got == vec![(0, b"hello".to_vec())] {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "new broker's replica of spread/{p}: {got:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     Ok(())
 }

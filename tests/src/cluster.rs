@@ -47,6 +47,8 @@ pub struct Node {
     data_dir: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    /// Started with `--join` instead of being an initial peer.
+    joined: bool,
 }
 
 /// A cluster of broker processes.
@@ -72,6 +74,7 @@ impl Cluster {
                 data_dir: dir.path().join(format!("node-{id}")),
                 log: dir.path().join(format!("node-{id}.log")),
                 child: None,
+                joined: false,
             });
         }
         let peers = nodes.iter().map(|n| format!("{}={}", n.id, n.addr)).collect::<Vec<_>>().join(",");
@@ -84,10 +87,13 @@ impl Cluster {
 
     fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
         let bin = ferrolog_bin()?;
+        let seed = self.nodes[0].addr.clone();
         let node = &mut self.nodes[i];
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log)?;
+        let membership = if node.joined { ["--join", &seed] } else { ["--peers", &self.peers] };
         let child = Command::new(bin)
-            .args(["server", "--node-id", &node.id.to_string(), "--listen", &node.addr, "--peers", &self.peers])
+            .args(["server", "--node-id", &node.id.to_string(), "--listen", &node.addr])
+            .args(membership)
             .args(["--metrics-listen", &node.metrics_addr])
             .arg("--data-dir")
             .arg(&node.data_dir)
@@ -98,6 +104,23 @@ impl Cluster {
             .spawn()?;
         node.child = Some(child);
         Ok(())
+    }
+
+    /// Starts one more broker that joins the running cluster through
+    /// broker 1 (`--join`); returns its id.
+    pub fn add_joining_node(&mut self) -> anyhow::Result<u64> {
+        let id = self.nodes.len() as u64 + 1;
+        self.nodes.push(Node {
+            id,
+            addr: format!("127.0.0.1:{}", free_port()?),
+            metrics_addr: format!("127.0.0.1:{}", free_port()?),
+            data_dir: self.dir.path().join(format!("node-{id}")),
+            log: self.dir.path().join(format!("node-{id}.log")),
+            child: None,
+            joined: true,
+        });
+        self.spawn(id as usize - 1)?;
+        Ok(id)
     }
 
     /// Addresses of every broker (running or not).

@@ -21,6 +21,9 @@ pub struct BrokerConfig {
     pub listen: SocketAddr,
     /// Address other brokers and clients use to reach it.
     pub advertise: String,
+    /// Brokers of a running cluster to join through (when this broker is not
+    /// one of the initial peers).
+    pub join: Vec<String>,
     /// Where to serve Prometheus metrics (`/metrics`), if anywhere.
     pub metrics_listen: Option<SocketAddr>,
     /// Initial voters of the metadata group, this broker included when it

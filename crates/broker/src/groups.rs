@@ -199,6 +199,11 @@ impl Groups {
         Arc::new(Groups { node_id, storage, transport, meta: OnceLock::new(), partitions: RwLock::new(HashMap::new()) })
     }
 
+    /// The shared per-peer channels.
+    pub fn transport(&self) -> &Arc<Transport> {
+        &self.transport
+    }
+
     /// This broker's id.
     pub fn node_id(&self) -> NodeId {
         self.node_id

@@ -9,6 +9,7 @@
 //! - [`groups`]: the registry of Raft groups and the reconciler that follows
 //!   the metadata group's placement.
 //! - [`metrics`]: Prometheus metrics on `--metrics-listen`.
+//! - [`join`]: admitting brokers that join a running cluster.
 //! - [`service`]: the public `Broker` and `Admin` services.
 //! - [`error`]: [`error::BrokerError`] and its mapping to `tonic::Status`.
 //! - [`server`]: [`run`], wiring it together until shutdown.
@@ -16,6 +17,7 @@
 pub mod config;
 pub mod error;
 pub mod groups;
+pub mod join;
 pub mod metrics;
 pub mod server;
 pub mod service;

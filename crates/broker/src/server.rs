@@ -53,8 +53,11 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> anyhow::R
             if let Err(e) = raft.initialize(members).await {
                 tracing::debug!(error = %e, "metadata initialize (another voter may have been first)");
             }
+        } else if config.join.is_empty() {
+            tracing::warn!(node = node_id, "not an initial peer and no --join given: waiting to be added");
         } else {
-            tracing::info!(node = node_id, "not an initial voter: waiting to be added to the cluster");
+            tracing::info!(node = node_id, via = ?config.join, "not an initial peer: joining the running cluster");
+            tokio::spawn(crate::join::join(node_id, config.advertise.clone(), config.join.clone(), shutdown.clone()));
         }
     }
     groups.set_meta(Meta { raft: raft.clone(), state: meta_state.clone() });

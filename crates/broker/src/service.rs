@@ -40,6 +40,8 @@ pub const MAX_FETCH_WAIT: Duration = Duration::from_secs(30);
 /// A broker whose last heartbeat ack to the metadata leader is older than
 /// this counts as not alive.
 pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a broker waits for another to describe its partitions.
+pub const REMOTE_DESCRIBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// Default fetch size limit when the request names none.
 pub const DEFAULT_FETCH_MAX_BYTES: usize = 4 << 20;
 
@@ -372,6 +374,45 @@ impl Services {
     }
 
     async fn describe(&self, t: &Topic) -> v1::TopicDescription {
+        self.describe_with(t, false).await
+    }
+
+    /// Asks, for partitions without a local replica, one broker per replica
+    /// set (in parallel, bounded by [`REMOTE_DESCRIBE_TIMEOUT`]); partitions
+    /// whose brokers do not answer stay without a leader (0).
+    async fn fill_remote(&self, t: &Topic, partitions: &mut [v1::PartitionDescription]) {
+        let mut asks: std::collections::BTreeMap<NodeId, Vec<usize>> = std::collections::BTreeMap::new();
+        for (i, a) in t.partitions.iter().enumerate() {
+            if self.groups.replica(a.group).is_none()
+                && let Some(first) = a.replicas.first()
+            {
+                asks.entry(*first).or_default().push(i);
+            }
+        }
+        let calls = asks.into_iter().filter_map(|(broker, idx)| {
+            let addr = self.groups.address_of(broker)?;
+            // The peer's shared channel: no new connection per describe.
+            let ch = self.groups.transport().channel(&addr).ok()?;
+            let name = t.name.clone();
+            Some(async move {
+                let mut c = v1::admin_client::AdminClient::new(ch);
+                let fut = c.describe_topic(v1::DescribeTopicRequest { name, local_only: true });
+                let d = tokio::time::timeout(REMOTE_DESCRIBE_TIMEOUT, fut).await.ok()?.ok()?.into_inner();
+                Some((idx, d))
+            })
+        });
+        for (idx, d) in futures::future::join_all(calls).await.into_iter().flatten() {
+            for i in idx {
+                if let Some(remote) = d.partitions.iter().find(|p| p.partition as usize == i) {
+                    partitions[i] = remote.clone();
+                }
+            }
+        }
+    }
+
+    /// Describes `t`: partitions with a local replica from local state, the
+    /// others (unless `local_only`) from a broker holding a replica.
+    async fn describe_with(&self, t: &Topic, local_only: bool) -> v1::TopicDescription {
         let mut partitions = Vec::new();
         for (i, a) in t.partitions.iter().enumerate() {
             let mut d = v1::PartitionDescription {
@@ -405,6 +446,9 @@ impl Services {
                 }
             }
             partitions.push(d);
+        }
+        if !local_only {
+            self.fill_remote(t, &mut partitions).await;
         }
         v1::TopicDescription {
             name: t.name.clone(),
@@ -487,8 +531,16 @@ impl v1::admin_server::Admin for Services {
         &self,
         request: TReq<v1::DescribeTopicRequest>,
     ) -> Result<TResp<v1::TopicDescription>, Status> {
-        let t = self.topic(&request.into_inner().name)?;
-        Ok(TResp::new(self.describe(&t).await))
+        let req = request.into_inner();
+        let t = self.topic(&req.name)?;
+        let mut d = self.describe_with(&t, req.local_only).await;
+        if req.local_only {
+            // Only what this broker holds: the caller fills in the rest,
+            // and this answer never fans out again (no recursion).
+            let me = self.groups.node_id();
+            d.partitions.retain(|p| t.partitions.get(p.partition as usize).is_some_and(|a| a.replicas.contains(&me)));
+        }
+        Ok(TResp::new(d))
     }
 
     async fn describe_cluster(

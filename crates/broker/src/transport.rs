@@ -294,6 +294,15 @@ impl RaftService {
 
 #[tonic::async_trait]
 impl ferrolog_proto::internal::raft_server::Raft for RaftService {
+    async fn join(
+        &self,
+        request: tonic::Request<ferrolog_proto::internal::JoinRequest>,
+    ) -> TonicResult<ferrolog_proto::internal::JoinReply> {
+        let req = request.into_inner();
+        crate::join::admit(&self.groups, req.node_id, req.address).await?;
+        Ok(tonic::Response::new(ferrolog_proto::internal::JoinReply {}))
+    }
+
     async fn append_entries(&self, request: tonic::Request<RaftMessage>) -> TonicResult<RaftReply> {
         let msg = request.into_inner();
         if let Some(r) = self.check_target(&msg) {

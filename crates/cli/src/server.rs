@@ -35,6 +35,10 @@ pub struct ServerArgs {
     /// Address others reach this broker at (default: --listen).
     #[arg(long, env = "FERROLOG_ADVERTISE")]
     advertise: Option<String>,
+    /// Join a running cluster through these brokers (HOST:PORT,...), for a
+    /// broker that is not one of the initial --peers.
+    #[arg(long, env = "FERROLOG_JOIN", value_delimiter = ',')]
+    join: Vec<String>,
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, env = "FERROLOG_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
@@ -42,7 +46,7 @@ pub struct ServerArgs {
     #[arg(long, env = "FERROLOG_PEERS")]
     peers: Option<String>,
     /// A TOML file with the same keys (node_id, data_dir, listen, advertise,
-    /// metrics_listen, peers); flags and environment variables override it.
+    /// metrics_listen, peers, join); flags and environment variables override it.
     #[arg(long, env = "FERROLOG_CONFIG")]
     config: Option<PathBuf>,
 }
@@ -56,6 +60,7 @@ struct FileConfig {
     advertise: Option<String>,
     metrics_listen: Option<SocketAddr>,
     peers: Option<String>,
+    join: Option<Vec<String>>,
 }
 
 /// Resolves the configuration: flags/env over file over defaults.
@@ -78,8 +83,11 @@ pub fn resolve(args: ServerArgs) -> anyhow::Result<BrokerConfig> {
         .or(file.node_id)
         .or_else(|| hostname::get().ok().and_then(|h| h.into_string().ok()).and_then(|h| node_id_from_hostname(&h)));
     let node_id = settle_node_id(&data_dir, configured)?;
+    let joining = !args.join.is_empty() || file.join.as_ref().is_some_and(|j| !j.is_empty());
     let peers = match args.peers.or(file.peers) {
         Some(p) => parse_peers(&p)?,
+        // A joining broker has no initial peers; a lone broker is its own.
+        None if joining => Default::default(),
         None => [(node_id, advertise.clone())].into_iter().collect(),
     };
     if let Some(a) = peers.get(&node_id)
@@ -88,7 +96,8 @@ pub fn resolve(args: ServerArgs) -> anyhow::Result<BrokerConfig> {
         bail!("--peers gives broker {node_id} the address {a}, but it advertises {advertise}");
     }
     let metrics_listen = args.metrics_listen.or(file.metrics_listen);
-    Ok(BrokerConfig { node_id, data_dir, listen, advertise, metrics_listen, peers })
+    let join = if args.join.is_empty() { file.join.unwrap_or_default() } else { args.join };
+    Ok(BrokerConfig { node_id, data_dir, listen, advertise, metrics_listen, join, peers })
 }
 
 /// Runs the broker until SIGTERM or Ctrl-C.
