@@ -95,6 +95,8 @@ impl Cluster {
             .args(["server", "--node-id", &node.id.to_string(), "--listen", &node.addr])
             .args(membership)
             .args(["--metrics-listen", &node.metrics_addr])
+            // Enforce retention often, so retention tests are quick.
+            .args(["--retention-check-ms", "200"])
             .arg("--data-dir")
             .arg(&node.data_dir)
             .env("RUST_LOG", std::env::var("FERROLOG_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))

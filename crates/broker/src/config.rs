@@ -24,6 +24,8 @@ pub struct BrokerConfig {
     /// Brokers of a running cluster to join through (when this broker is not
     /// one of the initial peers).
     pub join: Vec<String>,
+    /// How often retention limits are enforced.
+    pub retention_check: std::time::Duration,
     /// Where to serve Prometheus metrics (`/metrics`), if anywhere.
     pub metrics_listen: Option<SocketAddr>,
     /// Initial voters of the metadata group, this broker included when it

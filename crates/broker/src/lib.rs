@@ -10,6 +10,7 @@
 //!   the metadata group's placement.
 //! - [`metrics`]: Prometheus metrics on `--metrics-listen`.
 //! - [`join`]: admitting brokers that join a running cluster.
+//! - [`retention`]: deleting old data and purging Raft logs.
 //! - [`service`]: the public `Broker` and `Admin` services.
 //! - [`error`]: [`error::BrokerError`] and its mapping to `tonic::Status`.
 //! - [`server`]: [`run`], wiring it together until shutdown.
@@ -19,6 +20,7 @@ pub mod error;
 pub mod groups;
 pub mod join;
 pub mod metrics;
+pub mod retention;
 pub mod server;
 pub mod service;
 pub mod transport;

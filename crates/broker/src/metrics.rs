@@ -86,11 +86,13 @@ impl Metrics {
         self.fetch.render(&mut out, "fetch", "");
 
         let me = groups.node_id();
-        let (mut replicas, mut led, mut under, mut terms, mut commit_lag) = (0u64, 0u64, 0u64, 0u64, 0u64);
+        let (mut replicas, mut led, mut under, mut terms, mut commit_lag, mut purged) =
+            (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
         for r in groups.replicas() {
             replicas += 1;
             let m = r.raft.metrics().borrow_watched().clone();
             terms += m.current_term;
+            purged += m.purged.map(|l| l.index + 1).unwrap_or(0);
             commit_lag += m.last_log_index.unwrap_or(0).saturating_sub(m.last_applied.map(|l| l.index).unwrap_or(0));
             if m.current_leader == Some(me) {
                 led += 1;
@@ -115,6 +117,7 @@ impl Metrics {
             "Sum of Raft terms of local partition groups (grows by one per election).",
             terms,
         );
+        gauge(&mut out, "raft_purged_entries", "Raft log entries purged behind snapshots, over local groups.", purged);
         gauge(
             &mut out,
             "commit_lag_entries",

@@ -110,6 +110,7 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> anyhow::R
         tokio::spawn(crate::metrics::serve(addr, metrics.clone(), groups.clone(), storage.clone(), shutdown.clone()))
     });
     let services = Services::new(groups.clone(), metrics);
+    let retention = tokio::spawn(crate::retention::run(groups.clone(), config.retention_check, shutdown.clone()));
     let stop_serving = CancellationToken::new();
     tracing::info!(node = node_id, listen = %config.listen, advertise = config.advertise, "broker starting");
     let serve = tonic::transport::Server::builder()
@@ -138,6 +139,7 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> anyhow::R
     tracing::info!(node = node_id, "broker stopping");
     shutdown.cancel();
     let _ = handoff.await;
+    let _ = retention.await;
     let _ = reconciler.await;
     if let Some(m) = metrics_server {
         match m.await {

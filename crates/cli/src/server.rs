@@ -39,6 +39,9 @@ pub struct ServerArgs {
     /// broker that is not one of the initial --peers.
     #[arg(long, env = "FERROLOG_JOIN", value_delimiter = ',')]
     join: Vec<String>,
+    /// How often retention (retention.ms / retention.bytes) is enforced, in ms.
+    #[arg(long, env = "FERROLOG_RETENTION_CHECK_MS", default_value_t = 60_000)]
+    retention_check_ms: u64,
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, env = "FERROLOG_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
@@ -97,7 +100,8 @@ pub fn resolve(args: ServerArgs) -> anyhow::Result<BrokerConfig> {
     }
     let metrics_listen = args.metrics_listen.or(file.metrics_listen);
     let join = if args.join.is_empty() { file.join.unwrap_or_default() } else { args.join };
-    Ok(BrokerConfig { node_id, data_dir, listen, advertise, metrics_listen, join, peers })
+    let retention_check = std::time::Duration::from_millis(args.retention_check_ms.max(10));
+    Ok(BrokerConfig { node_id, data_dir, listen, advertise, metrics_listen, join, retention_check, peers })
 }
 
 /// Runs the broker until SIGTERM or Ctrl-C.

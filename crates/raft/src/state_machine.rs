@@ -260,6 +260,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             acks.invalidate();
         }
         self.progress.send_replace(progress_of(&self.state));
+        tracing::info!(
+            group = %self.group,
+            last_log_id = ?meta.last_log_id,
+            log_start = self.state.partition.log_start,
+            next_offset = self.state.partition.next_offset,
+            "installed snapshot"
+        );
         Ok(())
     }
 

@@ -1,0 +1,133 @@
+//! Retention: deleting the oldest data of partitions beyond `retention.ms`
+//! or `retention.bytes`, and purging the Raft log consistently.
+//!
+//! Every [`RETENTION_CHECK`] (configurable), for each local replica:
+//! - the partition leader computes the new log start from the topic's limits
+//!   and proposes `TrimBefore(offset)`; every replica applies it, deleting
+//!   whole batches below it and moving its log start forward;
+//! - every replica whose log start moved since its last snapshot builds one
+//!   (snapshots hold the retained batches) and then purges its Raft log up to
+//!   that snapshot, so the log and the retained data move together. A
+//!   follower that is behind the leader's purged log catches up through that
+//!   snapshot (openraft sends it).
+
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::SystemTime;
+
+use ferrolog_metadata::Topic;
+use ferrolog_partition::Command;
+use ferrolog_raft::Request;
+use ferrolog_types::Offset;
+use openraft::async_runtime::watch::WatchReceiver;
+use tokio_util::sync::CancellationToken;
+
+use crate::groups::Groups;
+use crate::groups::Replica;
+
+/// Default interval between retention checks (Kafka: 5 minutes).
+pub const RETENTION_CHECK: Duration = Duration::from_secs(60);
+
+/// Runs retention every `interval` until `shutdown`.
+pub async fn run(groups: Arc<Groups>, interval: Duration, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        for replica in groups.replicas() {
+            let topic = groups.meta().and_then(|m| m.state.borrow().cluster.topics.get(&replica.topic).cloned());
+            let Some(topic) = topic else { continue };
+            if let Err(e) = check(&groups, &replica, &topic).await {
+                tracing::warn!(node = groups.node_id(), topic = replica.topic, partition = replica.partition, error = %e, "retention check failed");
+            }
+        }
+    }
+}
+
+async fn check(groups: &Groups, r: &Replica, topic: &Topic) -> anyhow::Result<()> {
+    let metrics = r.raft.metrics().borrow_watched().clone();
+    if metrics.current_leader == Some(groups.node_id())
+        && let Some(trim) = trim_point(r, topic)?
+    {
+        tracing::info!(
+            node = groups.node_id(),
+            topic = r.topic,
+            partition = r.partition,
+            log_start = trim,
+            "retention: trimming"
+        );
+        r.raft.client_write(Request::Partition { cmd: Command::TrimBefore(trim), ack: 0 }).await?;
+    }
+    // Snapshot, then purge, once the log start moved past what the last
+    // snapshot covers.
+    let progress = *r.progress.borrow();
+    if progress.log_start == 0 {
+        return Ok(());
+    }
+    let applied = metrics.last_applied.map(|l| l.index);
+    let snapshot = metrics.snapshot.map(|l| l.index);
+    let purged = metrics.purged.map(|l| l.index);
+    match (snapshot, applied) {
+        (Some(s), _) if purged < Some(s) => {
+            r.raft.trigger().purge_log(s).await?;
+        }
+        (s, Some(a)) if s < Some(a) && trimmed_since_snapshot(r, s) => {
+            r.raft.trigger().snapshot().await?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// True when the applied state's log start is newer than the snapshot's
+/// (approximated: any trim applied after the snapshot index).
+fn trimmed_since_snapshot(r: &Replica, snapshot_index: Option<u64>) -> bool {
+    let p = *r.progress.borrow();
+    p.log_start > 0 && p.last_applied_index > snapshot_index
+}
+
+/// The new log start the topic's limits ask for, if it is past the current one.
+fn trim_point(r: &Replica, topic: &Topic) -> anyhow::Result<Option<Offset>> {
+    let p = *r.progress.borrow();
+    if topic.config.retention_ms.is_none() && topic.config.retention_bytes.is_none() {
+        return Ok(None);
+    }
+    // (end offset, size, max timestamp) of every stored batch, oldest first.
+    let mut batches = Vec::new();
+    let mut from = p.log_start;
+    while from < p.next_offset {
+        let chunk = r.reader.read(from, 1024)?;
+        if chunk.is_empty() {
+            break;
+        }
+        for (base, b) in chunk {
+            from = base + u64::from(b.header.record_count);
+            batches.push((from, b.size_bytes() as u64, b.header.max_timestamp_ms));
+        }
+    }
+    let mut trim = p.log_start;
+    if let Some(limit) = topic.config.retention_bytes {
+        // Drop the oldest batches until what is left fits the limit.
+        let total: u64 = batches.iter().map(|b| b.1).sum();
+        let mut excess = total.saturating_sub(limit as u64);
+        for (end, size, _) in &batches {
+            if excess == 0 {
+                break;
+            }
+            excess = excess.saturating_sub(*size);
+            trim = trim.max(*end);
+        }
+    }
+    if let Some(ms) = topic.config.retention_ms {
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH)?.as_millis() as i64;
+        // Batches whose newest record is older than the cutoff expire, oldest first.
+        for (end, _, max_ts) in &batches {
+            if *max_ts >= now - ms {
+                break;
+            }
+            trim = trim.max(*end);
+        }
+    }
+    Ok((trim > p.log_start).then_some(trim))
+}

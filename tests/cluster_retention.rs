@@ -1,0 +1,145 @@
+//! Retention: the oldest data beyond `retention.bytes` / `retention.ms` is
+//! deleted, the log start moves forward on every replica, the Raft log is
+//! purged behind a snapshot, and a follower that was down past the purge
+//! catches up through that snapshot.
+
+use std::time::Duration;
+use std::time::Instant;
+
+use ferrolog_proto::v1;
+use ferrolog_tests::client::TestClient;
+use ferrolog_tests::cluster::Cluster;
+use ferrolog_tests::cluster::sample;
+use ferrolog_tests::cluster::scrape;
+use tonic::Code;
+
+const START: Duration = Duration::from_secs(30);
+const OP: Duration = Duration::from_secs(20);
+
+async fn create(client: &TestClient, name: &str, config: v1::TopicConfig) -> anyhow::Result<()> {
+    let req = v1::CreateTopicRequest { name: name.into(), partitions: 1, replication_factor: 3, config: Some(config) };
+    client
+        .admin(OP, |mut c| {
+            let req = req.clone();
+            async move { c.create_topic(req).await }
+        })
+        .await?;
+    Ok(())
+}
+
+async fn fetch_meta(addr: &str, topic: &str, offset: i64) -> Result<v1::FetchResponse, tonic::Status> {
+    let mut c = v1::broker_client::BrokerClient::connect(format!("http://{addr}"))
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    c.fetch(v1::FetchRequest {
+        topic: topic.into(),
+        partition: 0,
+        offset,
+        max_bytes: 1 << 20,
+        max_wait_ms: 0,
+        min_bytes: 0,
+    })
+    .await
+    .map(|r| r.into_inner())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_bytes_trims_purges_and_a_lagging_follower_catches_up_by_snapshot() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(3)?;
+    cluster.wait_serving(START).await?;
+    let client = TestClient::new(cluster.addrs());
+    create(
+        &client,
+        "logs",
+        v1::TopicConfig { retention_ms: None, retention_bytes: Some(20_000), max_message_bytes: None },
+    )
+    .await?;
+    let leader = client.wait_leaders("logs", START).await?[0];
+    let follower = cluster.nodes.iter().map(|n| n.id).find(|id| *id != leader).expect("a follower");
+    cluster.kill(follower)?;
+
+    // ~100 KB into a 20 KB budget.
+    for i in 0..100 {
+        let v = format!("{i:04}-{}", "x".repeat(1000)).into_bytes();
+        client.produce("logs", 0, v1::Acks::All, &[v], OP).await?;
+    }
+    // The leader trims, snapshots and purges its Raft log.
+    let leader_addr = cluster.node(leader).addr.clone();
+    let deadline = Instant::now() + OP;
+    let (log_start, hw) = loop {
+        let r = fetch_meta(&leader_addr, "logs", 99).await?;
+        let purged =
+            sample(&scrape(&cluster.node(leader).metrics_addr)?, "ferrolog_raft_purged_entries").unwrap_or(0.0);
+        if r.log_start_offset > 0 && purged > 0.0 {
+            break (r.log_start_offset as u64, r.high_watermark as u64);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no trim/purge on the leader: log start {}, purged {purged}",
+            r.log_start_offset
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(hw, 100);
+    assert!(log_start >= 75, "about 20 KB of 100 KB kept, log start {log_start}");
+    let e = fetch_meta(&leader_addr, "logs", 0).await.expect_err("offset 0 was deleted");
+    assert_eq!(e.code(), Code::OutOfRange);
+
+    // The follower missed everything and the leader's log no longer has it:
+    // it can only catch up through the snapshot.
+    cluster.restart(follower)?;
+    cluster.wait_serving(START).await?;
+    let follower_addr = cluster.node(follower).addr.clone();
+    let (want, _) = client.fetch_from(&leader_addr, "logs", 0, log_start).await?;
+    let deadline = Instant::now() + OP;
+    loop {
+        if let Ok(r) = fetch_meta(&follower_addr, "logs", log_start as i64).await
+            && r.high_watermark as u64 == hw
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "follower {follower} did not catch up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (got, _) = client.fetch_from(&follower_addr, "logs", 0, log_start).await?;
+    assert_eq!(got, want, "the follower serves exactly the retained records");
+    let r = fetch_meta(&follower_addr, "logs", log_start as i64).await?;
+    assert!(r.log_start_offset > 0, "the follower's log start moved too");
+    assert!(
+        cluster.log_tail(follower).contains("installed snapshot"),
+        "the follower caught up without a snapshot?\n{}",
+        cluster.log_tail(follower)
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_ms_deletes_expired_batches() -> anyhow::Result<()> {
+    let cluster = Cluster::start(3)?;
+    cluster.wait_serving(START).await?;
+    let client = TestClient::new(cluster.addrs());
+    // The test client stamps records in 2023: with a one-hour retention
+    // they are all expired on arrival.
+    create(
+        &client,
+        "old",
+        v1::TopicConfig { retention_ms: Some(3_600_000), retention_bytes: None, max_message_bytes: None },
+    )
+    .await?;
+    let leader = client.wait_leaders("old", START).await?[0];
+    for i in 0..5 {
+        client.produce("old", 0, v1::Acks::All, &[format!("old-{i}").into_bytes()], OP).await?;
+    }
+    let addr = cluster.node(leader).addr.clone();
+    let deadline = Instant::now() + OP;
+    loop {
+        let r = fetch_meta(&addr, "old", 5).await?;
+        if r.log_start_offset == 5 {
+            assert!(r.batches.is_empty());
+            break;
+        }
+        assert!(Instant::now() < deadline, "expired batches not deleted: log start {}", r.log_start_offset);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
