@@ -40,8 +40,10 @@ async fn produce_and_fetch_with_each_acks_level() -> anyhow::Result<()> {
         for (acks, name) in [(v1::Acks::All, "all"), (v1::Acks::Leader, "one")] {
             for i in 0..10 {
                 let values = vec![value(name, p, i), value(name, p, i + 100)];
+                let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
                 let r = client.produce("orders", p, acks, &values, OP).await?;
                 assert_eq!(r.base_offset, expected.len() as i64, "{name} p{p} #{i}: offsets are dense");
+                assert!(r.append_time_ms >= before - 1000, "append time {} is the broker's clock", r.append_time_ms);
                 assert_eq!(r.last_offset, r.base_offset + 1);
                 expected.extend(values);
             }
@@ -93,6 +95,46 @@ async fn produce_and_fetch_with_each_acks_level() -> anyhow::Result<()> {
     }
     assert!(produced.iter().all(|n| *n >= 30.0), "produce counters per acks level: {produced:?}");
     assert_eq!(replicas, 9.0, "3 partitions x 3 replicas");
+
+    // List offsets: earliest, latest, and by timestamp (the test client
+    // stamps every record 1_700_000_000_000).
+    let leaders = client.wait_leaders("orders", START).await?;
+    let mut b = BrokerClient::connect(format!("http://{}", cluster.node(leaders[1]).addr)).await?;
+    let list = |spec: v1::OffsetSpec, ts: i64| v1::ListOffsetsRequest {
+        topic: "orders".into(),
+        partition: 1,
+        spec: spec as i32,
+        timestamp_ms: ts,
+    };
+    assert_eq!(b.list_offsets(list(v1::OffsetSpec::Earliest, 0)).await?.into_inner().offset, 0);
+    assert_eq!(b.list_offsets(list(v1::OffsetSpec::Latest, 0)).await?.into_inner().offset, 50);
+    assert_eq!(b.list_offsets(list(v1::OffsetSpec::Timestamp, 1_600_000_000_000)).await?.into_inner().offset, 0);
+    assert_eq!(
+        b.list_offsets(list(v1::OffsetSpec::Timestamp, 1_800_000_000_000)).await?.into_inner().offset,
+        50,
+        "no record at or after the timestamp: the log end"
+    );
+
+    // Server reflection (v1) lists the public services, as grpcurl needs.
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.node(1).addr))?.connect().await?;
+    let mut refl = tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(ch);
+    let req = tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(tonic_reflection::pb::v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut stream = refl.server_reflection_info(futures::stream::iter(vec![req])).await?.into_inner();
+    let resp = stream.message().await?.expect("a reflection response");
+    let Some(tonic_reflection::pb::v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        resp.message_response
+    else {
+        anyhow::bail!("unexpected reflection answer");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for want in ["ferrolog.v1.Broker", "ferrolog.v1.Admin", "ferrolog.internal.v1.Raft", "grpc.health.v1.Health"] {
+        assert!(names.iter().any(|n| n == want), "{want} missing from reflection: {names:?}");
+    }
 
     // Long poll: a fetch at the end waits for the next record.
     let leaders = client.wait_leaders("orders", START).await?;

@@ -111,6 +111,10 @@ impl Services {
     }
 }
 
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(-1)
+}
+
 /// Converts a produced batch, checking what can be checked before Raft.
 fn batch_from_proto(b: v1::RecordBatch, max_bytes: u32) -> Result<Batch, BrokerError> {
     if b.record_count == 0 {
@@ -217,6 +221,7 @@ impl Services {
                     last_offset: -1,
                     high_watermark: hw(),
                     duplicate: false,
+                    append_time_ms: -1,
                 }))
             }
             v1::Acks::All => {
@@ -232,6 +237,7 @@ impl Services {
                             last_offset: last_offset as i64,
                             high_watermark: hw(),
                             duplicate: false,
+                            append_time_ms: now_ms(),
                         }))
                     }
                     Response::Partition(Outcome::Rejected(r)) => Err(BrokerError::CorruptBatch(r.to_string()).into()),
@@ -269,6 +275,7 @@ impl Services {
                     last_offset: last as i64,
                     high_watermark: hw(),
                     duplicate: false,
+                    append_time_ms: now_ms(),
                 }))
             }
         }

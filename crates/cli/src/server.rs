@@ -125,3 +125,69 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     });
     ferrolog_broker::run(config, shutdown).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(dir: &std::path::Path) -> ServerArgs {
+        ServerArgs {
+            node_id: None,
+            data_dir: None,
+            listen: None,
+            advertise: None,
+            peers: None,
+            join: vec![],
+            retention_check_ms: 60_000,
+            metrics_listen: None,
+            config: Some(dir.join("ferrolog.toml")),
+        }
+    }
+
+    #[test]
+    fn config_file_fills_in_and_flags_override() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let data = dir.path().join("data");
+        std::fs::write(
+            dir.path().join("ferrolog.toml"),
+            format!(
+                "node_id = 2\ndata_dir = {:?}\nlisten = \"127.0.0.1:9300\"\npeers = \"1=127.0.0.1:9200,2=127.0.0.1:9300\"\nmetrics_listen = \"127.0.0.1:9400\"\n",
+                data.display().to_string()
+            ),
+        )?;
+        let c = resolve(args(dir.path()))?;
+        assert_eq!(c.node_id, 2);
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9300");
+        assert_eq!(c.advertise, "127.0.0.1:9300");
+        assert_eq!(c.peers.len(), 2);
+        assert_eq!(c.metrics_listen.map(|a| a.port()), Some(9400));
+
+        // A flag beats the file; the node id stored in the data dir beats both.
+        let mut a = args(dir.path());
+        a.node_id = Some(7);
+        a.listen = Some("127.0.0.1:9301".parse()?);
+        a.peers = Some("2=127.0.0.1:9301".into());
+        let c = resolve(a)?;
+        assert_eq!(c.listen.port(), 9301);
+        assert_eq!(c.node_id, 2, "stored id wins");
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_keys_and_inconsistent_peers_are_errors() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join("ferrolog.toml"), "nodeid = 1\n")?;
+        let e = resolve(args(dir.path())).expect_err("typo in a key");
+        assert!(format!("{e:#}").contains("unknown field"), "{e:#}");
+        std::fs::write(
+            dir.path().join("ferrolog.toml"),
+            format!(
+                "node_id = 1\ndata_dir = {:?}\nlisten = \"127.0.0.1:9300\"\npeers = \"1=10.0.0.1:9300\"\n",
+                dir.path().join("d").display().to_string()
+            ),
+        )?;
+        let e = resolve(args(dir.path())).expect_err("peers disagree with the advertised address");
+        assert!(e.to_string().contains("advertises"), "{e}");
+        Ok(())
+    }
+}
