@@ -9,20 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-1000}
 WINDOW=${2:-30}
-BIN=${FERROLOG_BIN:-target/debug/ferrolog}
-[[ -x $BIN ]] || cargo build -q -p ferrolog
-DIR=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$DIR"' EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-P1=$(port); P2=$(port); P3=$(port)
-PEERS="1=127.0.0.1:$P1,2=127.0.0.1:$P2,3=127.0.0.1:$P3"
-PIDS=()
-for i in 1 2 3; do
-  p=$(eval echo "\$P$i")
-  RUST_LOG=warn "$BIN" server --node-id $i --listen "127.0.0.1:$p" --peers "$PEERS" --data-dir "$DIR/n$i" >>"$DIR/n$i.log" 2>&1 &
-  PIDS+=($!)
-done
-BROKERS="127.0.0.1:$P1,127.0.0.1:$P2,127.0.0.1:$P3"
+source bench/lib.sh
+start_cluster
 sample() { # pid -> "cpu_ticks rss_kib"
   awk '{print $14+$15}' "/proc/$1/stat" | tr '\n' ' '; awk '/VmRSS/{print $2}' "/proc/$1/status"
 }

@@ -6,20 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RECORDS=${1:-100000}
-BIN=${FERROLOG_BIN:-target/debug/ferrolog}
-[[ -x $BIN ]] || cargo build -q -p ferrolog
-DIR=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$DIR"' EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-P1=$(port); P2=$(port); P3=$(port)
-PEERS="1=127.0.0.1:$P1,2=127.0.0.1:$P2,3=127.0.0.1:$P3"
-PIDS=()
-for i in 1 2 3; do
-  p=$(eval echo "\$P$i")
-  RUST_LOG=warn "$BIN" server --node-id $i --listen "127.0.0.1:$p" --peers "$PEERS" --data-dir "$DIR/n$i" >>"$DIR/n$i.log" 2>&1 &
-  PIDS+=($!)
-done
-BROKERS="127.0.0.1:$P1,127.0.0.1:$P2,127.0.0.1:$P3"
+source bench/lib.sh
+start_cluster
 "$BIN" bench produce --brokers "$BROKERS" --topic wa --partitions 4 --records 16 >/dev/null
 written() { local s=0; for pid in "${PIDS[@]}"; do s=$((s + $(awk '/^write_bytes/{print $2}' "/proc/$pid/io"))); done; echo $s; }
 before=$(written)

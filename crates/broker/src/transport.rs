@@ -282,13 +282,33 @@ fn err_reply(group: u64, error: impl Into<String>) -> RaftReply {
 type TonicResult<T> = Result<tonic::Response<T>, tonic::Status>;
 
 impl RaftService {
-    fn check_target(&self, msg: &RaftMessage) -> Option<RaftReply> {
-        (msg.to_node != self.groups.node_id()).then(|| {
-            err_reply(
-                msg.group_id,
+    /// Checks the target, decodes the request, finds the group and runs
+    /// `call` on it; every failure becomes an error reply (the sender backs
+    /// off and retries).
+    async fn dispatch<Req, Resp, F, Fut>(&self, msg: RaftMessage, what: &str, call: F) -> RaftReply
+    where
+        Req: DeserializeOwned,
+        Resp: Serialize,
+        F: FnOnce(crate::groups::AnyRaft, Req) -> Fut,
+        Fut: std::future::Future<Output = Result<Resp, String>>,
+    {
+        let g = msg.group_id;
+        if msg.to_node != self.groups.node_id() {
+            return err_reply(
+                g,
                 format!("message for broker {} reached broker {}", msg.to_node, self.groups.node_id()),
-            )
-        })
+            );
+        }
+        let Ok(req) = decode::<Req>(&msg.payload) else {
+            return err_reply(g, format!("undecodable {what} request"));
+        };
+        match self.groups.raft(GroupId(g)) {
+            None => err_reply(g, format!("group {g} is not running on this broker")),
+            Some(raft) => match call(raft, req).await {
+                Ok(resp) => ok_reply(g, &resp),
+                Err(e) => err_reply(g, e),
+            },
+        }
     }
 }
 
@@ -304,78 +324,46 @@ impl ferrolog_proto::internal::raft_server::Raft for RaftService {
     }
 
     async fn append_entries(&self, request: tonic::Request<RaftMessage>) -> TonicResult<RaftReply> {
-        let msg = request.into_inner();
-        if let Some(r) = self.check_target(&msg) {
-            return Ok(tonic::Response::new(r));
-        }
-        let g = msg.group_id;
-        let Ok(req) = decode::<AppendEntriesRequest<TypeConfig>>(&msg.payload) else {
-            return Ok(tonic::Response::new(err_reply(g, "undecodable append-entries request")));
-        };
-        let reply = match self.groups.raft(GroupId(g)) {
-            None => err_reply(g, format!("group {g} is not running on this broker")),
-            Some(raft) => match raft.append_entries(req).await {
-                Ok(resp) => ok_reply(g, &resp),
-                Err(e) => err_reply(g, e.to_string()),
-            },
-        };
+        let reply = self
+            .dispatch(
+                request.into_inner(),
+                "append-entries",
+                |raft, req: AppendEntriesRequest<TypeConfig>| async move {
+                    raft.append_entries(req).await.map_err(|e| e.to_string())
+                },
+            )
+            .await;
         Ok(tonic::Response::new(reply))
     }
 
     async fn vote(&self, request: tonic::Request<RaftMessage>) -> TonicResult<RaftReply> {
-        let msg = request.into_inner();
-        if let Some(r) = self.check_target(&msg) {
-            return Ok(tonic::Response::new(r));
-        }
-        let g = msg.group_id;
-        let Ok(req) = decode::<VoteRequest<TypeConfig>>(&msg.payload) else {
-            return Ok(tonic::Response::new(err_reply(g, "undecodable vote request")));
-        };
-        let reply = match self.groups.raft(GroupId(g)) {
-            None => err_reply(g, format!("group {g} is not running on this broker")),
-            Some(raft) => match raft.vote(req).await {
-                Ok(resp) => ok_reply(g, &resp),
-                Err(e) => err_reply(g, e.to_string()),
-            },
-        };
+        let reply = self
+            .dispatch(request.into_inner(), "vote", |raft, req: VoteRequest<TypeConfig>| async move {
+                raft.vote(req).await.map_err(|e| e.to_string())
+            })
+            .await;
         Ok(tonic::Response::new(reply))
     }
 
     async fn pre_vote(&self, request: tonic::Request<RaftMessage>) -> TonicResult<RaftReply> {
-        let msg = request.into_inner();
-        if let Some(r) = self.check_target(&msg) {
-            return Ok(tonic::Response::new(r));
-        }
-        let g = msg.group_id;
-        let Ok(req) = decode::<VoteRequest<TypeConfig>>(&msg.payload) else {
-            return Ok(tonic::Response::new(err_reply(g, "undecodable pre-vote request")));
-        };
-        let reply = match self.groups.raft(GroupId(g)) {
-            None => err_reply(g, format!("group {g} is not running on this broker")),
-            Some(raft) => match raft.pre_vote(req).await {
-                Ok(resp) => ok_reply(g, &resp),
-                Err(e) => err_reply(g, e.to_string()),
-            },
-        };
+        let reply = self
+            .dispatch(request.into_inner(), "pre-vote", |raft, req: VoteRequest<TypeConfig>| async move {
+                raft.pre_vote(req).await.map_err(|e| e.to_string())
+            })
+            .await;
         Ok(tonic::Response::new(reply))
     }
 
     async fn transfer_leader(&self, request: tonic::Request<RaftMessage>) -> TonicResult<RaftReply> {
-        let msg = request.into_inner();
-        if let Some(r) = self.check_target(&msg) {
-            return Ok(tonic::Response::new(r));
-        }
-        let g = msg.group_id;
-        let Ok(req) = decode::<TransferLeaderRequest<TypeConfig>>(&msg.payload) else {
-            return Ok(tonic::Response::new(err_reply(g, "undecodable transfer-leader request")));
-        };
-        let reply = match self.groups.raft(GroupId(g)) {
-            None => err_reply(g, format!("group {g} is not running on this broker")),
-            Some(raft) => match raft.handle_transfer_leader(req).await {
-                Ok(resp) => ok_reply(g, &resp),
-                Err(e) => err_reply(g, e.to_string()),
-            },
-        };
+        let reply = self
+            .dispatch(
+                request.into_inner(),
+                "transfer-leader",
+                |raft, req: TransferLeaderRequest<TypeConfig>| async move {
+                    raft.handle_transfer_leader(req).await.map_err(|e| e.to_string())
+                },
+            )
+            .await;
         Ok(tonic::Response::new(reply))
     }
 
