@@ -90,6 +90,15 @@ pub struct Storage {
 impl Storage {
     /// Opens (creating if needed) the store at `config.path`.
     pub fn open(config: &StorageConfig) -> Result<Self, StorageError> {
+        Self::open_with(config, crate::syncer::wal_sync)
+    }
+
+    /// Opens the store with a WAL sync of the caller's choosing (tests
+    /// inject failing syncs to check fail-stop).
+    pub(crate) fn open_with(
+        config: &StorageConfig,
+        make_sync: impl FnOnce(Arc<DB>) -> crate::syncer::SyncFn,
+    ) -> Result<Self, StorageError> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
@@ -111,7 +120,7 @@ impl Storage {
         let stats = Arc::new(SyncStats::default());
         let syncer = if config.group_commit {
             Some(
-                Syncer::start(db.clone(), failed.clone(), stats.clone())
+                Syncer::start(make_sync(db.clone()), failed.clone(), stats.clone())
                     .map_err(|e| StorageError::Stopped(format!("cannot start the WAL sync thread: {e}")))?,
             )
         } else {
@@ -349,6 +358,43 @@ mod tests {
                 assert!(s.sync_stats().syncs.load(Ordering::Relaxed) >= 1);
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_failed_wal_sync_stops_the_store() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fail = Arc::new(AtomicBool::new(false));
+        let f = fail.clone();
+        let s = Storage::open_with(&StorageConfig::new(dir.path()), move |db| {
+            Box::new(move || {
+                if f.load(Ordering::SeqCst) {
+                    Err("EIO (injected)".into())
+                } else {
+                    db.flush_wal(true).map_err(|e| e.to_string())
+                }
+            })
+        })
+        .expect("open");
+        let key = keys::indexed(GroupId(1), 1);
+        let mut wb = s.batch();
+        s.put(&mut wb, Cf::Log, &key, b"before");
+        s.write_durable(wb).await.expect("a healthy sync acknowledges");
+
+        fail.store(true, Ordering::SeqCst);
+        let mut wb = s.batch();
+        s.put(&mut wb, Cf::Log, &keys::indexed(GroupId(1), 2), b"during");
+        let err = s.write_durable(wb).await.expect_err("a failed sync must not acknowledge");
+        assert!(err.to_string().contains("EIO"), "{err}");
+        assert!(s.has_failed());
+
+        // Fail-stop: even with a working disk again, nothing more is accepted.
+        fail.store(false, Ordering::SeqCst);
+        let mut wb = s.batch();
+        s.put(&mut wb, Cf::Log, &keys::indexed(GroupId(1), 3), b"after");
+        assert!(matches!(s.write_durable(wb).await, Err(StorageError::Stopped(_))));
+        let mut wb = s.batch();
+        s.put(&mut wb, Cf::Log, &keys::indexed(GroupId(1), 4), b"after");
+        assert!(matches!(s.write_buffered(wb), Err(StorageError::Stopped(_))));
     }
 
     #[tokio::test]

@@ -33,6 +33,16 @@ pub const MAX_SYNC_ROUND: usize = 4096;
 /// Called once the write it stands for is durable, or failed to become so.
 pub type Completion = Box<dyn FnOnce(Result<(), StorageError>) + Send + 'static>;
 
+/// The WAL sync itself: `flush_wal(sync = true)` in production; tests put
+/// a failing one in to check that the store fails stop.
+pub(crate) type SyncFn = Box<dyn Fn() -> Result<(), String> + Send + 'static>;
+
+/// The production sync of `db`.
+pub(crate) fn wal_sync(db: Arc<DB>) -> SyncFn {
+    // durability: the group-commit fsync of the one WAL (see `run`).
+    Box::new(move || db.flush_wal(true).map_err(|e| e.to_string()))
+}
+
 /// Counters of the syncer, for benchmarks and metrics.
 #[derive(Debug, Default)]
 pub struct SyncStats {
@@ -51,10 +61,10 @@ pub(crate) struct Syncer {
 }
 
 impl Syncer {
-    pub(crate) fn start(db: Arc<DB>, failed: Arc<AtomicBool>, stats: Arc<SyncStats>) -> std::io::Result<Self> {
+    pub(crate) fn start(sync: SyncFn, failed: Arc<AtomicBool>, stats: Arc<SyncStats>) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel(SYNC_QUEUE_CAPACITY);
         let thread =
-            std::thread::Builder::new().name("ferrolog-wal-sync".into()).spawn(move || run(db, rx, failed, stats))?;
+            std::thread::Builder::new().name("ferrolog-wal-sync".into()).spawn(move || run(sync, rx, failed, stats))?;
         Ok(Syncer { tx: Some(tx), thread: Some(thread) })
     }
 
@@ -79,7 +89,7 @@ impl Drop for Syncer {
     }
 }
 
-fn run(db: Arc<DB>, mut rx: mpsc::Receiver<Completion>, failed: Arc<AtomicBool>, stats: Arc<SyncStats>) {
+fn run(sync: SyncFn, mut rx: mpsc::Receiver<Completion>, failed: Arc<AtomicBool>, stats: Arc<SyncStats>) {
     let mut round: Vec<Completion> = Vec::with_capacity(MAX_SYNC_ROUND);
     while let Some(first) = rx.blocking_recv() {
         round.push(first);
@@ -95,7 +105,7 @@ fn run(db: Arc<DB>, mut rx: mpsc::Receiver<Completion>, failed: Arc<AtomicBool>,
             // durability: the group-commit fsync. Every write whose completion
             // is in `round` finished before it was queued, so it is in the WAL
             // before this sync starts; after it returns Ok they are on disk.
-            match db.flush_wal(true) {
+            match sync() {
                 Ok(()) => Ok(()),
                 Err(e) => {
                     // Fail-stop: after a failed fsync the kernel may have
