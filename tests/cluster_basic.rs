@@ -13,7 +13,7 @@ use ferrolog_tests::client::make_batch;
 use ferrolog_tests::cluster::Cluster;
 use tonic::Code;
 
-const START: Duration = Duration::from_secs(30);
+const START: Duration = Duration::from_secs(60);
 const OP: Duration = Duration::from_secs(20);
 
 fn value(acks: &str, p: u32, i: usize) -> Vec<u8> {
@@ -22,7 +22,7 @@ fn value(acks: &str, p: u32, i: usize) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn produce_and_fetch_with_each_acks_level() -> anyhow::Result<()> {
-    let cluster = Cluster::start(3)?;
+    let mut cluster = Cluster::start(3)?;
     cluster.wait_serving(START).await?;
     let client = TestClient::new(cluster.addrs());
     let t = client.create_topic("orders", 3, 3).await?;
@@ -162,7 +162,7 @@ async fn produce_and_fetch_with_each_acks_level() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_clear_errors_and_loses_nothing() -> anyhow::Result<()> {
-    let cluster = Cluster::start(3)?;
+    let mut cluster = Cluster::start(3)?;
     cluster.wait_serving(START).await?;
     let client = TestClient::new(cluster.addrs());
     client.create_topic("t1", 1, 3).await?;

@@ -17,7 +17,7 @@ use ferrolog_proto::v1;
 use ferrolog_tests::client::TestClient;
 use ferrolog_tests::cluster::Cluster;
 
-const START: Duration = Duration::from_secs(30);
+const START: Duration = Duration::from_secs(60);
 
 /// Produces unique values until `acks` more succeed; returns the time from
 /// the call to the first success.

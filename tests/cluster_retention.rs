@@ -13,7 +13,7 @@ use ferrolog_tests::cluster::sample;
 use ferrolog_tests::cluster::scrape;
 use tonic::Code;
 
-const START: Duration = Duration::from_secs(30);
+const START: Duration = Duration::from_secs(60);
 const OP: Duration = Duration::from_secs(20);
 
 async fn create(client: &TestClient, name: &str, config: v1::TopicConfig) -> anyhow::Result<()> {
@@ -115,7 +115,7 @@ async fn retention_bytes_trims_purges_and_a_lagging_follower_catches_up_by_snaps
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_ms_deletes_expired_batches() -> anyhow::Result<()> {
-    let cluster = Cluster::start(3)?;
+    let mut cluster = Cluster::start(3)?;
     cluster.wait_serving(START).await?;
     let client = TestClient::new(cluster.addrs());
     // The test client stamps records in 2023: with a one-hour retention

@@ -175,13 +175,22 @@ impl Cluster {
     }
 
     /// Waits until every running broker reports SERVING on grpc.health.v1.
-    pub async fn wait_serving(&self, timeout: Duration) -> anyhow::Result<()> {
+    pub async fn wait_serving(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
-        for n in self.nodes.iter().filter(|n| n.child.is_some()) {
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].child.is_none() {
+                continue;
+            }
             loop {
+                let n = &self.nodes[i];
                 if serving(&n.addr).await {
                     break;
                 }
+                if let Some(status) = self.nodes[i].child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                    let n = &self.nodes[i];
+                    bail!("broker {} exited with {status} before serving; log:\n{}", n.id, self.log_tail(n.id));
+                }
+                let n = &self.nodes[i];
                 if Instant::now() > deadline {
                     bail!("broker {} not serving after {timeout:?}; log:\n{}", n.id, self.log_tail(n.id));
                 }

@@ -34,8 +34,10 @@ const HANDOFF_TIMEOUT: Duration = Duration::from_secs(5);
 /// flushes its store.
 pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let node_id = config.node_id;
+    tracing::info!(node = node_id, data_dir = %config.data_dir.display(), "opening the store");
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("create {}", config.data_dir.display()))?;
     let storage = Arc::new(Storage::open(&StorageConfig::new(config.data_dir.join("db"))).context("open the store")?);
+    tracing::info!(node = node_id, "store open; starting the metadata group");
     let transport = Transport::new(node_id);
     let groups = Groups::new(node_id, storage.clone(), transport.clone());
 
