@@ -142,6 +142,21 @@ impl GroupClient {
         self.client.clone().map_err(unreachable)
     }
 
+    /// One unary Raft RPC: encode, send within the RPC's hard TTL, decode.
+    async fn call<Req, Resp, F, Fut>(&self, req: &Req, option: RPCOption, send: F) -> Result<Resp, RPCError<TypeConfig>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        F: FnOnce(RaftClient<Channel>, RaftMessage) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<RaftReply>, tonic::Status>>,
+    {
+        let msg = self.message(req)?;
+        let c = self.client()?;
+        let r =
+            tokio::time::timeout(option.hard_ttl(), send(c, msg)).await.map_err(unreachable)?.map_err(unreachable)?;
+        Self::reply(r.into_inner())
+    }
+
     fn reply<T: DeserializeOwned>(reply: RaftReply) -> Result<T, RPCError<TypeConfig>> {
         if !reply.error.is_empty() {
             // The peer could not hand the message to the group (not created
@@ -160,11 +175,7 @@ impl RaftNetworkV2<TypeConfig> for GroupClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let msg = self.message(&rpc)?;
-        let mut c = self.client()?;
-        let fut = c.append_entries(msg);
-        let r = tokio::time::timeout(option.hard_ttl(), fut).await.map_err(unreachable)?.map_err(unreachable)?;
-        Self::reply(r.into_inner())
+        self.call(&rpc, option, |mut c, m| async move { c.append_entries(m).await }).await
     }
 
     async fn vote(
@@ -172,11 +183,7 @@ impl RaftNetworkV2<TypeConfig> for GroupClient {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let msg = self.message(&rpc)?;
-        let mut c = self.client()?;
-        let r =
-            tokio::time::timeout(option.hard_ttl(), c.vote(msg)).await.map_err(unreachable)?.map_err(unreachable)?;
-        Self::reply(r.into_inner())
+        self.call(&rpc, option, |mut c, m| async move { c.vote(m).await }).await
     }
 
     async fn pre_vote(
@@ -184,13 +191,7 @@ impl RaftNetworkV2<TypeConfig> for GroupClient {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let msg = self.message(&rpc)?;
-        let mut c = self.client()?;
-        let r = tokio::time::timeout(option.hard_ttl(), c.pre_vote(msg))
-            .await
-            .map_err(unreachable)?
-            .map_err(unreachable)?;
-        Self::reply(r.into_inner())
+        self.call(&rpc, option, |mut c, m| async move { c.pre_vote(m).await }).await
     }
 
     async fn transfer_leader(
@@ -198,13 +199,7 @@ impl RaftNetworkV2<TypeConfig> for GroupClient {
         req: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let msg = self.message(&req)?;
-        let mut c = self.client()?;
-        let r = tokio::time::timeout(option.hard_ttl(), c.transfer_leader(msg))
-            .await
-            .map_err(unreachable)?
-            .map_err(unreachable)?;
-        Self::reply(r.into_inner())
+        self.call(&req, option, |mut c, m| async move { c.transfer_leader(m).await }).await
     }
 
     async fn full_snapshot(
