@@ -31,8 +31,14 @@ pub fn ferrolog_bin() -> anyhow::Result<PathBuf> {
 
 /// A free loopback port (bound and released; the broker binds it next).
 pub fn free_port() -> anyhow::Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
+    Ok(free_ports(1)?[0])
+}
+
+/// `n` distinct free loopback ports: all are held open until every one is
+/// chosen, so the OS cannot hand the same port out twice.
+pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let listeners = (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<Result<Vec<_>, _>>()?;
+    listeners.iter().map(|l| Ok(l.local_addr()?.port())).collect()
 }
 
 /// One broker process.
@@ -64,13 +70,14 @@ impl Cluster {
     /// Starts `n` brokers, all initial metadata voters.
     pub fn start(n: usize) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
+        let ports = free_ports(2 * n)?;
         let mut nodes = Vec::new();
         for i in 0..n {
             let id = i as u64 + 1;
             nodes.push(Node {
                 id,
-                addr: format!("127.0.0.1:{}", free_port()?),
-                metrics_addr: format!("127.0.0.1:{}", free_port()?),
+                addr: format!("127.0.0.1:{}", ports[2 * i]),
+                metrics_addr: format!("127.0.0.1:{}", ports[2 * i + 1]),
                 data_dir: dir.path().join(format!("node-{id}")),
                 log: dir.path().join(format!("node-{id}.log")),
                 child: None,
@@ -112,10 +119,11 @@ impl Cluster {
     /// broker 1 (`--join`); returns its id.
     pub fn add_joining_node(&mut self) -> anyhow::Result<u64> {
         let id = self.nodes.len() as u64 + 1;
+        let ports = free_ports(2)?;
         self.nodes.push(Node {
             id,
-            addr: format!("127.0.0.1:{}", free_port()?),
-            metrics_addr: format!("127.0.0.1:{}", free_port()?),
+            addr: format!("127.0.0.1:{}", ports[0]),
+            metrics_addr: format!("127.0.0.1:{}", ports[1]),
             data_dir: self.dir.path().join(format!("node-{id}")),
             log: self.dir.path().join(format!("node-{id}.log")),
             child: None,
@@ -202,7 +210,10 @@ impl Cluster {
 
     /// The last lines of broker `id`'s log (for failure messages).
     pub fn log_tail(&self, id: u64) -> String {
-        let text = std::fs::read_to_string(&self.node(id).log).unwrap_or_default();
+        let text = match std::fs::read(&self.node(id).log) {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(e) => format!("(cannot read the log: {e})"),
+        };
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
