@@ -65,7 +65,8 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> anyhow::R
     groups.set_meta(Meta { raft: raft.clone(), state: meta_state.clone() });
 
     // Health: NOT_SERVING until the metadata group has a leader and this
-    // broker has applied the metadata (and so started its partitions).
+    // broker has applied all the metadata the leader reported committed (and
+    // so started its partitions). Once serving, it stays so until shutdown.
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -91,8 +92,15 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> anyhow::R
                 if let Err(e) = groups.reconcile(&snapshot).await {
                     tracing::error!(node = node_id, error = %e, "reconciling partitions failed; retrying");
                 }
-                let has_leader = raft.current_leader().await.is_some();
-                if has_leader && snapshot.last_applied.is_some() && !serving {
+                // Caught up: a leader is known and this broker has applied
+                // everything the leader last reported as committed.
+                let caught_up = {
+                    use openraft::async_runtime::watch::WatchReceiver;
+                    let m = raft.metrics().borrow_watched().clone();
+                    let applied = m.last_applied.map(|l| l.index);
+                    m.current_leader.is_some() && applied.is_some() && applied >= m.cluster_committed.map(|l| l.index)
+                };
+                if caught_up && !serving {
                     health.set_service_status("", tonic_health::ServingStatus::Serving).await;
                     serving = true;
                     tracing::info!(node = node_id, "broker is serving");
