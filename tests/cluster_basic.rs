@@ -96,6 +96,15 @@ async fn produce_and_fetch_with_each_acks_level() -> anyhow::Result<()> {
     assert!(produced.iter().all(|n| *n >= 30.0), "produce counters per acks level: {produced:?}");
     assert_eq!(replicas, 9.0, "3 partitions x 3 replicas");
 
+    // Leaders start spread like the placement: each new partition is
+    // initialized by its preferred (first) replica.
+    client.create_topic("spread12", 12, 3).await?;
+    let leaders = client.wait_leaders("spread12", START).await?;
+    for broker in 1..=3u64 {
+        let led = leaders.iter().filter(|l| **l == broker).count();
+        assert!((2..=6).contains(&led), "broker {broker} leads {led} of 12 partitions: {leaders:?}");
+    }
+
     // List offsets: earliest, latest, and by timestamp (the test client
     // stamps every record 1_700_000_000_000).
     let leaders = client.wait_leaders("orders", START).await?;

@@ -46,6 +46,10 @@ pub type PartitionRaft = Raft<TypeConfig, StateMachine>;
 /// The metadata group's Raft.
 pub type MetaRaft = Raft<TypeConfig, MetaStateMachine>;
 
+/// How long a non-preferred replica of a new partition waits for the
+/// preferred leader to initialize the group before doing it itself.
+pub const INIT_FALLBACK: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Raft heartbeat interval, ms. Sized for a 2-core machine running many
 /// groups: ticks of thousands of groups must not starve the CPU.
 pub const HEARTBEAT_MS: u64 = 250;
@@ -298,11 +302,25 @@ impl Groups {
         let progress = sm.subscribe();
         let raft = Raft::new(self.node_id, partition_raft_config(), self.transport.factory(group), log, sm).await?;
         if !raft.is_initialized().await? {
-            // Every replica initializes with the same membership: openraft
-            // elects one leader among them.
-            if let Err(e) = raft.initialize(members).await {
-                tracing::debug!(%group, error = %e, "initialize (another replica may have been first)");
-            }
+            // The preferred leader (first replica) initializes the new group
+            // at once and so usually wins the first election: leaders start
+            // spread as evenly as the placement. The other replicas wait
+            // for it to replicate to them, and initialize themselves (with
+            // the same membership, which openraft allows) only if it has not
+            // done so within INIT_FALLBACK, e.g. because its broker is down.
+            let preferred = replicas.first() == Some(&self.node_id);
+            let raft = raft.clone();
+            tokio::spawn(async move {
+                if !preferred {
+                    tokio::time::sleep(INIT_FALLBACK).await;
+                    if raft.is_initialized().await.unwrap_or(true) {
+                        return;
+                    }
+                }
+                if let Err(e) = raft.initialize(members).await {
+                    tracing::debug!(%group, error = %e, "initialize (another replica may have been first)");
+                }
+            });
         }
         Ok(Arc::new(Replica {
             topic,
