@@ -13,4 +13,5 @@ lint: setup
 	cargo clippy --workspace --all-targets -- -D warnings
 
 bench-storage: setup
-	cargo run -p ferrolog -- bench storage --groups 1,16,256 --group-commit both --duration 5
+	cargo build --workspace --all-targets
+	target/debug/ferrolog bench storage --groups 1,16,256 --group-commit both --duration 5

@@ -3,7 +3,7 @@
 # After `start_cluster`: $BIN, $DIR, $BROKERS and the PIDS array are set.
 
 BIN=${FERROLOG_BIN:-target/debug/ferrolog}
-[[ -x $BIN ]] || cargo build -q -p ferrolog
+[[ -x $BIN ]] || cargo build -q --workspace --all-targets
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
