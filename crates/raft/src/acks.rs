@@ -93,3 +93,77 @@ impl AckTracker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use ferrolog_partition::Command;
+    use ferrolog_storage::Storage;
+    use ferrolog_storage::StorageConfig;
+    use ferrolog_types::Batch;
+    use ferrolog_types::BatchHeader;
+    use ferrolog_types::GroupId;
+    use openraft::entry::RaftEntry;
+    use openraft::storage::RaftLogStorage;
+
+    use super::*;
+    use crate::LogStore;
+    use crate::Request;
+    use crate::types::alias::Entry;
+    use crate::types::log_id;
+
+    fn append_entry(term: u64, index: u64, records: u32, ack: u64) -> Entry {
+        let batch = Batch::seal(BatchHeader::plain(records, 0), vec![index as u8; 8].into());
+        Entry::new_normal(log_id(term, 1, index), Request::Partition { cmd: Command::Append(batch), ack })
+    }
+
+    async fn append(log: &mut LogStore, entries: Vec<Entry>) {
+        let (cb, flushed) = crate::flush_signal();
+        log.append(entries, cb).await.expect("append");
+        flushed.await.expect("flushed");
+    }
+
+    #[tokio::test]
+    async fn acks1_offsets_follow_the_log_across_truncation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Arc::new(Storage::open(&StorageConfig::new(dir.path())).expect("open"));
+        let tracker = Arc::new(AckTracker::default());
+        let mut log = LogStore::with_acks(storage, GroupId(9), tracker.clone());
+
+        // Entries 1..=3 with 2, 3 and 4 records; waiters on 1 and 3.
+        let (t1, r1) = tracker.register();
+        let (t3, r3) = tracker.register();
+        append(&mut log, vec![append_entry(1, 1, 2, t1), append_entry(1, 2, 3, 0), append_entry(1, 3, 4, t3)]).await;
+        assert_eq!(r1.await.expect("acked"), Acked { index: 1, base_offset: 0, last_offset: 1 });
+        assert_eq!(r3.await.expect("acked"), Acked { index: 3, base_offset: 5, last_offset: 8 });
+
+        // A new leader truncates entry 3 and writes its own: offsets are
+        // recomputed from the log (nothing applied yet), not continued.
+        log.truncate_after(Some(log_id(1, 1, 2))).await.expect("truncate");
+        let (t, r) = tracker.register();
+        append(&mut log, vec![append_entry(2, 3, 1, t)]).await;
+        assert_eq!(r.await.expect("acked"), Acked { index: 3, base_offset: 5, last_offset: 5 });
+
+        // The log simply growing continues the projection.
+        let (t, r) = tracker.register();
+        append(&mut log, vec![append_entry(2, 4, 2, t)]).await;
+        assert_eq!(r.await.expect("acked"), Acked { index: 4, base_offset: 6, last_offset: 7 });
+
+        // After an invalidation (what a snapshot install does) the next
+        // append recomputes from the log: 2 + 3 + 1 + 2 records before it.
+        tracker.invalidate();
+        let (t, r) = tracker.register();
+        append(&mut log, vec![append_entry(2, 5, 1, t)]).await;
+        assert_eq!(r.await.expect("acked"), Acked { index: 5, base_offset: 8, last_offset: 8 });
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_waiter_is_forgotten() {
+        let tracker = AckTracker::default();
+        let (t, r) = tracker.register();
+        tracker.cancel(t);
+        tracker.complete(&[(t, Acked { index: 1, base_offset: 0, last_offset: 0 })]);
+        assert!(r.await.is_err(), "no answer after cancel");
+    }
+}
