@@ -198,10 +198,13 @@ impl ClusterState {
         }
     }
 
-    /// Spreads replicas and preferred leaders evenly: partition p's replicas
-    /// are `rf` consecutive brokers starting at `(start + p) mod n`, where
-    /// `start` rotates with every topic so small topics do not all lead on
-    /// the same broker.
+    /// Spreads replicas and preferred leaders evenly. Partition p's
+    /// preferred leader is broker `(start + p) mod n`, where `start` rotates
+    /// with every topic so small topics do not all lead on the same broker;
+    /// its followers are the `rf - 1` other brokers holding the fewest
+    /// replicas of this topic so far (ties broken by position after the
+    /// leader). Every broker ends up with its fair share of replicas and of
+    /// preferred leaderships, give or take one.
     fn place(
         &mut self,
         name: String,
@@ -214,11 +217,25 @@ impl ClusterState {
         brokers.dedup();
         let n = brokers.len();
         let start = self.next_group_id as usize;
+        // Count every preferred leadership first, so followers go where the
+        // total (leader + follower) load is lowest.
+        let mut load = vec![0u32; n];
+        for p in 0..partitions as usize {
+            load[(start + p) % n] += 1;
+        }
         let partitions = (0..partitions as usize)
             .map(|p| {
                 let group = GroupId(self.next_group_id);
                 self.next_group_id += 1;
-                let replicas = (0..replication_factor as usize).map(|r| brokers[(start + p + r) % n]).collect();
+                let leader = (start + p) % n;
+                let mut followers: Vec<usize> = (1..n).map(|k| (leader + k) % n).collect();
+                // Stable: among equally loaded brokers, the one closest after the leader.
+                followers.sort_by_key(|b| load[*b]);
+                followers.truncate(replication_factor as usize - 1);
+                for f in &followers {
+                    load[*f] += 1;
+                }
+                let replicas = std::iter::once(leader).chain(followers).map(|b| brokers[b]).collect();
                 PartitionAssignment { group, replicas }
             })
             .collect();
@@ -297,6 +314,44 @@ mod tests {
             s.apply(MetaCommand::DeleteTopic { name: "nope".into() }),
             MetaOutcome::Rejected(MetaError::UnknownTopic("nope".into()))
         );
+    }
+
+    proptest::proptest! {
+        /// For any cluster size, replication factor and partition count:
+        /// replicas of a partition are distinct, and every broker holds and
+        /// preferably leads its fair share, give or take one.
+        #[test]
+        fn placement_is_distinct_and_even(n in 1usize..8, rf_seed in 0usize..8, partitions in 1u32..60, existing in 0u32..5) {
+            let rf = (rf_seed % n + 1) as u32;
+            let brokers: Vec<u64> = (1..=n as u64).map(|b| b * 10).collect();
+            let mut s = ClusterState::default();
+            for i in 0..existing {
+                s.apply(create(&format!("pre{i}"), 3, 1, &brokers));
+            }
+            let MetaOutcome::TopicCreated(t) = s.apply(create("t", partitions, rf, &brokers)) else {
+                panic!("valid create refused")
+            };
+            let mut held = std::collections::BTreeMap::new();
+            let mut led = std::collections::BTreeMap::new();
+            for a in &t.partitions {
+                let mut r = a.replicas.clone();
+                r.sort();
+                r.dedup();
+                proptest::prop_assert_eq!(r.len(), rf as usize);
+                for b in &a.replicas {
+                    *held.entry(*b).or_insert(0u32) += 1;
+                }
+                *led.entry(a.replicas[0]).or_insert(0u32) += 1;
+            }
+            let fair_held = partitions * rf / n as u32;
+            let fair_led = partitions / n as u32;
+            for b in &brokers {
+                let h = held.get(b).copied().unwrap_or(0);
+                let l = led.get(b).copied().unwrap_or(0);
+                proptest::prop_assert!(h == fair_held || h == fair_held + 1, "broker {} holds {} (fair {})", b, h, fair_held);
+                proptest::prop_assert!(l == fair_led || l == fair_led + 1, "broker {} leads {} (fair {})", b, l, fair_led);
+            }
+        }
     }
 
     #[test]
