@@ -82,25 +82,30 @@ async fn verify(client: &TestClient, cluster: &Cluster, acked: &HashMap<Vec<u8>,
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_leader_then_all_brokers_loses_no_acknowledged_record() -> anyhow::Result<()> {
+/// Three brokers and a replication-factor-3, one-partition topic "ledger";
+/// returns the partition's leader.
+async fn ledger_cluster() -> anyhow::Result<(Cluster, TestClient, u64)> {
     let mut cluster = Cluster::start(3)?;
     cluster.wait_serving(START).await?;
     let client = TestClient::new(cluster.addrs());
     client.create_topic("ledger", 1, 3).await?;
     let leader = client.wait_leaders("ledger", START).await?[0];
+    Ok((cluster, client, leader))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_leader_then_all_brokers_loses_no_acknowledged_record() -> anyhow::Result<()> {
+    let (mut cluster, client, leader) = ledger_cluster().await?;
 
     let (mut next, mut acked, mut ambiguous) = (0u64, HashMap::new(), 0u64);
     produce_until(&client, &mut next, &mut acked, &mut ambiguous, 200, START).await?;
 
     // Kill the leader, keep producing: production must resume.
     cluster.kill(leader)?;
-    let killed_at = Instant::now();
     let first = produce_until(&client, &mut next, &mut acked, &mut ambiguous, 200, START).await?;
     eprintln!("leader {leader} SIGKILLed: produce succeeded again after {:?} ({ambiguous} ambiguous failures)", first);
     let new_leader = client.wait_leaders("ledger", START).await?[0];
     assert_ne!(new_leader, leader);
-    let _ = killed_at;
     verify(&client, &cluster, &acked).await?;
 
     // The killed broker comes back and catches up.
@@ -132,11 +137,7 @@ async fn sigkill_leader_then_all_brokers_loses_no_acknowledged_record() -> anyho
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_hands_leadership_away_and_exits_cleanly() -> anyhow::Result<()> {
-    let mut cluster = Cluster::start(3)?;
-    cluster.wait_serving(START).await?;
-    let client = TestClient::new(cluster.addrs());
-    client.create_topic("ledger", 1, 3).await?;
-    let leader = client.wait_leaders("ledger", START).await?[0];
+    let (mut cluster, client, leader) = ledger_cluster().await?;
     let (mut next, mut acked, mut ambiguous) = (0u64, HashMap::new(), 0u64);
     produce_until(&client, &mut next, &mut acked, &mut ambiguous, 100, START).await?;
 

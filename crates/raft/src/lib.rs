@@ -20,6 +20,7 @@ pub mod bench;
 pub mod codec;
 pub mod log_store;
 pub mod meta_sm;
+mod snapshot_slot;
 pub mod state_machine;
 pub mod types;
 

@@ -30,6 +30,7 @@ use crate::Request;
 use crate::Response;
 use crate::TypeConfig;
 use crate::codec;
+use crate::snapshot_slot::SnapshotSlot;
 use crate::types::alias::LogId;
 use crate::types::alias::Snapshot;
 use crate::types::alias::SnapshotMeta;
@@ -37,6 +38,10 @@ use crate::types::alias::StoredMembership;
 
 const META_APPLIED: u8 = 1;
 const META_SNAPSHOT: u8 = 2;
+/// The metadata group's current-snapshot slot.
+fn slot() -> SnapshotSlot {
+    SnapshotSlot { cf: Cf::Metadata, key: keys::singleton(GroupId::METADATA, META_SNAPSHOT) }
+}
 
 /// The persisted applied state of the metadata group.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -135,8 +140,7 @@ impl RaftStateMachine<TypeConfig> for MetaStateMachine {
         let previous = std::mem::replace(&mut self.state, state);
         let mut wb = self.storage.batch();
         self.persist(&mut wb)?;
-        let stored = codec::encode(&(meta.clone(), snapshot))?;
-        self.storage.put(&mut wb, Cf::Metadata, &keys::singleton(GroupId::METADATA, META_SNAPSHOT), &stored);
+        slot().put(&self.storage, &mut wb, meta, &snapshot)?;
         // durability: the log behind a snapshot is purged next; the snapshot
         // must be on disk first.
         if let Err(e) = self.storage.write_durable(wb).await {
@@ -148,13 +152,7 @@ impl RaftStateMachine<TypeConfig> for MetaStateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {
-        match self.storage.get(Cf::Metadata, &keys::singleton(GroupId::METADATA, META_SNAPSHOT))? {
-            None => Ok(None),
-            Some(v) => {
-                let (meta, snapshot): (SnapshotMeta, Vec<u8>) = codec::decode("metadata snapshot", &v)?;
-                Ok(Some(Snapshot { meta, snapshot }))
-            }
-        }
+        slot().load(&self.storage)
     }
 }
 
@@ -172,11 +170,7 @@ impl RaftSnapshotBuilder<TypeConfig> for MetaSnapshotBuilder {
         let data = codec::encode(&self.state)?;
         let meta =
             SnapshotMeta { last_log_id: self.state.last_applied, last_membership: self.state.membership.clone() };
-        let mut wb = self.storage.batch();
-        let stored = codec::encode(&(meta.clone(), data.clone()))?;
-        self.storage.put(&mut wb, Cf::Metadata, &keys::singleton(GroupId::METADATA, META_SNAPSHOT), &stored);
-        // durability: openraft may purge the log up to this snapshot next.
-        self.storage.write_durable(wb).await?;
+        slot().store(&self.storage, &meta, &data).await?;
         Ok(Snapshot { meta, snapshot: data })
     }
 }

@@ -43,6 +43,7 @@ use crate::Request;
 use crate::Response;
 use crate::TypeConfig;
 use crate::codec;
+use crate::snapshot_slot::SnapshotSlot;
 use crate::types::alias::LogId;
 use crate::types::alias::Snapshot;
 use crate::types::alias::SnapshotMeta;
@@ -242,8 +243,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         let mut state = body.applied;
         state.membership = meta.last_membership.clone();
-        let stored = codec::encode(&(meta.clone(), snapshot))?;
-        self.storage.put(&mut wb, Cf::StateMachine, &keys::singleton(self.group, SM_SNAPSHOT), &stored);
+        slot(self.group).put(&self.storage, &mut wb, meta, &snapshot)?;
         let previous = std::mem::replace(&mut self.state, state);
         if let Err(e) = self.put_state(&mut wb) {
             self.state = previous;
@@ -271,14 +271,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {
-        match self.storage.get(Cf::StateMachine, &keys::singleton(self.group, SM_SNAPSHOT))? {
-            None => Ok(None),
-            Some(v) => {
-                let (meta, snapshot): (SnapshotMeta, Vec<u8>) = codec::decode("current snapshot", &v)?;
-                Ok(Some(Snapshot { meta, snapshot }))
-            }
-        }
+        slot(self.group).load(&self.storage)
     }
+}
+
+/// The current-snapshot slot of partition group `group`.
+fn slot(group: GroupId) -> SnapshotSlot {
+    SnapshotSlot { cf: Cf::StateMachine, key: keys::singleton(group, SM_SNAPSHOT) }
 }
 
 fn progress_of(s: &AppliedState) -> Progress {
@@ -313,12 +312,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let data = codec::encode(&body)?;
         let meta =
             SnapshotMeta { last_log_id: self.applied.last_applied, last_membership: self.applied.membership.clone() };
-        let mut wb = self.storage.batch();
-        let stored = codec::encode(&(meta.clone(), data.clone()))?;
-        self.storage.put(&mut wb, Cf::StateMachine, &keys::singleton(self.group, SM_SNAPSHOT), &stored);
-        // durability: openraft may purge the log up to this snapshot right
-        // after it is built; the snapshot must survive a crash first.
-        self.storage.write_durable(wb).await?;
+        slot(self.group).store(&self.storage, &meta, &data).await?;
         Ok(Snapshot { meta, snapshot: data })
     }
 }

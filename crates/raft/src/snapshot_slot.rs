@@ -1,0 +1,51 @@
+//! Where a state machine keeps its current snapshot: one sealed value
+//! `(meta, data)` under a fixed key. Shared by the partition and metadata
+//! state machines.
+
+use std::io;
+
+use ferrolog_storage::Cf;
+use ferrolog_storage::Storage;
+use ferrolog_storage::WriteBatch;
+
+use crate::codec;
+use crate::types::alias::Snapshot;
+use crate::types::alias::SnapshotMeta;
+
+/// The current-snapshot slot of one state machine.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SnapshotSlot {
+    /// Column family of the slot.
+    pub cf: Cf,
+    /// Key of the slot.
+    pub key: [u8; 9],
+}
+
+impl SnapshotSlot {
+    /// Adds "this is the current snapshot" to `wb`.
+    pub fn put(&self, storage: &Storage, wb: &mut WriteBatch, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
+        storage.put(wb, self.cf, &self.key, &codec::encode(&(meta, data))?);
+        Ok(())
+    }
+
+    /// Stores `(meta, data)` as the current snapshot and returns once durable.
+    pub async fn store(&self, storage: &Storage, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
+        let mut wb = storage.batch();
+        self.put(storage, &mut wb, meta, data)?;
+        // durability: openraft may purge the log up to this snapshot right
+        // after it is built; the snapshot must survive a crash first.
+        storage.write_durable(wb).await?;
+        Ok(())
+    }
+
+    /// The current snapshot, if any.
+    pub fn load(&self, storage: &Storage) -> io::Result<Option<Snapshot>> {
+        match storage.get(self.cf, &self.key)? {
+            None => Ok(None),
+            Some(v) => {
+                let (meta, snapshot): (SnapshotMeta, Vec<u8>) = codec::decode("current snapshot", &v)?;
+                Ok(Some(Snapshot { meta, snapshot }))
+            }
+        }
+    }
+}
