@@ -7,7 +7,10 @@ set -euo pipefail
 need=()
 command -v c++ >/dev/null 2>&1 || need+=(g++)
 # bindgen loads libclang at build time.
-if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1; then
+# (libclang.so / libclang-N.so only: libclang-cpp.so is a different library
+# that bindgen cannot use, and some images ship it alone.)
+if ! compgen -G "/usr/lib/llvm-*/lib/libclang.so*" >/dev/null && ! compgen -G "/usr/lib/llvm-*/lib/libclang-[0-9]*.so*" >/dev/null \
+  && ! compgen -G "/usr/lib/*-linux-gnu/libclang-[0-9]*.so*" >/dev/null && ! compgen -G "/usr/lib/*-linux-gnu/libclang.so*" >/dev/null; then
   need+=(libclang-dev)
 fi
 command -v make >/dev/null 2>&1 || need+=(make)

@@ -64,11 +64,18 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     peers: String,
     dir: tempfile::TempDir,
+    /// Extra environment of every broker process (e.g. failpoints).
+    env: Vec<(String, String)>,
 }
 
 impl Cluster {
     /// Starts `n` brokers, all initial metadata voters.
     pub fn start(n: usize) -> anyhow::Result<Self> {
+        Self::start_with_env(n, &[])
+    }
+
+    /// Starts `n` brokers with extra environment variables (restarts keep them).
+    pub fn start_with_env(n: usize, env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let ports = free_ports(2 * n)?;
         let mut nodes = Vec::new();
@@ -85,7 +92,8 @@ impl Cluster {
             });
         }
         let peers = nodes.iter().map(|n| format!("{}={}", n.id, n.addr)).collect::<Vec<_>>().join(",");
-        let mut c = Cluster { nodes, peers, dir };
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut c = Cluster { nodes, peers, dir, env };
         for i in 0..n {
             c.spawn(i)?;
         }
@@ -107,6 +115,7 @@ impl Cluster {
             .arg("--data-dir")
             .arg(&node.data_dir)
             .env("RUST_LOG", std::env::var("FERROLOG_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -216,6 +225,11 @@ impl Cluster {
         };
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// Whether broker `id`'s whole log (all its runs) contains `needle`.
+    pub fn log_contains(&self, id: u64, needle: &str) -> bool {
+        std::fs::read(&self.node(id).log).is_ok_and(|b| String::from_utf8_lossy(&b).contains(needle))
     }
 
     /// Keeps the data and logs (for debugging a failure).

@@ -26,6 +26,8 @@ pub struct BrokerConfig {
     pub join: Vec<String>,
     /// How often retention limits are enforced.
     pub retention_check: std::time::Duration,
+    /// Idle time after which partitions forget an idempotent producer.
+    pub producer_expiry: std::time::Duration,
     /// Where to serve Prometheus metrics (`/metrics`), if anywhere.
     pub metrics_listen: Option<SocketAddr>,
     /// Initial voters of the metadata group, this broker included when it

@@ -30,6 +30,13 @@ pub enum BrokerError {
     /// The batch failed its checksum.
     #[error("corrupt record batch: {0}")]
     CorruptBatch(String),
+    /// An idempotent batch does not continue its producer's sequence.
+    #[error("{0}")]
+    OutOfOrderSequence(String),
+    /// The producer's epoch is older than the newest one: a newer instance
+    /// of this producer exists.
+    #[error("{0}")]
+    Fenced(String),
     /// Not the leader of what was addressed.
     #[error("{what}")]
     NotLeader {
@@ -72,6 +79,17 @@ impl From<MetaError> for BrokerError {
     }
 }
 
+impl From<ferrolog_partition::Rejection> for BrokerError {
+    fn from(r: ferrolog_partition::Rejection) -> Self {
+        use ferrolog_partition::Rejection;
+        match r {
+            Rejection::Corrupt(_) => BrokerError::CorruptBatch(r.to_string()),
+            Rejection::OutOfOrderSequence { .. } => BrokerError::OutOfOrderSequence(r.to_string()),
+            Rejection::Fenced { .. } => BrokerError::Fenced(r.to_string()),
+        }
+    }
+}
+
 impl From<BrokerError> for Status {
     fn from(e: BrokerError) -> Self {
         let msg = e.to_string();
@@ -79,6 +97,8 @@ impl From<BrokerError> for Status {
             BrokerError::UnknownTopic(_) | BrokerError::UnknownPartition { .. } => Status::not_found(msg),
             BrokerError::InvalidArgument(_) => Status::invalid_argument(msg),
             BrokerError::CorruptBatch(_) => errors::status(Reason::CorruptBatch, msg, HashMap::new()),
+            BrokerError::OutOfOrderSequence(_) => errors::status(Reason::OutOfOrderSequence, msg, HashMap::new()),
+            BrokerError::Fenced(_) => errors::status(Reason::Fenced, msg, HashMap::new()),
             BrokerError::NotLeader { hint, .. } => errors::not_leader(msg, &hint),
             BrokerError::OutOfRange { start, end, .. } => {
                 let details = tonic_types_out_of_range(start, end);

@@ -13,6 +13,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::RwLock;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
 
 use ferrolog_raft::LogStore;
 use ferrolog_raft::MetaStateMachine;
@@ -105,6 +107,37 @@ pub struct Replica {
     pub acks: Arc<AckTracker>,
     /// Reads applied batches.
     pub reader: PartitionReader,
+    /// Whether the group's Raft ticker runs (false: quiesced, see
+    /// [`crate::quiesce`]).
+    ticking: AtomicBool,
+    /// Set by a produce; the quiescer takes it as activity.
+    woken: AtomicBool,
+}
+
+impl Replica {
+    /// Turns the group's Raft ticker on or off.
+    pub fn set_ticking(&self, on: bool) {
+        if self.ticking.swap(on, Ordering::Relaxed) != on {
+            self.raft.runtime_config().tick(on);
+        }
+    }
+
+    /// Whether the group is quiesced (ticker off).
+    pub fn is_quiesced(&self) -> bool {
+        !self.ticking.load(Ordering::Relaxed)
+    }
+
+    /// A write is coming: make sure the group ticks (its followers learn the
+    /// new commit index from the heartbeats) and stays awake a while.
+    pub fn wake(&self) {
+        self.woken.store(true, Ordering::Relaxed);
+        self.set_ticking(true);
+    }
+
+    /// Whether [`Replica::wake`] was called since the last call.
+    pub fn take_woken(&self) -> bool {
+        self.woken.swap(false, Ordering::Relaxed)
+    }
 }
 
 /// Either kind of Raft, for the transport's dispatch.
@@ -331,6 +364,8 @@ impl Groups {
             progress,
             acks,
             reader: PartitionReader::new(self.storage.clone(), group),
+            ticking: AtomicBool::new(true),
+            woken: AtomicBool::new(false),
         }))
     }
 

@@ -11,15 +11,20 @@
 //! - [`metrics`]: Prometheus metrics on `--metrics-listen`.
 //! - [`join`]: admitting brokers that join a running cluster.
 //! - [`retention`]: deleting old data and purging Raft logs.
+//! - [`quiesce`]: broker heartbeats, parking idle groups' Raft tickers, and
+//!   moving leadership back to preferred replicas.
 //! - [`service`]: the public `Broker` and `Admin` services.
+//! - [`failpoints`]: test-only fault hooks (debug builds).
 //! - [`error`]: [`error::BrokerError`] and its mapping to `tonic::Status`.
 //! - [`server`]: [`run`], wiring it together until shutdown.
 
 pub mod config;
 pub mod error;
+pub mod failpoints;
 pub mod groups;
 pub mod join;
 pub mod metrics;
+pub mod quiesce;
 pub mod retention;
 pub mod server;
 pub mod service;

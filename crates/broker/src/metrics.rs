@@ -86,10 +86,11 @@ impl Metrics {
         self.fetch.render(&mut out, "fetch", "");
 
         let me = groups.node_id();
-        let (mut replicas, mut led, mut under, mut terms, mut commit_lag, mut purged) =
-            (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+        let (mut replicas, mut led, mut under, mut terms, mut commit_lag, mut purged, mut quiesced) =
+            (0u64, 0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
         for r in groups.replicas() {
             replicas += 1;
+            quiesced += u64::from(r.is_quiesced());
             let m = r.raft.metrics().borrow_watched().clone();
             terms += m.current_term;
             purged += m.purged.map(|l| l.index + 1).unwrap_or(0);
@@ -110,6 +111,12 @@ impl Metrics {
         };
         gauge(&mut out, "partition_replicas", "Partition replicas on this broker.", replicas);
         gauge(&mut out, "partitions_led", "Partitions this broker leads.", led);
+        gauge(
+            &mut out,
+            "partitions_quiesced",
+            "Local partition replicas whose Raft ticker is parked (idle).",
+            quiesced,
+        );
         gauge(&mut out, "under_replicated_partitions", "Led partitions whose followers lag the leader's log.", under);
         gauge(
             &mut out,

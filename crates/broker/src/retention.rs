@@ -9,7 +9,11 @@
 //!   (snapshots hold the retained batches) and then purges its Raft log up to
 //!   that snapshot, so the log and the retained data move together. A
 //!   follower that is behind the leader's purged log catches up through that
-//!   snapshot (openraft sends it).
+//!   snapshot (openraft sends it);
+//! - the leader of a partition that remembers idempotent producers proposes
+//!   the partition clock (`Command::Clock`) now and then, which expires
+//!   producers idle for `--producer-expiry-ms` (default 7 days). Producer
+//!   state is never dropped because data was deleted.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,8 +32,14 @@ use crate::groups::Replica;
 /// Default interval between retention checks (Kafka: 5 minutes).
 pub const RETENTION_CHECK: Duration = Duration::from_secs(60);
 
+/// Default idle time after which a partition forgets an idempotent producer.
+pub const PRODUCER_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Longest interval between partition clock proposals (shorter when the
+/// producer expiry is short: a quarter of it).
+const MAX_CLOCK_INTERVAL: Duration = Duration::from_secs(60);
+
 /// Runs retention every `interval` until `shutdown`.
-pub async fn run(groups: Arc<Groups>, interval: Duration, shutdown: CancellationToken) {
+pub async fn run(groups: Arc<Groups>, interval: Duration, producer_expiry: Duration, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -38,11 +48,32 @@ pub async fn run(groups: Arc<Groups>, interval: Duration, shutdown: Cancellation
         for replica in groups.replicas() {
             let topic = groups.meta().and_then(|m| m.state.borrow().cluster.topics.get(&replica.topic).cloned());
             let Some(topic) = topic else { continue };
+            if let Err(e) = advance_clock(&groups, &replica, producer_expiry).await {
+                tracing::warn!(node = groups.node_id(), topic = replica.topic, partition = replica.partition, error = %e, "producer clock failed");
+            }
             if let Err(e) = check(&groups, &replica, &topic).await {
                 tracing::warn!(node = groups.node_id(), topic = replica.topic, partition = replica.partition, error = %e, "retention check failed");
             }
         }
     }
+}
+
+/// On the leader of a partition with producers: propose the clock when it
+/// is older than the clock interval.
+async fn advance_clock(groups: &Groups, r: &Replica, expiry: Duration) -> anyhow::Result<()> {
+    let p = *r.progress.borrow();
+    if p.producers == 0 || r.raft.metrics().borrow_watched().current_leader != Some(groups.node_id()) {
+        return Ok(());
+    }
+    let now_ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH)?.as_millis() as i64;
+    let every = MAX_CLOCK_INTERVAL.min(expiry / 4).as_millis() as i64;
+    if now_ms.saturating_sub(p.clock_ms) < every {
+        return Ok(());
+    }
+    r.wake();
+    let cmd = Command::Clock { now_ms, producer_idle_ms: expiry.as_millis() as i64 };
+    r.raft.client_write(Request::Partition { cmd, ack: 0 }).await?;
+    Ok(())
 }
 
 async fn check(groups: &Groups, r: &Replica, topic: &Topic) -> anyhow::Result<()> {
@@ -57,6 +88,7 @@ async fn check(groups: &Groups, r: &Replica, topic: &Topic) -> anyhow::Result<()
             log_start = trim,
             "retention: trimming"
         );
+        r.wake();
         r.raft.client_write(Request::Partition { cmd: Command::TrimBefore(trim), ack: 0 }).await?;
     }
     // Snapshot, then purge, once the log start moved past what the last

@@ -7,6 +7,7 @@ use anyhow::Context;
 use ferrolog_proto::internal::raft_server::RaftServer;
 use ferrolog_proto::v1::admin_server::AdminServer;
 use ferrolog_proto::v1::broker_server::BrokerServer;
+use ferrolog_proto::v1::producers_server::ProducersServer;
 use ferrolog_raft::LogStore;
 use ferrolog_raft::MetaStateMachine;
 use ferrolog_storage::Storage;
@@ -120,7 +121,13 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> anyhow::R
         tokio::spawn(crate::metrics::serve(addr, metrics.clone(), groups.clone(), storage.clone(), shutdown.clone()))
     });
     let services = Services::new(groups.clone(), metrics);
-    let retention = tokio::spawn(crate::retention::run(groups.clone(), config.retention_check, shutdown.clone()));
+    let retention = tokio::spawn(crate::retention::run(
+        groups.clone(),
+        config.retention_check,
+        config.producer_expiry,
+        shutdown.clone(),
+    ));
+    let quiescer = tokio::spawn(crate::quiesce::run(groups.clone(), shutdown.clone()));
     let stop_serving = CancellationToken::new();
     tracing::info!(node = node_id, listen = %config.listen, advertise = config.advertise, "broker starting");
     let serve = tonic::transport::Server::builder()
@@ -130,6 +137,7 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> anyhow::R
         .add_service(reflection_v1alpha)
         .add_service(RaftServer::new(RaftService::new(groups.clone())))
         .add_service(BrokerServer::new(services.clone()))
+        .add_service(ProducersServer::new(services.clone()))
         .add_service(AdminServer::new(services))
         .serve_with_shutdown(config.listen, stop_serving.clone().cancelled_owned());
     // SIGTERM: first hand leadership away while still serving (the new
@@ -150,6 +158,7 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> anyhow::R
     shutdown.cancel();
     let _ = handoff.await;
     let _ = retention.await;
+    let _ = quiescer.await;
     let _ = reconciler.await;
     if let Some(m) = metrics_server {
         match m.await {

@@ -29,6 +29,7 @@ use tonic::Response as TResp;
 use tonic::Status;
 
 use crate::error::BrokerError;
+use crate::failpoints;
 use crate::groups::Groups;
 use crate::groups::Replica;
 use crate::metrics::Metrics;
@@ -195,6 +196,17 @@ impl v1::broker_server::Broker for Services {
     }
 }
 
+/// The producer's view of an applied (or projected) append: offsets and
+/// whether it was a retry of a batch already appended.
+fn produced(r: Response) -> Result<(u64, u64, bool), BrokerError> {
+    match r {
+        Response::Partition(Outcome::Appended { base_offset, last_offset }) => Ok((base_offset, last_offset, false)),
+        Response::Partition(Outcome::Duplicate { base_offset, last_offset }) => Ok((base_offset, last_offset, true)),
+        Response::Partition(Outcome::Rejected(r)) => Err(r.into()),
+        other => Err(BrokerError::Internal(format!("unexpected apply result {other:?}"))),
+    }
+}
+
 impl Services {
     async fn produce_inner(&self, req: v1::ProduceRequest) -> Result<TResp<v1::ProduceResponse>, Status> {
         let acks = v1::Acks::try_from(req.acks)
@@ -209,9 +221,11 @@ impl Services {
             req.batch.ok_or_else(|| BrokerError::InvalidArgument("produce request carries no batch".into()))?,
             max,
         )?;
+        self.check_not_fenced(&batch.header)?;
         let timeout =
             if req.timeout_ms == 0 { DEFAULT_PRODUCE_TIMEOUT } else { Duration::from_millis(req.timeout_ms.into()) };
         let hw = || replica.progress.borrow().next_offset as i64;
+        replica.wake();
         match acks {
             v1::Acks::None => {
                 // Fire and forget: errors after this point are not reported.
@@ -230,19 +244,15 @@ impl Services {
                     .await
                     .map_err(|_| BrokerError::Timeout(format!("not committed within {timeout:?}")))?
                     .map_err(|e| self.write_error(e, "produce"))?;
-                match resp.data {
-                    Response::Partition(Outcome::Appended { base_offset, last_offset }) => {
-                        Ok(TResp::new(v1::ProduceResponse {
-                            base_offset: base_offset as i64,
-                            last_offset: last_offset as i64,
-                            high_watermark: hw(),
-                            duplicate: false,
-                            append_time_ms: now_ms(),
-                        }))
-                    }
-                    Response::Partition(Outcome::Rejected(r)) => Err(BrokerError::CorruptBatch(r.to_string()).into()),
-                    other => Err(BrokerError::Internal(format!("unexpected apply result {other:?}")).into()),
-                }
+                let (base_offset, last_offset, duplicate) = produced(resp.data)?;
+                failpoints::drop_produce_response(duplicate)?;
+                Ok(TResp::new(v1::ProduceResponse {
+                    base_offset: base_offset as i64,
+                    last_offset: last_offset as i64,
+                    high_watermark: hw(),
+                    duplicate,
+                    append_time_ms: now_ms(),
+                }))
             }
             v1::Acks::Leader => {
                 let (token, acked) = replica.acks.register();
@@ -254,13 +264,12 @@ impl Services {
                 }
                 let result = tokio::time::timeout(timeout, async {
                     tokio::select! {
-                        a = acked => a.map(|a| (a.base_offset, a.last_offset)).map_err(|_| BrokerError::Unavailable("produce: leader log closed".into())),
+                        a = acked => match a {
+                            Ok(a) => produced(Response::Partition(a.outcome)),
+                            Err(_) => Err(BrokerError::Unavailable("produce: leader log closed".into())),
+                        },
                         done = complete_rx => match done {
-                            Ok(Ok(resp)) => match resp.data {
-                                Response::Partition(Outcome::Appended { base_offset, last_offset }) => Ok((base_offset, last_offset)),
-                                Response::Partition(Outcome::Rejected(r)) => Err(BrokerError::CorruptBatch(r.to_string())),
-                                other => Err(BrokerError::Internal(format!("unexpected apply result {other:?}"))),
-                            },
+                            Ok(Ok(resp)) => produced(resp.data),
                             Ok(Err(e)) => Err(self.write_error(RaftError::APIError(e), "produce")),
                             Err(_) => Err(BrokerError::Unavailable("produce: raft dropped the request".into())),
                         },
@@ -268,13 +277,14 @@ impl Services {
                 })
                 .await;
                 replica.acks.cancel(token);
-                let (base, last) =
+                let (base, last, duplicate) =
                     result.map_err(|_| BrokerError::Timeout(format!("not appended within {timeout:?}")))??;
+                failpoints::drop_produce_response(duplicate)?;
                 Ok(TResp::new(v1::ProduceResponse {
                     base_offset: base as i64,
                     last_offset: last as i64,
                     high_watermark: hw(),
-                    duplicate: false,
+                    duplicate,
                     append_time_ms: now_ms(),
                 }))
             }
@@ -368,6 +378,25 @@ impl Services {
 }
 
 impl Services {
+    /// Fences a zombie before it appends anything: a named producer whose
+    /// epoch is older than the one the metadata group last handed out. (The
+    /// partition state machine fences too, once the newer epoch wrote there;
+    /// this check also covers partitions the new instance has not written.)
+    fn check_not_fenced(&self, h: &BatchHeader) -> Result<(), BrokerError> {
+        if h.producer_id == ferrolog_types::batch::NO_PRODUCER_ID {
+            return Ok(());
+        }
+        let Some(meta) = self.groups.meta() else { return Ok(()) };
+        let current = meta.state.borrow().cluster.producer_epochs.get(&h.producer_id).copied();
+        match current {
+            Some(cur) if cur > h.producer_epoch => Err(BrokerError::Fenced(format!(
+                "producer {} epoch {} is fenced: a newer instance holds epoch {cur}",
+                h.producer_id, h.producer_epoch
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     async fn meta_leader(&self) -> Result<&crate::groups::Meta, BrokerError> {
         let meta = self.groups.meta().ok_or_else(|| BrokerError::Unavailable("broker is starting".into()))?;
         let leader = meta.raft.current_leader().await;
@@ -466,6 +495,29 @@ impl Services {
                 max_message_bytes: Some(t.config.max_message_bytes),
             }),
             partitions,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl v1::producers_server::Producers for Services {
+    async fn init_producer(
+        &self,
+        request: TReq<v1::InitProducerRequest>,
+    ) -> Result<TResp<v1::InitProducerResponse>, Status> {
+        let name = request.into_inner().producer_name;
+        let meta = self.meta_leader().await?;
+        let resp = meta
+            .raft
+            .client_write(Request::Metadata(MetaCommand::InitProducer { name }))
+            .await
+            .map_err(|e| self.write_error(e, "init producer"))?;
+        match resp.data {
+            Response::Metadata(MetaOutcome::ProducerInitialized { id, epoch }) => {
+                Ok(TResp::new(v1::InitProducerResponse { producer_id: id, producer_epoch: epoch }))
+            }
+            Response::Metadata(MetaOutcome::Rejected(e)) => Err(BrokerError::from(e).into()),
+            other => Err(BrokerError::Internal(format!("unexpected metadata result {other:?}")).into()),
         }
     }
 }

@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
+use std::time::Instant;
 
 use ferrolog_proto::internal::RaftMessage;
 use ferrolog_proto::internal::RaftReply;
@@ -64,17 +65,47 @@ fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, postcard::Error> {
     postcard::from_bytes(b)
 }
 
-/// One lazily connected channel per peer address, shared by all groups.
+/// One lazily connected channel per peer address, shared by all groups,
+/// and what this broker last heard from each peer.
 #[derive(Debug)]
 pub struct Transport {
     node_id: NodeId,
     channels: Mutex<HashMap<String, Channel>>,
+    /// When each peer broker last sent us anything (a broker heartbeat or any
+    /// Raft message). Only the direction peer -> us counts: it is the
+    /// direction a leader's heartbeats travel.
+    heard: Mutex<HashMap<NodeId, Instant>>,
 }
 
 impl Transport {
     /// A transport for broker `node_id`.
     pub fn new(node_id: NodeId) -> Arc<Self> {
-        Arc::new(Transport { node_id, channels: Mutex::new(HashMap::new()) })
+        Arc::new(Transport { node_id, channels: Mutex::new(HashMap::new()), heard: Mutex::new(HashMap::new()) })
+    }
+
+    /// Records that `peer` just sent us a message.
+    pub fn heard_from(&self, peer: NodeId) {
+        if peer != self.node_id {
+            self.heard.lock().expect("liveness lock").insert(peer, Instant::now());
+        }
+    }
+
+    /// Whether `peer` sent us something within `within`. This broker counts
+    /// as live to itself.
+    pub fn is_live(&self, peer: NodeId, within: Duration) -> bool {
+        peer == self.node_id
+            || self.heard.lock().expect("liveness lock").get(&peer).is_some_and(|t| t.elapsed() <= within)
+    }
+
+    /// Sends one broker heartbeat to `peer` at `addr` (best effort: a failure
+    /// only means the peer will not count us as live).
+    pub async fn send_heartbeat(&self, peer: NodeId, addr: &str, timeout: Duration) {
+        let Ok(channel) = self.channel(addr) else { return };
+        let mut client = RaftClient::new(channel);
+        let req = ferrolog_proto::internal::BrokerHeartbeat { from_node: self.node_id, to_node: peer };
+        if let Ok(Err(e)) = tokio::time::timeout(timeout, client.heartbeat(req)).await {
+            tracing::trace!(peer, error = %e, "broker heartbeat failed");
+        }
     }
 
     /// The channel to `addr`, created on first use.
@@ -288,6 +319,7 @@ impl RaftService {
         Fut: std::future::Future<Output = Result<Resp, String>>,
     {
         let g = msg.group_id;
+        self.groups.transport().heard_from(msg.from_node);
         if msg.to_node != self.groups.node_id() {
             return err_reply(
                 g,
@@ -362,11 +394,20 @@ impl ferrolog_proto::internal::raft_server::Raft for RaftService {
         Ok(tonic::Response::new(reply))
     }
 
-    async fn batch(
+    async fn heartbeat(
         &self,
-        _request: tonic::Request<ferrolog_proto::internal::RaftBatch>,
-    ) -> TonicResult<ferrolog_proto::internal::RaftBatchReply> {
-        Err(tonic::Status::unimplemented("batched raft messages are not used yet"))
+        request: tonic::Request<ferrolog_proto::internal::BrokerHeartbeat>,
+    ) -> TonicResult<ferrolog_proto::internal::BrokerHeartbeatReply> {
+        let req = request.into_inner();
+        if req.to_node != self.groups.node_id() {
+            return Err(tonic::Status::failed_precondition(format!(
+                "heartbeat for broker {} reached broker {}",
+                req.to_node,
+                self.groups.node_id()
+            )));
+        }
+        self.groups.transport().heard_from(req.from_node);
+        Ok(tonic::Response::new(ferrolog_proto::internal::BrokerHeartbeatReply {}))
     }
 
     async fn install_snapshot(
@@ -380,6 +421,7 @@ impl ferrolog_proto::internal::raft_server::Raft for RaftService {
         while let Some(chunk) = stream.message().await? {
             if header.is_none() {
                 group = chunk.group_id;
+                self.groups.transport().heard_from(chunk.from_node);
                 if chunk.to_node != self.groups.node_id() {
                     return Ok(tonic::Response::new(err_reply(group, "snapshot for another broker")));
                 }

@@ -4,7 +4,10 @@
 //! Each of `--producers` tasks owns one partition (task i → partition
 //! i mod P) and sends batches of `--batch-records` records of
 //! `--record-size` bytes, one batch in flight at a time, waiting for the
-//! acks level. Latency is per batch, from send to answer.
+//! acks level. Latency is per batch, from send to answer. With
+//! `--idempotence` each task is an idempotent producer (its own producer
+//! id; sequence numbers per batch). Both modes encode and checksum every
+//! batch they send, so they compare like for like.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -78,6 +81,9 @@ pub struct ProduceArgs {
     /// Replication factor when creating the topic.
     #[arg(long, default_value_t = 3)]
     replication_factor: u32,
+    /// Idempotent producers (producer id, epoch, sequence numbers).
+    #[arg(long)]
+    idempotence: bool,
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     output: crate::Output,
@@ -87,6 +93,7 @@ pub struct ProduceArgs {
 #[derive(Debug, Serialize)]
 pub struct ProduceReport {
     acks: AcksArg,
+    idempotence: bool,
     producers: usize,
     partitions: usize,
     record_size: usize,
@@ -122,7 +129,21 @@ pub async fn run(args: ProduceArgs) -> anyhow::Result<()> {
     for i in 0..args.producers {
         let client = client.clone();
         let topic = args.topic.clone();
-        let batch = ferrolog_client::make_batch(&batch, 0);
+        let records = batch.clone();
+        let producer = if args.idempotence {
+            Some(
+                ferrolog_client::IdempotentProducer::new(
+                    client.clone(),
+                    None,
+                    args.acks.proto(),
+                    Duration::from_secs(30),
+                )
+                .await
+                .context("init producer")?,
+            )
+        } else {
+            None
+        };
         let (sent, errors) = (sent.clone(), errors.clone());
         let (acks, total, per) = (args.acks.proto(), args.records, args.batch_records as u64);
         let partition = (i % partitions) as u32;
@@ -135,7 +156,14 @@ pub async fn run(args: ProduceArgs) -> anyhow::Result<()> {
                     _ => {}
                 }
                 let t0 = Instant::now();
-                match client.produce(&topic, partition, acks, batch.clone(), Duration::from_secs(30)).await {
+                let r = match &producer {
+                    Some(p) => p.send(&topic, partition, &records).await,
+                    None => {
+                        let b = ferrolog_client::make_batch(&records, 0);
+                        client.produce(&topic, partition, acks, b, Duration::from_secs(30)).await
+                    }
+                };
+                match r {
                     Ok(_) => {
                         hist.record(t0.elapsed().as_micros().max(1) as u64)?;
                         if deadline.is_some() {
@@ -160,6 +188,7 @@ pub async fn run(args: ProduceArgs) -> anyhow::Result<()> {
     let ms = |q: f64| total.value_at_quantile(q) as f64 / 1000.0;
     let report = ProduceReport {
         acks: args.acks,
+        idempotence: args.idempotence,
         producers: args.producers,
         partitions,
         record_size: args.record_size,
@@ -177,8 +206,9 @@ pub async fn run(args: ProduceArgs) -> anyhow::Result<()> {
     match args.output {
         crate::Output::Json => println!("{}", serde_json::to_string(&report)?),
         crate::Output::Text => println!(
-            "acks={:?} producers={} partitions={} record={}B batch={} | {} records in {:.1}s: {:.0} records/s, {:.2} MB/s | batch latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms | {} errors",
+            "acks={:?} idempotence={} producers={} partitions={} record={}B batch={} | {} records in {:.1}s: {:.0} records/s, {:.2} MB/s | batch latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms | {} errors",
             report.acks,
+            report.idempotence,
             report.producers,
             report.partitions,
             report.record_size,

@@ -42,6 +42,10 @@ pub struct ServerArgs {
     /// How often retention (retention.ms / retention.bytes) is enforced, in ms.
     #[arg(long, env = "FERROLOG_RETENTION_CHECK_MS", default_value_t = 60_000)]
     retention_check_ms: u64,
+    /// A partition forgets an idempotent producer after it has been idle
+    /// this long, in ms (default 7 days). Never because data was deleted.
+    #[arg(long, env = "FERROLOG_PRODUCER_EXPIRY_MS", default_value_t = 7 * 24 * 3600 * 1000)]
+    producer_expiry_ms: u64,
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, env = "FERROLOG_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
@@ -101,7 +105,18 @@ pub fn resolve(args: ServerArgs) -> anyhow::Result<BrokerConfig> {
     let metrics_listen = args.metrics_listen.or(file.metrics_listen);
     let join = if args.join.is_empty() { file.join.unwrap_or_default() } else { args.join };
     let retention_check = std::time::Duration::from_millis(args.retention_check_ms.max(10));
-    Ok(BrokerConfig { node_id, data_dir, listen, advertise, metrics_listen, join, retention_check, peers })
+    let producer_expiry = std::time::Duration::from_millis(args.producer_expiry_ms.max(1000));
+    Ok(BrokerConfig {
+        node_id,
+        data_dir,
+        listen,
+        advertise,
+        metrics_listen,
+        join,
+        retention_check,
+        producer_expiry,
+        peers,
+    })
 }
 
 /// Runs the broker until SIGTERM or Ctrl-C.
@@ -139,6 +154,7 @@ mod tests {
             peers: None,
             join: vec![],
             retention_check_ms: 60_000,
+            producer_expiry_ms: 7 * 24 * 3600 * 1000,
             metrics_listen: None,
             config: Some(dir.join("ferrolog.toml")),
         }

@@ -2,8 +2,16 @@
 //! route produce requests to partition leaders by following `NOT_LEADER`
 //! hints, build and check record batches, fetch, and admin calls.
 //!
+//! [`IdempotentProducer`] adds producer ids, epochs and sequence numbers:
+//! retries (of any failure, ambiguous ones included) never duplicate or
+//! reorder.
+//!
 //! Not here yet (see the client issue): batching with linger, keyed
-//! partitioning, compression, idempotence, consumer groups.
+//! partitioning, compression, consumer groups.
+
+mod producer;
+pub use producer::IdempotentProducer;
+pub use producer::MAX_IN_FLIGHT;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -14,6 +22,7 @@ use ferrolog_proto::errors::leader_hint;
 use ferrolog_proto::v1;
 use ferrolog_proto::v1::admin_client::AdminClient;
 use ferrolog_proto::v1::broker_client::BrokerClient;
+use ferrolog_proto::v1::producers_client::ProducersClient;
 use ferrolog_types::Batch;
 use ferrolog_types::BatchHeader;
 use prost::Message;
@@ -71,6 +80,30 @@ pub fn make_batch(records: &[(Option<Vec<u8>>, Vec<u8>)], timestamp_ms: i64) -> 
         records: b.records,
         crc32c: b.crc32c,
     }
+}
+
+/// Sets a batch's producer id, epoch and base sequence and recomputes its
+/// checksum (which covers them).
+pub fn set_producer(b: &mut v1::RecordBatch, producer_id: i64, producer_epoch: i32, base_sequence: i32) {
+    let header = BatchHeader {
+        producer_id,
+        producer_epoch,
+        base_sequence,
+        record_count: b.record_count,
+        compression: b.compression as u32,
+        first_timestamp_ms: b.first_timestamp_ms,
+        max_timestamp_ms: b.max_timestamp_ms,
+    };
+    let sealed = Batch::seal(header, b.records.clone());
+    b.producer_id = producer_id;
+    b.producer_epoch = producer_epoch;
+    b.base_sequence = base_sequence;
+    b.crc32c = sealed.crc32c;
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// A fetched record.
@@ -161,6 +194,30 @@ impl Client {
         F: FnMut(AdminClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
     {
+        self.on_meta_leader(timeout, |ch| call(AdminClient::new(ch))).await
+    }
+
+    /// Allocates an idempotent producer id and epoch (through the metadata
+    /// Raft group). With a name, the same name keeps its id and gets a higher
+    /// epoch, which fences the previous instance.
+    pub async fn init_producer(&self, name: Option<&str>) -> Result<(i64, i32), Status> {
+        let req = v1::InitProducerRequest { producer_name: name.map(String::from) };
+        let r = self
+            .on_meta_leader(Duration::from_secs(20), |ch| {
+                let req = req.clone();
+                async move { ProducersClient::new(ch).init_producer(req).await }
+            })
+            .await?;
+        Ok((r.producer_id, r.producer_epoch))
+    }
+
+    /// Runs `call` on the metadata leader, following hints and retrying
+    /// unavailability until `timeout`.
+    async fn on_meta_leader<T, F, Fut>(&self, timeout: Duration, mut call: F) -> Result<T, Status>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
         let deadline = Instant::now() + timeout;
         let mut i = 0;
         let mut next: Option<String> = None;
@@ -168,7 +225,7 @@ impl Client {
             let addr = next.take().unwrap_or_else(|| self.bootstrap[i % self.bootstrap.len()].clone());
             i += 1;
             let r = match self.channel(&addr) {
-                Ok(ch) => call(AdminClient::new(ch)).await.map(|r| r.into_inner()),
+                Ok(ch) => call(ch).await.map(|r| r.into_inner()),
                 Err(e) => Err(e),
             };
             match r {
@@ -238,6 +295,22 @@ impl Client {
         batch: v1::RecordBatch,
         timeout: Duration,
     ) -> Result<v1::ProduceResponse, Status> {
+        self.produce_with(topic, partition, acks, batch, timeout, false).await
+    }
+
+    /// Like [`Client::produce`]; with `retry_ambiguous`, also retries the
+    /// same batch after failures that leave it unknown whether it was
+    /// appended (safe only for idempotent batches, which the partition
+    /// deduplicates).
+    pub async fn produce_with(
+        &self,
+        topic: &str,
+        partition: u32,
+        acks: v1::Acks,
+        batch: v1::RecordBatch,
+        timeout: Duration,
+        retry_ambiguous: bool,
+    ) -> Result<v1::ProduceResponse, Status> {
         let deadline = Instant::now() + timeout;
         let key = (topic.to_string(), partition);
         let mut i = partition as usize;
@@ -271,7 +344,8 @@ impl Client {
                     // A refused connection sent nothing: safe to retry elsewhere.
                     let unconnected = s.code() == Code::Unavailable && s.message().contains("connect error");
                     let nothing_written = hint.is_some() || unconnected || s.code() == Code::NotFound;
-                    if !nothing_written || Instant::now() > deadline {
+                    let may_retry = nothing_written || (retry_ambiguous && retriable(&s));
+                    if !may_retry || Instant::now() > deadline {
                         return Err(s);
                     }
                     match hint.and_then(|h| h.leader_address) {

@@ -14,7 +14,11 @@
 //! - topic names are unique and valid (see [`validate_topic_name`]);
 //! - group ids are allocated from `next_group_id`, which only grows, so a
 //!   group id is never reused, even after its topic is deleted;
-//! - every partition has `replication_factor` distinct replicas.
+//! - every partition has `replication_factor` distinct replicas;
+//! - producer ids are allocated from `next_producer_id`, which only grows
+//!   and is replicated and persisted, so an id is never handed out twice,
+//!   even across restarts of the whole cluster; a named producer keeps its
+//!   id and gets a strictly higher epoch each time it initializes.
 
 use std::collections::BTreeMap;
 
@@ -70,11 +74,23 @@ pub struct ClusterState {
     pub topics: BTreeMap<String, Topic>,
     /// The next partition group id to hand out (group 0 is the metadata group).
     pub next_group_id: u64,
+    /// The next producer id to hand out.
+    pub next_producer_id: i64,
+    /// Named producers: name -> (id, current epoch).
+    pub named_producers: BTreeMap<String, (i64, i32)>,
+    /// Current epoch of each named producer's id (for fencing checks).
+    pub producer_epochs: BTreeMap<i64, i32>,
 }
 
 impl Default for ClusterState {
     fn default() -> Self {
-        ClusterState { topics: BTreeMap::new(), next_group_id: 1 }
+        ClusterState {
+            topics: BTreeMap::new(),
+            next_group_id: 1,
+            next_producer_id: 0,
+            named_producers: BTreeMap::new(),
+            producer_epochs: BTreeMap::new(),
+        }
     }
 }
 
@@ -100,6 +116,11 @@ pub enum MetaCommand {
         /// Topic name.
         name: String,
     },
+    /// Allocate a producer id (and epoch), or raise a named producer's epoch.
+    InitProducer {
+        /// Stable producer name, if any.
+        name: Option<String>,
+    },
 }
 
 /// What applying a command did.
@@ -111,6 +132,13 @@ pub enum MetaOutcome {
     TopicDeleted(String),
     /// Refused; the state is unchanged.
     Rejected(MetaError),
+    /// A producer id and epoch.
+    ProducerInitialized {
+        /// Producer id.
+        id: i64,
+        /// Its epoch.
+        epoch: i32,
+    },
 }
 
 /// Why a metadata command was refused.
@@ -177,6 +205,12 @@ pub fn validate_create(name: &str, partitions: u32, replication_factor: u32, bro
 }
 
 impl ClusterState {
+    fn allocate_producer_id(&mut self) -> i64 {
+        let id = self.next_producer_id;
+        self.next_producer_id += 1;
+        id
+    }
+
     /// Applies one committed command.
     pub fn apply(&mut self, cmd: MetaCommand) -> MetaOutcome {
         match cmd {
@@ -195,6 +229,31 @@ impl ClusterState {
                 Some(_) => MetaOutcome::TopicDeleted(name),
                 None => MetaOutcome::Rejected(MetaError::UnknownTopic(name)),
             },
+            MetaCommand::InitProducer { name } => {
+                let Some(name) = name else {
+                    let id = self.allocate_producer_id();
+                    return MetaOutcome::ProducerInitialized { id, epoch: 0 };
+                };
+                if name.is_empty() || name.len() > MAX_TOPIC_NAME_LEN {
+                    return MetaOutcome::Rejected(MetaError::InvalidArgument(format!(
+                        "producer name must be 1..={MAX_TOPIC_NAME_LEN} bytes"
+                    )));
+                }
+                let (id, epoch) = match self.named_producers.get(&name) {
+                    // Epochs are i32 on the wire: past the last one the
+                    // name moves to a fresh id.
+                    Some((id, epoch)) if *epoch < i32::MAX => (*id, epoch + 1),
+                    Some((old, _)) => {
+                        let old = *old;
+                        self.producer_epochs.remove(&old);
+                        (self.allocate_producer_id(), 0)
+                    }
+                    None => (self.allocate_producer_id(), 0),
+                };
+                self.named_producers.insert(name, (id, epoch));
+                self.producer_epochs.insert(id, epoch);
+                MetaOutcome::ProducerInitialized { id, epoch }
+            }
         }
     }
 
@@ -362,5 +421,24 @@ mod tests {
         assert_eq!(on1.len(), 2);
         let total: usize = [1, 2, 3].iter().map(|n| s.groups_on(*n).count()).sum();
         assert_eq!(total, 6);
+    }
+
+    #[test]
+    fn producer_ids_are_unique_and_names_raise_the_epoch() {
+        let mut s = ClusterState::default();
+        let init = |s: &mut ClusterState, name: Option<&str>| match s
+            .apply(MetaCommand::InitProducer { name: name.map(String::from) })
+        {
+            MetaOutcome::ProducerInitialized { id, epoch } => (id, epoch),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(init(&mut s, None), (0, 0));
+        assert_eq!(init(&mut s, Some("orders")), (1, 0));
+        assert_eq!(init(&mut s, None), (2, 0));
+        assert_eq!(init(&mut s, Some("orders")), (1, 1), "same name: same id, next epoch");
+        assert_eq!(s.producer_epochs.get(&1), Some(&1));
+        s.named_producers.insert("orders".into(), (1, i32::MAX));
+        assert_eq!(init(&mut s, Some("orders")), (3, 0), "epoch exhausted: a fresh id");
+        assert!(matches!(s.apply(MetaCommand::InitProducer { name: Some(String::new()) }), MetaOutcome::Rejected(_)));
     }
 }

@@ -12,11 +12,20 @@
 //! - a batch whose checksum fails is never given offsets (it is rejected and
 //!   the partition is unchanged);
 //! - applying the same command sequence to equal states yields equal states
-//!   and outcomes (replicas agree).
+//!   and outcomes (replicas agree);
+//! - an idempotent producer's batch is appended at most once: a retry of one
+//!   of its last [`producers::MAX_TRACKED_BATCHES`] batches gets the original
+//!   offsets and appends nothing; a sequence gap or a stale epoch is refused
+//!   (see [`producers`]).
+
+pub mod producers;
 
 use ferrolog_types::Batch;
 use ferrolog_types::BatchError;
 use ferrolog_types::Offset;
+use ferrolog_types::batch::NO_PRODUCER_ID;
+use producers::Check;
+use producers::Producers;
 use serde::Deserialize;
 use serde::Serialize;
 
@@ -29,6 +38,11 @@ pub struct PartitionState {
     pub log_start: Offset,
     /// Batches appended so far (for metrics and sanity checks).
     pub batches: u64,
+    /// The partition clock: the newest leader time a [`Command::Clock`]
+    /// carried (ms since the epoch). Replicated, so expiry is deterministic.
+    pub clock_ms: i64,
+    /// Idempotent producers seen here.
+    pub producers: Producers,
 }
 
 /// A replicated partition command.
@@ -38,6 +52,14 @@ pub enum Command {
     Append(Batch),
     /// Retention: drop every batch that ends before `offset`.
     TrimBefore(Offset),
+    /// The leader's clock, proposed now and then: advances the partition
+    /// clock and forgets producers idle for `producer_idle_ms` or more.
+    Clock {
+        /// The leader's wall-clock time, ms since the epoch.
+        now_ms: i64,
+        /// Producer state expires after this much idle time.
+        producer_idle_ms: i64,
+    },
 }
 
 /// What applying a command did, as reported to the producer.
@@ -50,8 +72,21 @@ pub enum Outcome {
         /// Offset of the last record.
         last_offset: Offset,
     },
+    /// A retry of an idempotent batch already appended: nothing was
+    /// appended; these are the original offsets.
+    Duplicate {
+        /// Offset of the first record.
+        base_offset: Offset,
+        /// Offset of the last record.
+        last_offset: Offset,
+    },
     /// The log start moved to this offset.
     Trimmed(Offset),
+    /// The clock advanced; this many idle producers were forgotten.
+    Clocked {
+        /// Producers expired.
+        expired: usize,
+    },
     /// The command was refused; the state is unchanged.
     Rejected(Rejection),
 }
@@ -62,6 +97,27 @@ pub enum Rejection {
     /// The batch did not pass its checksum.
     #[error("corrupt batch: {0}")]
     Corrupt(String),
+    /// An idempotent batch does not continue its producer's sequence.
+    #[error("out-of-order sequence for producer {producer_id}: expected {expected}, got {got}")]
+    OutOfOrderSequence {
+        /// Producer.
+        producer_id: i64,
+        /// The sequence the partition expects next.
+        expected: i32,
+        /// The batch's base sequence.
+        got: i32,
+    },
+    /// The batch's producer epoch is older than one already seen: a newer
+    /// instance of the producer exists.
+    #[error("producer {producer_id} epoch {got} is fenced (current epoch {current_epoch})")]
+    Fenced {
+        /// Producer.
+        producer_id: i64,
+        /// The newest epoch.
+        current_epoch: i32,
+        /// The batch's epoch.
+        got: i32,
+    },
 }
 
 /// IO the caller must perform, atomically with persisting the new state.
@@ -89,11 +145,29 @@ impl PartitionState {
                 if let Err(e) = batch.verify() {
                     return (Outcome::Rejected(reject(e)), None);
                 }
+                let idempotent = batch.header.producer_id != NO_PRODUCER_ID;
+                if idempotent {
+                    match producers::check(&self.producers, &batch.header) {
+                        Err(r) => return (Outcome::Rejected(r), None),
+                        Ok(Check::Duplicate { base_offset, last_offset }) => {
+                            return (Outcome::Duplicate { base_offset, last_offset }, None);
+                        }
+                        Ok(Check::Append) => {}
+                    }
+                }
                 let base_offset = self.next_offset;
                 let last_offset = base_offset + u64::from(batch.header.record_count) - 1;
                 self.next_offset = last_offset + 1;
                 self.batches += 1;
+                if idempotent {
+                    producers::record(&mut self.producers, &batch.header, base_offset, last_offset, self.clock_ms);
+                }
                 (Outcome::Appended { base_offset, last_offset }, Some(Effect::WriteBatch { base_offset, batch }))
+            }
+            Command::Clock { now_ms, producer_idle_ms } => {
+                self.clock_ms = self.clock_ms.max(now_ms);
+                let expired = producers::expire(&mut self.producers, self.clock_ms, producer_idle_ms);
+                (Outcome::Clocked { expired }, None)
             }
             Command::TrimBefore(offset) => {
                 // Never trim past the end, never move the start backwards.
@@ -159,6 +233,158 @@ mod tests {
         assert_eq!(s.apply(Command::TrimBefore(2)), (Outcome::Trimmed(4), None));
         assert_eq!(s.apply(Command::TrimBefore(99)).0, Outcome::Trimmed(10));
         assert_eq!(s.log_start, 10);
+    }
+
+    fn idem(pid: i64, epoch: i32, seq: i32, n: u32) -> Batch {
+        let mut h = BatchHeader::plain(n, 1);
+        h.producer_id = pid;
+        h.producer_epoch = epoch;
+        h.base_sequence = seq;
+        Batch::seal(h, bytes_of(n))
+    }
+
+    #[test]
+    fn a_retry_gets_the_original_offsets_and_appends_nothing() {
+        let mut s = PartitionState::default();
+        s.apply(Command::Append(batch(2)));
+        assert_eq!(s.apply(Command::Append(idem(7, 0, 0, 3))).0, Outcome::Appended { base_offset: 2, last_offset: 4 });
+        let before = s.clone();
+        let (o, e) = s.apply(Command::Append(idem(7, 0, 0, 3)));
+        assert_eq!(o, Outcome::Duplicate { base_offset: 2, last_offset: 4 });
+        assert_eq!(e, None);
+        assert_eq!(s, before, "a duplicate changes nothing");
+        assert_eq!(s.apply(Command::Append(idem(7, 0, 3, 1))).0, Outcome::Appended { base_offset: 5, last_offset: 5 });
+    }
+
+    #[test]
+    fn gaps_and_stale_epochs_are_refused_without_change() {
+        let mut s = PartitionState::default();
+        s.apply(Command::Append(idem(7, 1, 0, 2)));
+        let before = s.clone();
+        let o = s.apply(Command::Append(idem(7, 1, 5, 1))).0;
+        assert_eq!(o, Outcome::Rejected(Rejection::OutOfOrderSequence { producer_id: 7, expected: 2, got: 5 }));
+        let o = s.apply(Command::Append(idem(7, 0, 2, 1))).0;
+        assert_eq!(o, Outcome::Rejected(Rejection::Fenced { producer_id: 7, current_epoch: 1, got: 0 }));
+        let o = s.apply(Command::Append(idem(8, 0, 4, 1))).0;
+        assert!(
+            matches!(o, Outcome::Rejected(Rejection::OutOfOrderSequence { expected: 0, got: 4, .. })),
+            "a new producer starts at 0"
+        );
+        assert_eq!(s, before);
+        // A new epoch starts over at 0 and fences the old one.
+        assert!(matches!(
+            s.apply(Command::Append(idem(7, 2, 3, 1))).0,
+            Outcome::Rejected(Rejection::OutOfOrderSequence { expected: 0, .. })
+        ));
+        assert_eq!(s.apply(Command::Append(idem(7, 2, 0, 1))).0, Outcome::Appended { base_offset: 2, last_offset: 2 });
+        assert!(matches!(s.apply(Command::Append(idem(7, 1, 2, 1))).0, Outcome::Rejected(Rejection::Fenced { .. })));
+    }
+
+    #[test]
+    fn the_last_five_batches_are_remembered_and_sequences_wrap() {
+        let mut s = PartitionState::default();
+        for i in 0..6 {
+            s.apply(Command::Append(idem(1, 0, i, 1)));
+        }
+        for i in 1..6 {
+            assert_eq!(
+                s.apply(Command::Append(idem(1, 0, i, 1))).0,
+                Outcome::Duplicate { base_offset: i as u64, last_offset: i as u64 }
+            );
+        }
+        // The sixth-newest is beyond memory: refused, never appended twice.
+        assert!(matches!(s.apply(Command::Append(idem(1, 0, 0, 1))).0, Outcome::Rejected(_)));
+        assert_eq!(producers::seq_add(i32::MAX, 1), 0);
+        assert_eq!(producers::seq_add(i32::MAX - 1, 3), 1);
+        let mut s = PartitionState::default();
+        s.producers.insert(
+            2,
+            producers::ProducerEntry {
+                epoch: 0,
+                last_seen_ms: 0,
+                batches: [producers::TrackedBatch {
+                    first_seq: i32::MAX - 1,
+                    last_seq: i32::MAX,
+                    base_offset: 0,
+                    last_offset: 1,
+                }]
+                .into(),
+            },
+        );
+        s.next_offset = 2;
+        assert_eq!(s.apply(Command::Append(idem(2, 0, 0, 1))).0, Outcome::Appended { base_offset: 2, last_offset: 2 });
+    }
+
+    #[test]
+    fn a_producer_seen_before_the_first_clock_is_not_expired_by_it() {
+        let mut s = PartitionState::default();
+        s.apply(Command::Append(idem(1, 0, 0, 1)));
+        assert_eq!(
+            s.apply(Command::Clock { now_ms: 1_000_000, producer_idle_ms: 10 }).0,
+            Outcome::Clocked { expired: 0 }
+        );
+        assert_eq!(
+            s.apply(Command::Clock { now_ms: 1_000_010, producer_idle_ms: 10 }).0,
+            Outcome::Clocked { expired: 1 }
+        );
+    }
+
+    #[test]
+    fn producers_expire_by_idle_time_never_by_retention() {
+        let mut s = PartitionState::default();
+        s.apply(Command::Clock { now_ms: 1_000, producer_idle_ms: 500 });
+        s.apply(Command::Append(idem(1, 0, 0, 2)));
+        // Retention deletes the producer's records: its state stays.
+        s.apply(Command::TrimBefore(2));
+        assert_eq!(s.log_start, 2);
+        assert_eq!(s.apply(Command::Append(idem(1, 0, 0, 2))).0, Outcome::Duplicate { base_offset: 0, last_offset: 1 });
+        assert_eq!(s.apply(Command::Clock { now_ms: 1_499, producer_idle_ms: 500 }).0, Outcome::Clocked { expired: 0 });
+        // The clock never goes back.
+        s.apply(Command::Clock { now_ms: 10, producer_idle_ms: 500 });
+        assert_eq!(s.clock_ms, 1_499);
+        assert_eq!(s.apply(Command::Clock { now_ms: 1_500, producer_idle_ms: 500 }).0, Outcome::Clocked { expired: 1 });
+        assert!(s.producers.is_empty());
+    }
+
+    proptest! {
+        /// A producer keeps up to five batches in flight and the network
+        /// delivers, drops and repeats them in any order: the log holds each
+        /// batch exactly once, in sequence order.
+        #[test]
+        fn in_flight_retries_never_duplicate_or_reorder(
+            picks in proptest::collection::vec((0usize..5, any::<bool>()), 1..400),
+            sizes in proptest::collection::vec(1u32..4, 12),
+        ) {
+            let mut s = PartitionState::default();
+            let seqs: Vec<i32> = sizes.iter().scan(0i32, |acc, n| { let v = *acc; *acc += *n as i32; Some(v) }).collect();
+            let mut acked = vec![None; sizes.len()];
+            let mut oldest = 0; // first batch not yet acknowledged
+            let mut log: Vec<usize> = Vec::new();
+            for (pick, deliver) in picks {
+                let i = oldest + pick;
+                if i >= sizes.len() { continue; }
+                if !deliver { continue; } // lost on the way: the client will resend
+                let (o, _) = s.apply(Command::Append(idem(3, 0, seqs[i], sizes[i])));
+                match o {
+                    Outcome::Appended { base_offset, last_offset } => {
+                        prop_assert!(acked[i].is_none(), "batch {} appended twice", i);
+                        acked[i] = Some((base_offset, last_offset));
+                        log.push(i);
+                    }
+                    Outcome::Duplicate { base_offset, last_offset } => {
+                        prop_assert_eq!(acked[i], Some((base_offset, last_offset)));
+                    }
+                    Outcome::Rejected(Rejection::OutOfOrderSequence { .. }) => {
+                        // Only a batch not yet appended can be out of order:
+                        // every batch in the window is among the last five.
+                        prop_assert!(acked[i].is_none(), "acknowledged batch {} refused", i);
+                    }
+                    other => prop_assert!(false, "unexpected {:?}", other),
+                }
+                while oldest < sizes.len() && acked[oldest].is_some() { oldest += 1; }
+            }
+            prop_assert_eq!(log.clone(), (0..log.len()).collect::<Vec<_>>(), "appended in sequence order");
+        }
     }
 
     proptest! {

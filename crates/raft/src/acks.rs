@@ -6,30 +6,33 @@
 //! entry carrying it, and [`crate::LogStore::append`] completes the token's
 //! waiter from the flush callback of the write that holds the entry.
 //!
-//! The waiter also needs the batch's offsets, which the state machine only
-//! assigns at apply (after commit). Offsets are a pure function of the log
-//! (each append takes the next `record_count` offsets), so the log store
-//! keeps a *projection*: the next offset after its last entry. It is
-//! recomputed from the applied state plus the unapplied tail of the log
-//! whenever the log did not simply grow (leader change, truncation). If the
-//! entry commits, apply assigns exactly the projected offsets; if it is
-//! truncated by a new leader, the acknowledged batch is lost: that is the
-//! acks=1 promise (see docs/architecture.md).
+//! The waiter also needs the batch's outcome (offsets, or duplicate, or a
+//! sequence error), which the state machine only decides at apply (after
+//! commit). Outcomes are a pure function of the log, so the log store keeps
+//! a *projection*: the partition state after its last entry, obtained by
+//! applying every entry to a copy of the applied state with the same
+//! [`ferrolog_partition::PartitionState::apply`] the state machine uses
+//! (dedup of idempotent producers included). It is recomputed from the
+//! applied state plus the unapplied tail of the log whenever the log did not
+//! simply grow (leader change, truncation). If the entry commits, apply
+//! decides exactly the projected outcome; if it is truncated by a new
+//! leader, the acknowledged batch is lost: that is the acks=1 promise (see
+//! docs/architecture.md).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use ferrolog_partition::Outcome;
+use ferrolog_partition::PartitionState;
 use tokio::sync::oneshot;
 
 /// What an acks=1 waiter is told.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Acked {
     /// Log index of the entry.
     pub index: u64,
-    /// Projected offset of the batch's first record.
-    pub base_offset: u64,
-    /// Projected offset of its last record.
-    pub last_offset: u64,
+    /// The projected outcome of applying it.
+    pub outcome: Outcome,
 }
 
 /// acks=1 waiters and the offset projection of one group's log.
@@ -43,8 +46,8 @@ pub struct AckTracker {
 
 #[derive(Debug, Default)]
 struct Inner {
-    /// `(last log index, next offset after it)`, when known.
-    projection: Option<(u64, u64)>,
+    /// `(last log index, partition state after it)`, when known.
+    projection: Option<(u64, PartitionState)>,
     waiters: HashMap<u64, oneshot::Sender<Acked>>,
     next_token: u64,
 }
@@ -65,17 +68,17 @@ impl AckTracker {
         self.inner.lock().expect("ack tracker lock").waiters.remove(&token);
     }
 
-    /// The projection if it ends right before `first_index`.
-    pub(crate) fn projection_before(&self, first_index: u64) -> Option<u64> {
-        let inner = self.inner.lock().expect("ack tracker lock");
-        match inner.projection {
-            Some((last, next)) if last + 1 == first_index => Some(next),
+    /// Takes the projection if it ends right before `first_index`.
+    pub(crate) fn take_projection_before(&self, first_index: u64) -> Option<PartitionState> {
+        let mut inner = self.inner.lock().expect("ack tracker lock");
+        match inner.projection.take() {
+            Some((last, state)) if last + 1 == first_index => Some(state),
             _ => None,
         }
     }
 
-    pub(crate) fn set_projection(&self, last_index: u64, next_offset: u64) {
-        self.inner.lock().expect("ack tracker lock").projection = Some((last_index, next_offset));
+    pub(crate) fn set_projection(&self, last_index: u64, state: PartitionState) {
+        self.inner.lock().expect("ack tracker lock").projection = Some((last_index, state));
     }
 
     /// Forgets the projection (the log was truncated or replaced).
@@ -88,7 +91,7 @@ impl AckTracker {
         let mut inner = self.inner.lock().expect("ack tracker lock");
         for (token, a) in acked {
             if let Some(tx) = inner.waiters.remove(token) {
-                let _ = tx.send(*a);
+                let _ = tx.send(a.clone());
             }
         }
     }
@@ -118,6 +121,10 @@ mod tests {
         Entry::new_normal(log_id(term, 1, index), Request::Partition { cmd: Command::Append(batch), ack })
     }
 
+    fn acked(index: u64, base_offset: u64, last_offset: u64) -> Acked {
+        Acked { index, outcome: Outcome::Appended { base_offset, last_offset } }
+    }
+
     async fn append(log: &mut LogStore, entries: Vec<Entry>) {
         let (cb, flushed) = crate::flush_signal();
         log.append(entries, cb).await.expect("append");
@@ -135,27 +142,27 @@ mod tests {
         let (t1, r1) = tracker.register();
         let (t3, r3) = tracker.register();
         append(&mut log, vec![append_entry(1, 1, 2, t1), append_entry(1, 2, 3, 0), append_entry(1, 3, 4, t3)]).await;
-        assert_eq!(r1.await.expect("acked"), Acked { index: 1, base_offset: 0, last_offset: 1 });
-        assert_eq!(r3.await.expect("acked"), Acked { index: 3, base_offset: 5, last_offset: 8 });
+        assert_eq!(r1.await.expect("acked"), acked(1, 0, 1));
+        assert_eq!(r3.await.expect("acked"), acked(3, 5, 8));
 
         // A new leader truncates entry 3 and writes its own: offsets are
         // recomputed from the log (nothing applied yet), not continued.
         log.truncate_after(Some(log_id(1, 1, 2))).await.expect("truncate");
         let (t, r) = tracker.register();
         append(&mut log, vec![append_entry(2, 3, 1, t)]).await;
-        assert_eq!(r.await.expect("acked"), Acked { index: 3, base_offset: 5, last_offset: 5 });
+        assert_eq!(r.await.expect("acked"), acked(3, 5, 5));
 
         // The log simply growing continues the projection.
         let (t, r) = tracker.register();
         append(&mut log, vec![append_entry(2, 4, 2, t)]).await;
-        assert_eq!(r.await.expect("acked"), Acked { index: 4, base_offset: 6, last_offset: 7 });
+        assert_eq!(r.await.expect("acked"), acked(4, 6, 7));
 
         // After an invalidation (what a snapshot install does) the next
         // append recomputes from the log: 2 + 3 + 1 + 2 records before it.
         tracker.invalidate();
         let (t, r) = tracker.register();
         append(&mut log, vec![append_entry(2, 5, 1, t)]).await;
-        assert_eq!(r.await.expect("acked"), Acked { index: 5, base_offset: 8, last_offset: 8 });
+        assert_eq!(r.await.expect("acked"), acked(5, 8, 8));
     }
 
     #[tokio::test]
@@ -163,7 +170,7 @@ mod tests {
         let tracker = AckTracker::default();
         let (t, r) = tracker.register();
         tracker.cancel(t);
-        tracker.complete(&[(t, Acked { index: 1, base_offset: 0, last_offset: 0 })]);
+        tracker.complete(&[(t, acked(1, 0, 0))]);
         assert!(r.await.is_err(), "no answer after cancel");
     }
 }

@@ -20,7 +20,7 @@ use std::ops::Bound;
 use std::ops::RangeBounds;
 use std::sync::Arc;
 
-use ferrolog_partition::Command;
+use ferrolog_partition::PartitionState;
 use ferrolog_storage::Cf;
 use ferrolog_storage::Storage;
 use ferrolog_storage::keys;
@@ -65,49 +65,43 @@ impl LogStore {
         LogStore { group, storage, acks: Some(acks) }
     }
 
-    /// Offsets of the appended batches among `entries` (projection), and
-    /// the acks=1 waiters among them.
+    /// The projected outcomes of the acks=1 waiters among `entries`.
     fn project(&self, acks: &AckTracker, entries: &[Entry]) -> io::Result<Vec<(u64, Acked)>> {
         let Some(first) = entries.first().map(|e| e.log_id().index) else { return Ok(Vec::new()) };
-        let mut next = match acks.projection_before(first) {
-            Some(n) => n,
+        let mut state = match acks.take_projection_before(first) {
+            Some(s) => s,
             None => self.recompute_projection(first)?,
         };
         let mut out = Vec::new();
         let mut last_index = first.saturating_sub(1);
         for e in entries {
             last_index = e.log_id().index;
-            if let EntryPayload::Normal(Request::Partition { cmd: Command::Append(b), ack }) = &e.payload {
-                // Mirror apply exactly: a batch failing its checksum gets no offsets.
-                if b.verify().is_ok() {
-                    let base = next;
-                    next += u64::from(b.header.record_count);
-                    if *ack != 0 {
-                        out.push((*ack, Acked { index: last_index, base_offset: base, last_offset: next - 1 }));
-                    }
+            if let EntryPayload::Normal(Request::Partition { cmd, ack }) = &e.payload {
+                // Exactly what apply will do (checksum, dedup, offsets).
+                let (outcome, _) = state.apply(cmd.clone());
+                if *ack != 0 {
+                    out.push((*ack, Acked { index: last_index, outcome }));
                 }
             }
         }
-        acks.set_projection(last_index, next);
+        acks.set_projection(last_index, state);
         Ok(out)
     }
 
-    /// The next offset after log index `before - 1`: the applied state's
-    /// next offset plus the batches of the log between it and `before`.
-    fn recompute_projection(&self, before: u64) -> io::Result<u64> {
+    /// The partition state after log index `before - 1`: the applied state
+    /// with the log's commands between it and `before` applied.
+    fn recompute_projection(&self, before: u64) -> io::Result<PartitionState> {
         let applied = crate::state_machine::load_applied(&self.storage, self.group)?;
-        let mut next = applied.partition.next_offset;
+        let mut state = applied.partition;
         let from = applied.last_applied.map(|l| l.index + 1).unwrap_or(0);
         for item in self.storage.scan(Cf::Log, self.group, from, before) {
             let (index, bytes) = item?;
             let e = self.decode_entry(index, &bytes)?;
-            if let EntryPayload::Normal(Request::Partition { cmd: Command::Append(b), .. }) = &e.payload
-                && b.verify().is_ok()
-            {
-                next += u64::from(b.header.record_count);
+            if let EntryPayload::Normal(Request::Partition { cmd, .. }) = e.payload {
+                state.apply(cmd);
             }
         }
-        Ok(next)
+        Ok(state)
     }
 
     /// The group this log belongs to.

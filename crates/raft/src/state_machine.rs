@@ -81,6 +81,10 @@ pub struct Progress {
     pub log_start: Offset,
     /// Log index of the last applied entry.
     pub last_applied_index: Option<u64>,
+    /// Idempotent producers the partition remembers.
+    pub producers: usize,
+    /// The partition clock (ms since the epoch; 0 until first set).
+    pub clock_ms: i64,
 }
 
 /// Loads the persisted applied state of `group` (default when none).
@@ -285,6 +289,8 @@ fn progress_of(s: &AppliedState) -> Progress {
         next_offset: s.partition.next_offset,
         log_start: s.partition.log_start,
         last_applied_index: s.last_applied.map(|l| l.index),
+        producers: s.partition.producers.len(),
+        clock_ms: s.partition.clock_ms,
     }
 }
 

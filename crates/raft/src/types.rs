@@ -49,6 +49,7 @@ impl fmt::Display for Request {
                 write!(f, "append({} records, {} bytes)", b.header.record_count, b.records.len())
             }
             Request::Partition { cmd: Command::TrimBefore(o), .. } => write!(f, "trim_before({o})"),
+            Request::Partition { cmd: Command::Clock { now_ms, .. }, .. } => write!(f, "clock({now_ms})"),
             Request::Metadata(m) => write!(f, "metadata({m:?})"),
         }
     }

@@ -1,0 +1,61 @@
+//! Test-only fault hooks, set with the `FERROLOG_FAILPOINTS` environment
+//! variable when a broker starts, e.g. `produce.drop_response=2`.
+//!
+//! They exist only in builds with debug assertions (the `dev` profile the
+//! tests use); a release build ignores the variable, so production brokers
+//! cannot be told to misbehave.
+//!
+//! - `produce.drop_response=N`: the next N produces that appended a batch
+//!   (and met their acks level) answer `UNAVAILABLE` instead of their
+//!   offsets, as if the response was lost on the network. The append stands:
+//!   a client that retries must not duplicate it. Answers to retries found
+//!   to be duplicates are not dropped.
+
+use std::sync::OnceLock;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+
+use crate::error::BrokerError;
+
+/// The environment variable holding the fault hooks.
+pub const ENV: &str = "FERROLOG_FAILPOINTS";
+
+fn drops_left() -> &'static AtomicU64 {
+    static DROPS: OnceLock<AtomicU64> = OnceLock::new();
+    DROPS.get_or_init(|| {
+        AtomicU64::new(if cfg!(debug_assertions) { parse(&std::env::var(ENV).unwrap_or_default()) } else { 0 })
+    })
+}
+
+fn parse(spec: &str) -> u64 {
+    spec.split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| k.trim() == "produce.drop_response")
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// `produce.drop_response`: fails the response of a produce that appended
+/// its batch (not of a retry answered as a duplicate) while drops are left.
+pub fn drop_produce_response(duplicate: bool) -> Result<(), BrokerError> {
+    let left = drops_left();
+    if duplicate || left.load(Ordering::Relaxed) == 0 {
+        return Ok(());
+    }
+    if left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok() {
+        tracing::warn!("failpoint produce.drop_response: dropping the response of an appended batch");
+        return Err(BrokerError::Unavailable("failpoint: produce response dropped after the append".into()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parses_the_spec() {
+        assert_eq!(super::parse("produce.drop_response=3"), 3);
+        assert_eq!(super::parse("x=1, produce.drop_response = 2"), 2);
+        assert_eq!(super::parse(""), 0);
+        assert_eq!(super::parse("produce.drop_response=x"), 0);
+    }
+}

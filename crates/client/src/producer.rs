@@ -1,0 +1,182 @@
+//! The idempotent producer: a producer id and epoch from the metadata group,
+//! and per-partition sequence numbers, so that retrying a batch (after a
+//! lost response, a timeout, a leader failover or a broker restart) never
+//! writes it twice and never reorders it.
+//!
+//! - Every batch takes the next sequence numbers of its partition when it is
+//!   sent and keeps them through every retry.
+//! - Up to [`MAX_IN_FLIGHT`] batches per partition are in flight at once;
+//!   the partition remembers that many, so a retry of any of them is
+//!   answered with its original offsets. A batch that overtook an earlier one
+//!   still in flight is refused as out of order and simply retried once the
+//!   earlier one resolved: the log keeps the send order.
+//! - A batch that still failed when its delivery timeout ran out leaves its
+//!   sequence state unknown (it may or may not be in the log). The producer
+//!   then takes a new epoch (named producers) or a new id before its next
+//!   send, as Kafka's producer bumps its epoch, so later batches can neither
+//!   be mistaken for that one nor be blocked by it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+use ferrolog_proto::errors::Reason;
+use ferrolog_proto::errors::reason_of;
+use ferrolog_proto::v1;
+use tokio::sync::Mutex;
+use tokio::sync::Notify;
+use tokio::sync::Semaphore;
+use tonic::Status;
+
+use crate::Client;
+
+/// Batches in flight per partition; the partition remembers as many.
+pub const MAX_IN_FLIGHT: usize = 5;
+
+#[derive(Debug)]
+struct PartitionSeq {
+    next_seq: i32,
+    /// Bounds the batches in flight; a send waits for a permit.
+    permits: Arc<Semaphore>,
+    /// Woken whenever a batch of this partition resolves.
+    resolved: Arc<Notify>,
+}
+
+#[derive(Debug)]
+struct State {
+    id: i64,
+    epoch: i32,
+    /// Set after a batch's fate became unknown: re-initialize first.
+    stale: bool,
+    /// A newer instance took over this producer's name: every send fails
+    /// (re-initializing would fence the newer instance in turn).
+    fenced: Option<Status>,
+    partitions: HashMap<(String, u32), PartitionSeq>,
+}
+
+/// A producer whose retries never duplicate or reorder.
+#[derive(Debug)]
+pub struct IdempotentProducer {
+    client: Arc<Client>,
+    name: Option<String>,
+    acks: v1::Acks,
+    delivery_timeout: Duration,
+    state: Mutex<State>,
+}
+
+impl IdempotentProducer {
+    /// Initializes a producer id (and epoch) through the metadata group.
+    /// With a `name`, an earlier instance with that name is fenced.
+    pub async fn new(
+        client: Arc<Client>,
+        name: Option<&str>,
+        acks: v1::Acks,
+        delivery_timeout: Duration,
+    ) -> Result<Self, Status> {
+        let (id, epoch) = client.init_producer(name).await?;
+        Ok(IdempotentProducer {
+            client,
+            name: name.map(String::from),
+            acks,
+            delivery_timeout,
+            state: Mutex::new(State { id, epoch, stale: false, fenced: None, partitions: HashMap::new() }),
+        })
+    }
+
+    /// The current producer id and epoch.
+    pub async fn identity(&self) -> (i64, i32) {
+        let s = self.state.lock().await;
+        (s.id, s.epoch)
+    }
+
+    /// Sends `records` (`(key, value)`) as one batch to `topic`/`partition`
+    /// and returns the broker's answer (`duplicate` is set when a retry
+    /// found the batch already appended; the offsets are the original ones).
+    pub async fn send(
+        &self,
+        topic: &str,
+        partition: u32,
+        records: &[(Option<Vec<u8>>, Vec<u8>)],
+    ) -> Result<v1::ProduceResponse, Status> {
+        let key = (topic.to_string(), partition);
+        let (permits, resolved) = {
+            let mut s = self.state.lock().await;
+            if let Some(f) = &s.fenced {
+                return Err(f.clone());
+            }
+            if s.stale {
+                let (id, epoch) = self.client.init_producer(self.name.as_deref()).await?;
+                *s = State { id, epoch, stale: false, fenced: None, partitions: HashMap::new() };
+            }
+            let p = s.partitions.entry(key.clone()).or_insert_with(|| PartitionSeq {
+                next_seq: 0,
+                permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+                resolved: Arc::new(Notify::new()),
+            });
+            (p.permits.clone(), p.resolved.clone())
+        };
+        let _permit = permits.acquire_owned().await.map_err(|_| Status::cancelled("producer closed"))?;
+        // Take sequence numbers under the lock, in send order.
+        let (batch, seq, epoch) = {
+            let mut s = self.state.lock().await;
+            let (id, epoch) = (s.id, s.epoch);
+            let Some(p) = s.partitions.get_mut(&key) else {
+                return Err(Status::aborted("producer re-initialized while sending; send again"));
+            };
+            let seq = p.next_seq;
+            let n = records.len() as u32;
+            p.next_seq = ferrolog_partition_seq_add(seq, n);
+            let mut batch = crate::make_batch(records, crate::now_ms());
+            crate::set_producer(&mut batch, id, epoch, seq);
+            (batch, seq, epoch)
+        };
+        let deadline = Instant::now() + self.delivery_timeout;
+        let result = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let r = self.client.produce_with(topic, partition, self.acks, batch.clone(), left, true).await;
+            match r {
+                Err(s) if is(&s, Reason::OutOfOrderSequence) && Instant::now() < deadline => {
+                    // Overtook an earlier batch of this partition. Every
+                    // earlier batch is in flight (wait for it), acknowledged
+                    // since the refusal (retry now), or failed for good,
+                    // which marks the producer stale (give up: the gap is
+                    // real). Sequence 0 overtakes nothing: the partition
+                    // lost this producer (expired), so give up too.
+                    let gap_is_real = {
+                        let st = self.state.lock().await;
+                        st.stale || st.epoch != epoch || seq == 0
+                    };
+                    if gap_is_real {
+                        break Err(s);
+                    }
+                    let _ = tokio::time::timeout(Duration::from_millis(50), resolved.notified()).await;
+                }
+                other => break other,
+            }
+        };
+        let mut s = self.state.lock().await;
+        if let Err(st) = &result
+            && is(st, Reason::Fenced)
+        {
+            s.fenced = Some(st.clone());
+        } else if result.is_err() && s.epoch == epoch {
+            // The batch failed for good (refused, or unknown whether it was
+            // appended) but took sequence numbers: later batches of this
+            // partition would not follow on. Start over with a new identity
+            // before the next send.
+            s.stale = true;
+        }
+        drop(s);
+        resolved.notify_waiters();
+        result
+    }
+}
+
+fn is(s: &Status, r: Reason) -> bool {
+    reason_of(s).is_some_and(|(got, _)| got == r)
+}
+
+fn ferrolog_partition_seq_add(seq: i32, n: u32) -> i32 {
+    ((i64::from(seq) + i64::from(n)) % (i64::from(i32::MAX) + 1)) as i32
+}

@@ -1,0 +1,143 @@
+//! Idle partitions are quiesced (their Raft tickers parked) and still behave:
+//!
+//! 1. Once idle, every replica on every broker is quiesced (metrics gauge).
+//! 2. A produce to a quiesced partition is acknowledged with acks=all, and a
+//!    follower learns the new commit (follower fetch serves it).
+//! 3. SIGKILL a broker while its partitions are quiesced: the followers
+//!    notice the missing broker heartbeats, elect new leaders, and produce
+//!    succeeds on every partition; nothing acknowledged is lost.
+//! 4. The killed broker restarts; leadership moves back to the preferred
+//!    replicas (placement's first replica) on its own.
+
+use std::time::Duration;
+use std::time::Instant;
+
+use anyhow::bail;
+use ferrolog_proto::v1;
+use ferrolog_tests::client::TestClient;
+use ferrolog_tests::cluster::Cluster;
+use ferrolog_tests::cluster::sample;
+use ferrolog_tests::cluster::scrape;
+
+const START: Duration = Duration::from_secs(60);
+const PARTITIONS: u32 = 6;
+
+/// Waits until every live broker reports all its replicas quiesced.
+async fn wait_quiesced(cluster: &Cluster, live: &[u64], timeout: Duration) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    loop {
+        let mut all = true;
+        let mut seen = Vec::new();
+        for id in live {
+            let text = scrape(&cluster.node(*id).metrics_addr)?;
+            let q = sample(&text, "ferrolog_partitions_quiesced").unwrap_or(-1.0);
+            let r = sample(&text, "ferrolog_partition_replicas").unwrap_or(-2.0);
+            seen.push((*id, q, r));
+            all &= q == r && r == f64::from(PARTITIONS);
+        }
+        if all {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > timeout {
+            bail!("replicas not quiesced after {timeout:?}: (broker, quiesced, replicas) = {seen:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn produce_all(client: &TestClient, round: u32) -> anyhow::Result<Vec<u64>> {
+    let mut offsets = Vec::new();
+    for p in 0..PARTITIONS {
+        let v = format!("round-{round}-p{p}").into_bytes();
+        let r = client.produce("idle", p, v1::Acks::All, &[v], START).await?;
+        offsets.push(r.base_offset as u64);
+    }
+    Ok(offsets)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiesced_partitions_serve_fail_over_and_rebalance() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(3)?;
+    cluster.wait_serving(START).await?;
+    let client = TestClient::new(cluster.addrs());
+    client.create_topic("idle", PARTITIONS, 3).await?;
+    client.wait_leaders("idle", START).await?;
+    assert_eq!(produce_all(&client, 0).await?, vec![0; PARTITIONS as usize]);
+
+    let took = wait_quiesced(&cluster, &[1, 2, 3], START).await?;
+    eprintln!("all {PARTITIONS} replicas on each broker quiesced {took:?} after the last produce");
+
+    // A produce to a quiesced partition is committed; followers learn it.
+    assert_eq!(produce_all(&client, 1).await?, vec![1; PARTITIONS as usize]);
+    let d = client.client().wait_leaders("idle", START).await?;
+    for p in &d.partitions {
+        let follower = p.replicas.iter().map(|r| r.broker_id).find(|b| *b != p.leader_id).expect("a follower");
+        let deadline = Instant::now() + START;
+        loop {
+            let (log, hw) = client.fetch_from(&cluster.node(follower).addr, "idle", p.partition, 0).await?;
+            if hw == 2 {
+                let want: Vec<Vec<u8>> = (0..2).map(|r| format!("round-{r}-p{}", p.partition).into_bytes()).collect();
+                assert_eq!(log.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>(), want);
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("follower {follower} of partition {} still at hw {hw}", p.partition);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    // Kill a broker while everything is quiesced: every partition it led
+    // fails over, and produce succeeds everywhere.
+    wait_quiesced(&cluster, &[1, 2, 3], START).await?;
+    let leaders = client.wait_leaders("idle", START).await?;
+    let victim = leaders[0];
+    let led = leaders.iter().filter(|l| **l == victim).count();
+    cluster.kill(victim)?;
+    let killed_at = Instant::now();
+    assert_eq!(produce_all(&client, 2).await?, vec![2; PARTITIONS as usize]);
+    eprintln!(
+        "broker {victim} (leading {led} quiesced partitions) SIGKILLed: produce to all partitions done {:?} later",
+        killed_at.elapsed()
+    );
+    let after = client.wait_leaders("idle", START).await?;
+    assert!(after.iter().all(|l| *l != victim), "leaders after the kill: {after:?}");
+
+    // Back again: it catches up and gets its preferred leaderships back.
+    cluster.restart(victim)?;
+    cluster.wait_serving(START).await?;
+    let deadline = Instant::now() + START;
+    loop {
+        let d = client.client().wait_leaders("idle", START).await?;
+        let off: Vec<(u32, u64, u64)> = d
+            .partitions
+            .iter()
+            .filter(|p| p.replicas.first().map(|r| r.broker_id) != Some(p.leader_id))
+            .map(|p| (p.partition, p.leader_id, p.replicas[0].broker_id))
+            .collect();
+        if off.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("partitions not led by their preferred replica: (partition, leader, preferred) = {off:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Every record is there once, in order, on the restarted broker too.
+    for p in 0..PARTITIONS {
+        let want: Vec<Vec<u8>> = (0..3).map(|r| format!("round-{r}-p{p}").into_bytes()).collect();
+        let deadline = Instant::now() + START;
+        loop {
+            let (log, _) = client.fetch_from(&cluster.node(victim).addr, "idle", p, 0).await?;
+            let got: Vec<Vec<u8>> = log.into_iter().map(|(_, v)| v).collect();
+            if got == want {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("partition {p} on broker {victim}: {} records, want {}", got.len(), want.len());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
+}
