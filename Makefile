@@ -1,5 +1,5 @@
 # Entry points; the logic lives in scripts/.
-.PHONY: setup test lint bench-storage
+.PHONY: setup test lint bench-storage dev dev-stop quickstart
 
 setup:
 	scripts/setup.sh
@@ -15,3 +15,14 @@ lint: setup
 bench-storage: setup
 	cargo build --workspace --all-targets
 	target/debug/ferrolog bench storage --groups 1,16,256 --group-commit both --duration 5
+
+## A local 3-broker cluster in the background (127.0.0.1:9092-9094).
+dev:
+	scripts/dev.sh start
+
+dev-stop:
+	scripts/dev.sh stop
+
+## Runs the README quickstart verbatim.
+quickstart:
+	scripts/quickstart.sh

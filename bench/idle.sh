@@ -5,6 +5,7 @@
 # time and RSS over a quiet window. Prints CPU% (of one core) and RSS MiB.
 #
 # Usage: bench/idle.sh [partitions] [window-seconds]
+# Compare with quiescing off: SERVER_ARGS=--no-quiesce bench/idle.sh ...
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-1000}

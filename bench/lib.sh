@@ -1,6 +1,7 @@
 # Shared by the bench scripts: a local 3-broker cluster on free loopback
 # ports in a temp dir, stopped when the calling script exits.
 # After `start_cluster`: $BIN, $DIR, $BROKERS and the PIDS array are set.
+# $SERVER_ARGS, if set, is added to every broker's command line.
 
 BIN=${FERROLOG_BIN:-target/debug/ferrolog}
 [[ -x $BIN ]] || cargo build -q --workspace --all-targets
@@ -15,7 +16,7 @@ start_cluster() {
   PIDS=()
   for i in 1 2 3; do
     RUST_LOG=warn "$BIN" server --node-id "$i" --listen "127.0.0.1:${ports[$((i - 1))]}" --peers "$peers" \
-      --data-dir "$DIR/n$i" >>"$DIR/n$i.log" 2>&1 &
+      --data-dir "$DIR/n$i" ${SERVER_ARGS:-} >>"$DIR/n$i.log" 2>&1 &
     PIDS+=($!)
   done
   BROKERS="127.0.0.1:${ports[0]},127.0.0.1:${ports[1]},127.0.0.1:${ports[2]}"

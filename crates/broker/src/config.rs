@@ -28,6 +28,8 @@ pub struct BrokerConfig {
     pub retention_check: std::time::Duration,
     /// Idle time after which partitions forget an idempotent producer.
     pub producer_expiry: std::time::Duration,
+    /// Park the Raft tickers of idle partition groups (see [`crate::quiesce`]).
+    pub quiesce: bool,
     /// Where to serve Prometheus metrics (`/metrics`), if anywhere.
     pub metrics_listen: Option<SocketAddr>,
     /// Initial voters of the metadata group, this broker included when it

@@ -140,8 +140,9 @@ pub fn decide(v: &View<'_>) -> Decision {
     Decision { tick, transfer_to: None }
 }
 
-/// Runs until `shutdown`: broker heartbeats, quiescing, preferred leaders.
-pub async fn run(groups: Arc<Groups>, shutdown: CancellationToken) {
+/// Runs until `shutdown`: broker heartbeats, quiescing (unless `quiesce` is
+/// false: tickers then always run), preferred leaders.
+pub async fn run(groups: Arc<Groups>, quiesce: bool, shutdown: CancellationToken) {
     let me = groups.node_id();
     let mut seen: HashMap<GroupId, Seen> = HashMap::new();
     let mut interval = tokio::time::interval(BROKER_HEARTBEAT_INTERVAL);
@@ -156,7 +157,7 @@ pub async fn run(groups: Arc<Groups>, shutdown: CancellationToken) {
         let replicas = groups.replicas();
         seen.retain(|g, _| replicas.iter().any(|r| r.group == *g));
         for r in replicas {
-            round(&groups, me, &r, &mut seen, now).await;
+            round(&groups, me, &r, &mut seen, now, quiesce).await;
         }
     }
     // Stopping: let every group tick again so a hand-off or a final
@@ -188,7 +189,14 @@ fn send_heartbeats(groups: &Arc<Groups>) {
     }
 }
 
-async fn round(groups: &Groups, me: NodeId, r: &Arc<Replica>, seen: &mut HashMap<GroupId, Seen>, now: Instant) {
+async fn round(
+    groups: &Groups,
+    me: NodeId,
+    r: &Arc<Replica>,
+    seen: &mut HashMap<GroupId, Seen>,
+    now: Instant,
+    quiesce: bool,
+) {
     let m = r.raft.metrics().borrow_watched().clone();
     let s = seen.entry(r.group).or_insert(Seen {
         last_log: m.last_log_index,
@@ -224,7 +232,7 @@ async fn round(groups: &Groups, me: NodeId, r: &Arc<Replica>, seen: &mut HashMap
         leader_for: now.saturating_duration_since(s.leader_since),
         is_live: &is_live,
     });
-    r.set_ticking(d.tick);
+    r.set_ticking(d.tick || !quiesce);
     if let Some(to) = d.transfer_to {
         // Throttle: at most one attempt per PREFERRED_LEADER_DELAY.
         s.leader_since = now;

@@ -127,7 +127,7 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> anyhow::R
         config.producer_expiry,
         shutdown.clone(),
     ));
-    let quiescer = tokio::spawn(crate::quiesce::run(groups.clone(), shutdown.clone()));
+    let quiescer = tokio::spawn(crate::quiesce::run(groups.clone(), config.quiesce, shutdown.clone()));
     let stop_serving = CancellationToken::new();
     tracing::info!(node = node_id, listen = %config.listen, advertise = config.advertise, "broker starting");
     let serve = tonic::transport::Server::builder()

@@ -417,12 +417,20 @@ impl Services {
     /// set (in parallel, bounded by [`REMOTE_DESCRIBE_TIMEOUT`]); partitions
     /// whose brokers do not answer stay without a leader (0).
     async fn fill_remote(&self, t: &Topic, partitions: &mut [v1::PartitionDescription]) {
+        // Replica lags are known on the leader only: ask the leader of each
+        // partition this broker does not lead (or, with no leader known
+        // here, its preferred replica), once per broker.
+        let me = self.groups.node_id();
         let mut asks: std::collections::BTreeMap<NodeId, Vec<usize>> = std::collections::BTreeMap::new();
         for (i, a) in t.partitions.iter().enumerate() {
-            if self.groups.replica(a.group).is_none()
-                && let Some(first) = a.replicas.first()
-            {
-                asks.entry(*first).or_default().push(i);
+            let leader = partitions.get(i).map(|d| d.leader_id).filter(|l| *l != 0);
+            let ask = match leader {
+                Some(l) if l == me => None,
+                Some(l) => Some(l),
+                None => a.replicas.first().copied(),
+            };
+            if let Some(b) = ask.filter(|b| *b != me) {
+                asks.entry(b).or_default().push(i);
             }
         }
         let calls = asks.into_iter().filter_map(|(broker, idx)| {
@@ -439,15 +447,21 @@ impl Services {
         });
         for (idx, d) in futures::future::join_all(calls).await.into_iter().flatten() {
             for i in idx {
-                if let Some(remote) = d.partitions.iter().find(|p| p.partition as usize == i) {
+                // Keep what we know when the remote knows less (it lost
+                // leadership meanwhile, or has no replica yet).
+                if let Some(remote) = d.partitions.iter().find(|p| p.partition as usize == i)
+                    && (remote.leader_id != 0 || partitions[i].leader_id == 0)
+                    && (remote.replicas.iter().any(|r| r.lag >= 0) || partitions[i].high_watermark < 0)
+                {
                     partitions[i] = remote.clone();
                 }
             }
         }
     }
 
-    /// Describes `t`: partitions with a local replica from local state, the
-    /// others (unless `local_only`) from a broker holding a replica.
+    /// Describes `t`: partitions this broker leads from local state, the
+    /// others (unless `local_only`) from their leader, which alone knows
+    /// every replica's lag.
     async fn describe_with(&self, t: &Topic, local_only: bool) -> v1::TopicDescription {
         let mut partitions = Vec::new();
         for (i, a) in t.partitions.iter().enumerate() {

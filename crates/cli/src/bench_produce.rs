@@ -37,7 +37,8 @@ pub enum AcksArg {
 }
 
 impl AcksArg {
-    fn proto(self) -> v1::Acks {
+    /// The protocol's acks value.
+    pub fn proto(self) -> v1::Acks {
         match self {
             AcksArg::All => v1::Acks::All,
             AcksArg::One => v1::Acks::Leader,
@@ -117,7 +118,10 @@ pub async fn run(args: ProduceArgs) -> anyhow::Result<()> {
         Err(s) if s.code() == Code::AlreadyExists => {}
         Err(s) => return Err(anyhow::anyhow!("create topic {}: {}", args.topic, s.message())),
     }
-    let desc = client.wait_leaders(&args.topic, Duration::from_secs(30)).await.context("wait for partition leaders")?;
+    // Leaders of a large topic take a while to be elected: allow 30 s plus
+    // 10 ms per partition.
+    let wait = Duration::from_secs(30) + Duration::from_millis(10 * u64::from(args.partitions));
+    let desc = client.wait_leaders(&args.topic, wait).await.context("wait for partition leaders")?;
     let partitions = desc.partitions.len();
     let value = vec![b'x'; args.record_size];
     let batch: Vec<(Option<Vec<u8>>, Vec<u8>)> = (0..args.batch_records).map(|_| (None, value.clone())).collect();

@@ -1,12 +1,14 @@
 //! `ferrolog`: the one binary. Parses the command line, sets up tracing and
 //! hands over to the library crates; no logic of its own lives here.
 //!
-//! Implemented so far: `ferrolog server` and `ferrolog bench storage`. The
-//! client subcommands of `shared/cli.md` (`dev`, `topic`, `produce`,
-//! `consume`, `group`, `cluster`, `bench produce|consume`) arrive with the
-//! client work; until then they are absent rather than stubs.
+//! Implemented: `server`, `dev`, `topic`, `produce`, `consume` (without
+//! groups), `cluster status`, `bench storage|produce`. `group` and
+//! `bench consume` arrive with the consumer-group work; until then they are
+//! absent rather than stubs.
 
 mod bench_produce;
+mod commands;
+mod dev;
 mod server;
 
 use std::time::Duration;
@@ -30,6 +32,42 @@ struct Cli {
 enum Command {
     /// Run a broker.
     Server(server::ServerArgs),
+    /// Run a local cluster of brokers (child processes) until Ctrl-C.
+    Dev(dev::DevArgs),
+    /// Create, list, describe and delete topics.
+    Topic {
+        #[command(flatten)]
+        brokers: commands::Brokers,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text", global = true)]
+        output: Output,
+        #[command(subcommand)]
+        cmd: commands::TopicCommand,
+    },
+    /// Produce records read from stdin, one per line.
+    Produce {
+        #[command(flatten)]
+        brokers: commands::Brokers,
+        #[command(flatten)]
+        args: commands::ProduceArgs,
+    },
+    /// Consume records to stdout, one per line.
+    Consume {
+        #[command(flatten)]
+        brokers: commands::Brokers,
+        #[command(flatten)]
+        args: commands::ConsumeArgs,
+    },
+    /// Cluster status.
+    Cluster {
+        #[command(flatten)]
+        brokers: commands::Brokers,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text", global = true)]
+        output: Output,
+        #[command(subcommand)]
+        cmd: commands::ClusterCommand,
+    },
     /// Benchmarks.
     #[command(subcommand)]
     Bench(Bench),
@@ -84,7 +122,15 @@ struct StorageArgs {
     output: Output,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
+    // Failures end with a one-line reason on stderr and exit status 1.
+    if let Err(e) = real_main() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,openraft=warn".into()),
@@ -95,6 +141,11 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new().context("start the tokio runtime")?;
     match cli.command {
         Command::Server(args) => rt.block_on(server::run(args)),
+        Command::Dev(args) => rt.block_on(dev::run(args)),
+        Command::Topic { brokers, output, cmd } => rt.block_on(commands::topic(&brokers, output, cmd)),
+        Command::Produce { brokers, args } => rt.block_on(commands::produce(&brokers, args)),
+        Command::Consume { brokers, args } => rt.block_on(commands::consume(&brokers, args)),
+        Command::Cluster { brokers, output, cmd } => rt.block_on(commands::cluster(&brokers, output, cmd)),
         Command::Bench(Bench::Storage(args)) => rt.block_on(bench_storage(args)),
         Command::Bench(Bench::Produce(args)) => rt.block_on(bench_produce::run(args)),
     }

@@ -46,6 +46,10 @@ pub struct ServerArgs {
     /// this long, in ms (default 7 days). Never because data was deleted.
     #[arg(long, env = "FERROLOG_PRODUCER_EXPIRY_MS", default_value_t = 7 * 24 * 3600 * 1000)]
     producer_expiry_ms: u64,
+    /// Keep every partition group's Raft ticker running even when idle
+    /// (quiescing off; for comparison and debugging).
+    #[arg(long, env = "FERROLOG_NO_QUIESCE")]
+    no_quiesce: bool,
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, env = "FERROLOG_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
@@ -115,6 +119,7 @@ pub fn resolve(args: ServerArgs) -> anyhow::Result<BrokerConfig> {
         join,
         retention_check,
         producer_expiry,
+        quiesce: !args.no_quiesce,
         peers,
     })
 }
@@ -155,6 +160,7 @@ mod tests {
             join: vec![],
             retention_check_ms: 60_000,
             producer_expiry_ms: 7 * 24 * 3600 * 1000,
+            no_quiesce: false,
             metrics_listen: None,
             config: Some(dir.join("ferrolog.toml")),
         }

@@ -9,7 +9,9 @@
 //! Not here yet (see the client issue): batching with linger, keyed
 //! partitioning, compression, consumer groups.
 
+pub mod partitioner;
 mod producer;
+pub use partitioner::partition_for_key;
 pub use producer::IdempotentProducer;
 pub use producer::MAX_IN_FLIGHT;
 
@@ -347,6 +349,68 @@ impl Client {
                     let may_retry = nothing_written || (retry_ambiguous && retriable(&s));
                     if !may_retry || Instant::now() > deadline {
                         return Err(s);
+                    }
+                    match hint.and_then(|h| h.leader_address) {
+                        Some(a) if a != addr => {
+                            self.leaders.lock().expect("leader cache lock").insert(key.clone(), a);
+                        }
+                        _ => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
+                }
+            }
+        }
+    }
+
+    /// One fetch from the partition's leader (found through the leader
+    /// cache, hints and the bootstrap list), waiting up to `max_wait` for
+    /// records at `offset`. Returns the records at or after `offset` and the
+    /// response (high watermark, log start).
+    pub async fn fetch(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_wait: Duration,
+        timeout: Duration,
+    ) -> Result<(Vec<FetchedRecord>, v1::FetchResponse), ClientError> {
+        let deadline = Instant::now() + timeout;
+        let key = (topic.to_string(), partition);
+        let mut i = partition as usize;
+        loop {
+            let cached = self.leaders.lock().expect("leader cache lock").get(&key).cloned();
+            let addr = cached.clone().unwrap_or_else(|| {
+                i += 1;
+                self.bootstrap[i % self.bootstrap.len()].clone()
+            });
+            let req = v1::FetchRequest {
+                topic: topic.into(),
+                partition,
+                offset: offset as i64,
+                max_bytes: 1 << 20,
+                max_wait_ms: max_wait.as_millis() as u32,
+                min_bytes: 0,
+            };
+            let r = match self.channel(&addr) {
+                Ok(ch) => BrokerClient::new(ch).fetch(req).await.map(|r| r.into_inner()),
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(resp) => {
+                    if cached.is_none() {
+                        self.leaders.lock().expect("leader cache lock").insert(key, addr);
+                    }
+                    let mut out = Vec::new();
+                    for b in &resp.batches {
+                        out.extend(decode_batch(b)?.into_iter().filter(|rec| rec.offset >= offset));
+                    }
+                    return Ok((out, resp));
+                }
+                Err(s) => {
+                    self.leaders.lock().expect("leader cache lock").remove(&key);
+                    let hint = leader_hint(&s);
+                    let again = hint.is_some() || retriable(&s) || s.code() == Code::NotFound;
+                    if !again || Instant::now() > deadline {
+                        return Err(s.into());
                     }
                     match hint.and_then(|h| h.leader_address) {
                         Some(a) if a != addr => {
