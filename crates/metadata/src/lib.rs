@@ -20,6 +20,8 @@
 //!   even across restarts of the whole cluster; a named producer keeps its
 //!   id and gets a strictly higher epoch each time it initializes.
 
+pub mod groups;
+
 use std::collections::BTreeMap;
 
 use ferrolog_types::GroupId;
@@ -80,6 +82,8 @@ pub struct ClusterState {
     pub named_producers: BTreeMap<String, (i64, i32)>,
     /// Current epoch of each named producer's id (for fencing checks).
     pub producer_epochs: BTreeMap<i64, i32>,
+    /// Consumer groups by name.
+    pub groups: BTreeMap<String, groups::Group>,
 }
 
 impl Default for ClusterState {
@@ -90,6 +94,7 @@ impl Default for ClusterState {
             next_producer_id: 0,
             named_producers: BTreeMap::new(),
             producer_epochs: BTreeMap::new(),
+            groups: BTreeMap::new(),
         }
     }
 }
@@ -121,6 +126,18 @@ pub enum MetaCommand {
         /// Stable producer name, if any.
         name: Option<String>,
     },
+    /// A consumer-group command.
+    Group {
+        /// Group name.
+        group: String,
+        /// The command.
+        cmd: groups::GroupCommand,
+    },
+    /// Delete a consumer group (it must have no members).
+    DeleteGroup {
+        /// Group name.
+        group: String,
+    },
 }
 
 /// What applying a command did.
@@ -139,6 +156,8 @@ pub enum MetaOutcome {
         /// Its epoch.
         epoch: i32,
     },
+    /// What a group command did.
+    Group(Result<Option<groups::HeartbeatReply>, groups::GroupError>),
 }
 
 /// Why a metadata command was refused.
@@ -228,6 +247,34 @@ impl ClusterState {
             MetaCommand::DeleteTopic { name } => match self.topics.remove(&name) {
                 Some(_) => MetaOutcome::TopicDeleted(name),
                 None => MetaOutcome::Rejected(MetaError::UnknownTopic(name)),
+            },
+            MetaCommand::Group { group, cmd } => {
+                if group.is_empty() || group.len() > MAX_TOPIC_NAME_LEN {
+                    return MetaOutcome::Group(Err(groups::GroupError::Invalid(format!(
+                        "group name must be 1..={MAX_TOPIC_NAME_LEN} bytes"
+                    ))));
+                }
+                let topics = &self.topics;
+                let partitions = |t: &str| topics.get(t).map(|t| t.partitions.len() as u32);
+                let g = self.groups.entry(group.clone()).or_default();
+                let before = g.clone();
+                let r = g.apply(cmd, &partitions);
+                if r.is_err() {
+                    // Refused commands change nothing.
+                    *g = before;
+                }
+                if g.members.is_empty() && g.offsets.is_empty() {
+                    self.groups.remove(&group);
+                }
+                MetaOutcome::Group(r)
+            }
+            MetaCommand::DeleteGroup { group } => match self.groups.get(&group) {
+                None => MetaOutcome::Group(Err(groups::GroupError::Invalid(format!("no group {group:?}")))),
+                Some(g) if !g.members.is_empty() => MetaOutcome::Group(Err(groups::GroupError::NotEmpty(g.members.len()))),
+                Some(_) => {
+                    self.groups.remove(&group);
+                    MetaOutcome::Group(Ok(None))
+                }
             },
             MetaCommand::InitProducer { name } => {
                 let Some(name) = name else {
