@@ -8,6 +8,8 @@
 //! - [`transport`]: the multi-group Raft transport (client and server).
 //! - [`groups`]: the registry of Raft groups and the reconciler that follows
 //!   the metadata group's placement.
+//! - [`coordinator`]: the consumer-group coordinator (`Groups` service) on
+//!   the metadata leader.
 //! - [`metrics`]: Prometheus metrics on `--metrics-listen`.
 //! - [`join`]: admitting brokers that join a running cluster.
 //! - [`retention`]: deleting old data and purging Raft logs.
@@ -19,6 +21,7 @@
 //! - [`server`]: [`run`], wiring it together until shutdown.
 
 pub mod config;
+pub mod coordinator;
 pub mod error;
 pub mod failpoints;
 pub mod groups;

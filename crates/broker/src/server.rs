@@ -7,6 +7,7 @@ use anyhow::Context;
 use ferrolog_proto::internal::raft_server::RaftServer;
 use ferrolog_proto::v1::admin_server::AdminServer;
 use ferrolog_proto::v1::broker_server::BrokerServer;
+use ferrolog_proto::v1::groups_server::GroupsServer;
 use ferrolog_proto::v1::producers_server::ProducersServer;
 use ferrolog_raft::LogStore;
 use ferrolog_raft::MetaStateMachine;
@@ -121,6 +122,7 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> anyhow::R
         tokio::spawn(crate::metrics::serve(addr, metrics.clone(), groups.clone(), storage.clone(), shutdown.clone()))
     });
     let services = Services::new(groups.clone(), metrics);
+    let expiry = tokio::spawn(crate::coordinator::run_expiry(services.clone(), shutdown.clone()));
     let retention = tokio::spawn(crate::retention::run(
         groups.clone(),
         config.retention_check,
@@ -138,6 +140,7 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> anyhow::R
         .add_service(RaftServer::new(RaftService::new(groups.clone())))
         .add_service(BrokerServer::new(services.clone()))
         .add_service(ProducersServer::new(services.clone()))
+        .add_service(GroupsServer::new(services.clone()))
         .add_service(AdminServer::new(services))
         .serve_with_shutdown(config.listen, stop_serving.clone().cancelled_owned());
     // SIGTERM: first hand leadership away while still serving (the new
@@ -159,6 +162,7 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> anyhow::R
     let _ = handoff.await;
     let _ = retention.await;
     let _ = quiescer.await;
+    let _ = expiry.await;
     let _ = reconciler.await;
     if let Some(m) = metrics_server {
         match m.await {

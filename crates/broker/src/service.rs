@@ -51,15 +51,26 @@ pub const DEFAULT_FETCH_MAX_BYTES: usize = 4 << 20;
 pub struct Services {
     groups: Arc<Groups>,
     metrics: Arc<Metrics>,
+    liveness: Arc<crate::coordinator::Liveness>,
 }
 
 impl Services {
     /// Services over `groups`, counting into `metrics`.
     pub fn new(groups: Arc<Groups>, metrics: Arc<Metrics>) -> Self {
-        Services { groups, metrics }
+        Services { groups, metrics, liveness: Arc::default() }
     }
 
-    fn topic(&self, name: &str) -> Result<Topic, BrokerError> {
+    /// The Raft groups of this broker.
+    pub(crate) fn groups(&self) -> &Arc<Groups> {
+        &self.groups
+    }
+
+    /// Consumer-group member liveness (meaningful on the coordinator).
+    pub(crate) fn liveness(&self) -> &crate::coordinator::Liveness {
+        &self.liveness
+    }
+
+    pub(crate) fn topic(&self, name: &str) -> Result<Topic, BrokerError> {
         let meta = self.groups.meta().ok_or_else(|| BrokerError::Unavailable("broker is starting".into()))?;
         let state = meta.state.borrow();
         state.cluster.topics.get(name).cloned().ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))
@@ -99,7 +110,7 @@ impl Services {
         Ok((t, r))
     }
 
-    fn write_error(&self, e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>, what: &str) -> BrokerError {
+    pub(crate) fn write_error(&self, e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>, what: &str) -> BrokerError {
         if let RaftError::APIError(ClientWriteError::LogEntryDiscarded(f)) = &e {
             return BrokerError::Unavailable(format!(
                 "{what}: leader changed before the write committed; it may or may not be in the log ({f})"
@@ -397,7 +408,7 @@ impl Services {
         }
     }
 
-    async fn meta_leader(&self) -> Result<&crate::groups::Meta, BrokerError> {
+    pub(crate) async fn meta_leader(&self) -> Result<&crate::groups::Meta, BrokerError> {
         let meta = self.groups.meta().ok_or_else(|| BrokerError::Unavailable("broker is starting".into()))?;
         let leader = meta.raft.current_leader().await;
         if leader != Some(self.groups.node_id()) {
@@ -409,7 +420,7 @@ impl Services {
         Ok(meta)
     }
 
-    async fn describe(&self, t: &Topic) -> v1::TopicDescription {
+    pub(crate) async fn describe(&self, t: &Topic) -> v1::TopicDescription {
         self.describe_with(t, false).await
     }
 
