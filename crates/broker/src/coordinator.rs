@@ -144,7 +144,11 @@ impl v1::groups_server::Groups for Services {
             if req.member_epoch != 0 {
                 return Err(BrokerError::InvalidArgument("a member without an id must join with epoch 0".into()).into());
             }
-            format!("{}-{:016x}", if req.client_id.is_empty() { "member" } else { &req.client_id }, rand::random::<u64>())
+            format!(
+                "{}-{:016x}",
+                if req.client_id.is_empty() { "member" } else { &req.client_id },
+                rand::random::<u64>()
+            )
         } else {
             req.member_id.clone()
         };
@@ -229,7 +233,10 @@ impl v1::groups_server::Groups for Services {
         Ok(TResp::new(v1::FetchOffsetsResponse { offsets }))
     }
 
-    async fn list_groups(&self, _request: TReq<v1::ListGroupsRequest>) -> Result<TResp<v1::ListGroupsResponse>, Status> {
+    async fn list_groups(
+        &self,
+        _request: TReq<v1::ListGroupsRequest>,
+    ) -> Result<TResp<v1::ListGroupsResponse>, Status> {
         let meta = self.groups().meta().ok_or_else(|| BrokerError::Unavailable("broker is starting".into()))?;
         let groups = meta.state.borrow().cluster.groups.keys().cloned().collect();
         Ok(TResp::new(v1::ListGroupsResponse { groups }))

@@ -110,7 +110,11 @@ impl Services {
         Ok((t, r))
     }
 
-    pub(crate) fn write_error(&self, e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>, what: &str) -> BrokerError {
+    pub(crate) fn write_error(
+        &self,
+        e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>,
+        what: &str,
+    ) -> BrokerError {
         if let RaftError::APIError(ClientWriteError::LogEntryDiscarded(f)) = &e {
             return BrokerError::Unavailable(format!(
                 "{what}: leader changed before the write committed; it may or may not be in the log ({f})"

@@ -14,7 +14,11 @@ use anyhow::Context;
 use anyhow::anyhow;
 use anyhow::bail;
 use ferrolog_client::Client;
+use ferrolog_client::Consumer;
+use ferrolog_client::ConsumerConfig;
+use ferrolog_client::Event;
 use ferrolog_client::IdempotentProducer;
+use ferrolog_client::OffsetReset;
 use ferrolog_proto::v1;
 use tokio::sync::mpsc;
 
@@ -29,8 +33,6 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 const STDIN_QUEUE: usize = 10_000;
 /// Most records in one produced batch.
 const MAX_BATCH_RECORDS: usize = 1_000;
-/// Long-poll wait of one consumer fetch.
-const FETCH_WAIT: Duration = Duration::from_millis(500);
 
 /// Where the brokers are: `--brokers`, else `FERROLOG_BROKERS`, else
 /// `127.0.0.1:9092`.
@@ -126,7 +128,8 @@ pub struct ProduceArgs {
 pub struct ConsumeArgs {
     /// Topic.
     topic: String,
-    /// Consumer group (consumer groups are not available yet).
+    /// Consume as a member of this group (partitions shared with the other
+    /// members; offsets committed as it goes).
     #[arg(long)]
     group: Option<String>,
     /// Start at the log start of each partition (default: the end).
@@ -147,7 +150,8 @@ pub struct ConsumeArgs {
     /// text: the value; json: topic, partition, offset, key, value, timestamp.
     #[arg(long, value_enum, default_value = "text")]
     format: Format,
-    /// Commit offsets as it goes (with --group).
+    /// Commit offsets as it goes (with --group it always does; accepted for
+    /// compatibility).
     #[arg(long)]
     commit: bool,
 }
@@ -436,59 +440,40 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
-/// `ferrolog consume` (without a group: every partition, or one).
+/// `ferrolog consume`: with `--group`, as a member of the group (offsets
+/// committed every second and on exit); without, every partition (or one).
 pub async fn consume(brokers: &Brokers, args: ConsumeArgs) -> anyhow::Result<()> {
-    if args.group.is_some() || args.commit {
-        bail!(
-            "consumer groups (--group, --commit) are not available yet: consume without a group reads every partition"
-        );
-    }
     let client = Arc::new(brokers.client());
     let t = describe(&client, &args.topic).await?;
-    let parts: Vec<u32> = match args.partition {
-        Some(p) if (p as usize) < t.partitions.len() => vec![p],
-        Some(p) => bail!("topic {} has no partition {p} (it has {})", args.topic, t.partitions.len()),
-        None => (0..t.partitions.len() as u32).collect(),
-    };
-    // Starting offsets.
-    let mut next: BTreeMap<u32, u64> = BTreeMap::new();
-    for p in &parts {
-        let d = &t.partitions[*p as usize];
-        let start = match (args.offset, args.from_beginning) {
-            (Some(o), _) => o,
-            (None, true) => d.log_start_offset.max(0) as u64,
-            (None, false) => d.high_watermark.max(0) as u64,
-        };
-        next.insert(*p, start);
+    if args.commit && args.group.is_none() {
+        bail!("--commit needs --group");
     }
-    // One long-polling fetch loop per partition feeding a bounded queue.
-    let (tx, mut rx) = mpsc::channel::<(u32, ferrolog_client::FetchedRecord)>(STDIN_QUEUE);
-    for (p, start) in next.clone() {
-        let (client, tx, topic) = (client.clone(), tx.clone(), args.topic.clone());
-        tokio::spawn(async move {
-            let mut offset = start;
-            loop {
-                match client.fetch(&topic, p, offset, FETCH_WAIT, ADMIN_TIMEOUT).await {
-                    Ok((records, _)) => {
-                        for r in records {
-                            offset = r.offset + 1;
-                            if tx.send((p, r)).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        eprintln!("consume: fetch {topic}/{p} at {offset} failed (retrying): {e}");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                }
-                if tx.is_closed() {
-                    return;
-                }
+    let reset = if args.from_beginning { OffsetReset::Earliest } else { OffsetReset::Latest };
+    let mut consumer = match &args.group {
+        Some(group) => {
+            if args.partition.is_some() {
+                bail!("--partition reads without a group; drop --group or --partition");
             }
-        });
-    }
-    drop(tx);
+            let config = ConsumerConfig {
+                client_id: "ferrolog-cli".into(),
+                session_timeout: Duration::from_secs(10),
+                auto_commit: Some(Duration::from_secs(1)),
+                offset_reset: reset,
+                ..ConsumerConfig::default()
+            };
+            Consumer::subscribe(client.clone(), group, &[args.topic.as_str()], config)
+        }
+        None => {
+            let parts: Vec<u32> = match args.partition {
+                Some(p) if (p as usize) < t.partitions.len() => vec![p],
+                Some(p) => bail!("topic {} has no partition {p} (it has {})", args.topic, t.partitions.len()),
+                None => (0..t.partitions.len() as u32).collect(),
+            };
+            let start = parts.iter().map(|p| ((args.topic.clone(), *p), args.offset)).collect();
+            let config = ConsumerConfig { auto_commit: None, offset_reset: reset, ..ConsumerConfig::default() };
+            Consumer::assign(client.clone(), start, config)
+        }
+    };
     let mut count = 0u64;
     let mut stdout = std::io::stdout().lock();
     let idle = args.timeout_ms.map(Duration::from_millis);
@@ -502,34 +487,206 @@ pub async fn consume(brokers: &Brokers, args: ConsumeArgs) -> anyhow::Result<()>
             None => Duration::from_secs(3600),
         };
         let got = tokio::select! {
-            r = rx.recv() => r,
+            e = consumer.next() => e,
             _ = tokio::time::sleep(wait) => {
                 if idle.is_some() { break } else { continue }
             }
             _ = tokio::signal::ctrl_c() => break,
         };
-        let Some((p, r)) = got else { break };
+        let r = match got {
+            None => break,
+            Some(Event::Record(r)) => r,
+            Some(Event::Assigned(tps)) => {
+                tracing::info!(?tps, "assigned");
+                continue;
+            }
+            Some(Event::Revoked(tps)) => {
+                tracing::info!(?tps, "revoked");
+                continue;
+            }
+        };
         last = Instant::now();
         count += 1;
         match args.format {
             Format::Text => {
-                stdout.write_all(&r.value)?;
+                stdout.write_all(&r.record.value)?;
                 stdout.write_all(b"\n")?;
             }
             Format::Json => {
                 let json = serde_json::json!({
-                    "topic": args.topic,
-                    "partition": p,
-                    "offset": r.offset,
-                    "key": r.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()),
-                    "value": String::from_utf8_lossy(&r.value),
-                    "timestamp": r.timestamp_ms,
+                    "topic": r.topic,
+                    "partition": r.partition,
+                    "offset": r.record.offset,
+                    "key": r.record.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()),
+                    "value": String::from_utf8_lossy(&r.record.value),
+                    "timestamp": r.record.timestamp_ms,
                     "headers": serde_json::json!({}),
                 });
                 writeln!(stdout, "{json}")?;
             }
         }
         stdout.flush()?;
+    }
+    consumer.close().await.map_err(|s| anyhow!("commit on exit: {}", s.message()))?;
+    Ok(())
+}
+
+/// Consumer-group administration.
+#[derive(Debug, clap::Subcommand)]
+pub enum GroupCommand {
+    /// List groups.
+    ///
+    /// Example: ferrolog group list
+    List,
+    /// Members, assignment, epochs, committed offsets and lag per partition.
+    ///
+    /// Example: ferrolog group describe billing
+    Describe {
+        /// Group.
+        group: String,
+    },
+    /// Set the offsets of a group with no active members.
+    ///
+    /// Example: ferrolog group reset-offsets billing --topic orders --to-earliest
+    ResetOffsets {
+        /// Group.
+        group: String,
+        /// Topic.
+        #[arg(long)]
+        topic: String,
+        /// To the log start.
+        #[arg(long, group = "target")]
+        to_earliest: bool,
+        /// To the end.
+        #[arg(long, group = "target")]
+        to_latest: bool,
+        /// To this offset (clamped to the log).
+        #[arg(long, group = "target")]
+        to_offset: Option<i64>,
+        /// To the first offset at or after this time (ms since the epoch).
+        #[arg(long, group = "target")]
+        to_timestamp: Option<i64>,
+    },
+    /// Delete a group with no active members (and its offsets).
+    ///
+    /// Example: ferrolog group delete billing
+    Delete {
+        /// Group.
+        group: String,
+    },
+}
+
+async fn on_coordinator<T, F, Fut>(client: &Client, call: F) -> Result<T, tonic::Status>
+where
+    F: Fn(v1::groups_client::GroupsClient<tonic::transport::Channel>) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    client.on_coordinator(ADMIN_TIMEOUT, |ch| call(v1::groups_client::GroupsClient::new(ch))).await
+}
+
+/// `ferrolog group ...`.
+pub async fn group(brokers: &Brokers, output: Output, cmd: GroupCommand) -> anyhow::Result<()> {
+    let client = brokers.client();
+    match cmd {
+        GroupCommand::List => {
+            let r = on_coordinator(&client, |mut c| async move { c.list_groups(v1::ListGroupsRequest {}).await })
+                .await
+                .map_err(|s| anyhow!("list groups: {}", s.message()))?;
+            match output {
+                Output::Json => println!("{}", serde_json::json!(r.groups)),
+                Output::Text => r.groups.iter().for_each(|g| println!("{g}")),
+            }
+        }
+        GroupCommand::Describe { group } => {
+            let req = v1::DescribeGroupRequest { group: group.clone() };
+            let d = on_coordinator(&client, |mut c| {
+                let req = req.clone();
+                async move { c.describe_group(req).await }
+            })
+            .await
+            .map_err(|s| anyhow!("describe group {group}: {}", s.message()))?;
+            let assignment = |m: &v1::MemberDescription| -> Vec<String> {
+                m.assignment
+                    .iter()
+                    .flat_map(|a| a.partitions.iter())
+                    .flat_map(|t| t.partitions.iter().map(move |p| format!("{}/{p}", t.topic)))
+                    .collect()
+            };
+            let json = serde_json::json!({
+                "group": d.group, "state": d.state, "group_epoch": d.group_epoch,
+                "assignor": if d.assignor == v1::Assignor::Range as i32 { "range" } else { "uniform" },
+                "members": d.members.iter().map(|m| serde_json::json!({
+                    "member_id": m.member_id, "client_id": m.client_id, "member_epoch": m.member_epoch,
+                    "assignment": assignment(m),
+                })).collect::<Vec<_>>(),
+                "offsets": d.offsets.iter().map(|o| serde_json::json!({
+                    "topic": o.topic, "partition": o.partition, "committed": o.committed_offset,
+                    "high_watermark": o.high_watermark, "lag": o.lag,
+                })).collect::<Vec<_>>(),
+            });
+            print(output, json, || {
+                let mut out = format!(
+                    "group {}  state {}  epoch {}  members {}\nmember                              epoch  assignment",
+                    d.group,
+                    d.state,
+                    d.group_epoch,
+                    d.members.len()
+                );
+                for m in &d.members {
+                    out.push_str(&format!("\n{:<34}  {:<5}  {}", m.member_id, m.member_epoch, assignment(m).join(",")));
+                }
+                out.push_str("\ntopic            partition  committed  high-watermark  lag");
+                for o in &d.offsets {
+                    out.push_str(&format!(
+                        "\n{:<15}  {:<9}  {:<9}  {:<14}  {}",
+                        o.topic, o.partition, o.committed_offset, o.high_watermark, o.lag
+                    ));
+                }
+                out
+            });
+        }
+        GroupCommand::ResetOffsets { group, topic, to_earliest, to_latest, to_offset, to_timestamp } => {
+            use v1::reset_offsets_request::Target;
+            let target = match (to_earliest, to_latest, to_offset, to_timestamp) {
+                (true, _, _, _) => Target::ToEarliest(true),
+                (_, true, _, _) => Target::ToLatest(true),
+                (_, _, Some(o), _) => Target::ToOffset(o),
+                (_, _, _, Some(t)) => Target::ToTimestampMs(t),
+                _ => bail!("give one of --to-earliest, --to-latest, --to-offset O, --to-timestamp MS"),
+            };
+            let req = v1::ResetOffsetsRequest { group: group.clone(), topic, target: Some(target) };
+            let r = on_coordinator(&client, |mut c| {
+                let req = req.clone();
+                async move { c.reset_offsets(req).await }
+            })
+            .await
+            .map_err(|s| anyhow!("reset offsets of {group}: {}", s.message()))?;
+            let json = serde_json::json!(
+                r.offsets
+                    .iter()
+                    .map(|o| serde_json::json!({
+                        "topic": o.topic, "partition": o.partition, "offset": o.offset,
+                    }))
+                    .collect::<Vec<_>>()
+            );
+            print(output, json, || {
+                r.offsets
+                    .iter()
+                    .map(|o| format!("{}/{} -> {}", o.topic, o.partition, o.offset))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+        GroupCommand::Delete { group } => {
+            let req = v1::DeleteGroupRequest { group: group.clone() };
+            on_coordinator(&client, |mut c| {
+                let req = req.clone();
+                async move { c.delete_group(req).await }
+            })
+            .await
+            .map_err(|s| anyhow!("delete group {group}: {}", s.message()))?;
+            print(output, serde_json::json!({ "deleted": group }), || format!("deleted group {group}"));
+        }
     }
     Ok(())
 }

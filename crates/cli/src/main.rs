@@ -1,10 +1,9 @@
 //! `ferrolog`: the one binary. Parses the command line, sets up tracing and
 //! hands over to the library crates; no logic of its own lives here.
 //!
-//! Implemented: `server`, `dev`, `topic`, `produce`, `consume` (without
-//! groups), `cluster status`, `bench storage|produce`. `group` and
-//! `bench consume` arrive with the consumer-group work; until then they are
-//! absent rather than stubs.
+//! Implemented: `server`, `dev`, `topic`, `produce`, `consume`, `group`,
+//! `cluster status`, `bench storage|produce`. `bench consume` is not there
+//! yet (absent rather than a stub).
 
 mod bench_produce;
 mod commands;
@@ -57,6 +56,16 @@ enum Command {
         brokers: commands::Brokers,
         #[command(flatten)]
         args: commands::ConsumeArgs,
+    },
+    /// Consumer groups: list, describe (with lag), reset offsets, delete.
+    Group {
+        #[command(flatten)]
+        brokers: commands::Brokers,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text", global = true)]
+        output: Output,
+        #[command(subcommand)]
+        cmd: commands::GroupCommand,
     },
     /// Cluster status.
     Cluster {
@@ -145,6 +154,7 @@ fn real_main() -> anyhow::Result<()> {
         Command::Topic { brokers, output, cmd } => rt.block_on(commands::topic(&brokers, output, cmd)),
         Command::Produce { brokers, args } => rt.block_on(commands::produce(&brokers, args)),
         Command::Consume { brokers, args } => rt.block_on(commands::consume(&brokers, args)),
+        Command::Group { brokers, output, cmd } => rt.block_on(commands::group(&brokers, output, cmd)),
         Command::Cluster { brokers, output, cmd } => rt.block_on(commands::cluster(&brokers, output, cmd)),
         Command::Bench(Bench::Storage(args)) => rt.block_on(bench_storage(args)),
         Command::Bench(Bench::Produce(args)) => rt.block_on(bench_produce::run(args)),

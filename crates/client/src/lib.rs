@@ -6,11 +6,20 @@
 //! retries (of any failure, ambiguous ones included) never duplicate or
 //! reorder.
 //!
-//! Not here yet (see the client issue): batching with linger, keyed
-//! partitioning, compression, consumer groups.
+//! [`Consumer`] reads with a consumer group (server-side assignment) or
+//! without one.
+//!
+//! Not here yet (see the client issue): producer batching with linger,
+//! compression.
 
+mod consumer;
 pub mod partitioner;
 mod producer;
+pub use consumer::ConsumedRecord;
+pub use consumer::Consumer;
+pub use consumer::ConsumerConfig;
+pub use consumer::Event;
+pub use consumer::OffsetReset;
 pub use partitioner::partition_for_key;
 pub use producer::IdempotentProducer;
 pub use producer::MAX_IN_FLIGHT;
@@ -213,9 +222,19 @@ impl Client {
         Ok((r.producer_id, r.producer_epoch))
     }
 
+    /// Runs `call` on the group coordinator (the metadata leader),
+    /// following hints and retrying unavailability until `timeout`.
+    pub async fn on_coordinator<T, F, Fut>(&self, timeout: Duration, call: F) -> Result<T, Status>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.on_meta_leader(timeout, call).await
+    }
+
     /// Runs `call` on the metadata leader, following hints and retrying
     /// unavailability until `timeout`.
-    async fn on_meta_leader<T, F, Fut>(&self, timeout: Duration, mut call: F) -> Result<T, Status>
+    pub(crate) async fn on_meta_leader<T, F, Fut>(&self, timeout: Duration, mut call: F) -> Result<T, Status>
     where
         F: FnMut(Channel) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,

@@ -268,7 +268,8 @@ impl Group {
             );
             changed = true;
         } else {
-            let m = self.members.get_mut(&hb.member_id).ok_or_else(|| GroupError::UnknownMember(hb.member_id.clone()))?;
+            let m =
+                self.members.get_mut(&hb.member_id).ok_or_else(|| GroupError::UnknownMember(hb.member_id.clone()))?;
             if hb.member_epoch != m.member_epoch {
                 return Err(GroupError::StaleEpoch {
                     member: hb.member_id.clone(),
@@ -330,11 +331,8 @@ impl Group {
     /// Sticky round-robin: keep each member's current target partitions up
     /// to its quota, then hand the rest to the least-loaded subscribers.
     fn uniform(&self) -> BTreeMap<String, BTreeSet<Tp>> {
-        let all: Vec<Tp> = self
-            .subscribed_partitions
-            .iter()
-            .flat_map(|(t, n)| (0..*n).map(move |p| (t.clone(), p)))
-            .collect();
+        let all: Vec<Tp> =
+            self.subscribed_partitions.iter().flat_map(|(t, n)| (0..*n).map(move |p| (t.clone(), p))).collect();
         let members: Vec<&String> = self.members.keys().collect();
         let mut out: BTreeMap<String, BTreeSet<Tp>> = members.iter().map(|m| ((*m).clone(), BTreeSet::new())).collect();
         if members.is_empty() {
@@ -369,13 +367,12 @@ impl Group {
         }
         // Keeping first can leave a newcomer short: move from the fullest
         // to the emptiest while the gap is more than one.
-        loop {
-            let (Some((max_id, max_n)), Some((min_id, min_n))) = (
-                out.iter().max_by_key(|(id, s)| (s.len(), std::cmp::Reverse((*id).clone()))).map(|(i, s)| (i.clone(), s.len())),
-                out.iter().min_by_key(|(id, s)| (s.len(), (*id).clone())).map(|(i, s)| (i.clone(), s.len())),
-            ) else {
-                break;
-            };
+        while let (Some((max_id, max_n)), Some((min_id, min_n))) = (
+            out.iter()
+                .max_by_key(|(id, s)| (s.len(), std::cmp::Reverse((*id).clone())))
+                .map(|(i, s)| (i.clone(), s.len())),
+            out.iter().min_by_key(|(id, s)| (s.len(), (*id).clone())).map(|(i, s)| (i.clone(), s.len())),
+        ) {
             if max_n <= min_n + 1 {
                 break;
             }
@@ -482,7 +479,8 @@ mod tests {
         assert!(counts.iter().all(|c| *c <= 1), "{counts:?}");
         assert_eq!(g.state(), "stable");
         // The member holding partition 0 leaves; the idle one takes over.
-        let leaver = ["a", "b", "c", "d"].into_iter().find(|m| st[*m].1.contains(&("t".to_string(), 0))).expect("owner");
+        let leaver =
+            ["a", "b", "c", "d"].into_iter().find(|m| st[*m].1.contains(&("t".to_string(), 0))).expect("owner");
         g.apply(GroupCommand::RemoveMembers(vec![leaver.to_string()]), &topics).expect("remove");
         let rest: Vec<&str> = ["a", "b", "c", "d"].into_iter().filter(|m| *m != leaver).collect();
         settle(&mut g, &rest, &mut st);
@@ -528,9 +526,16 @@ mod tests {
         g.apply(commit(epoch, 5), &topics).expect("commit");
         g.apply(commit(epoch, 3), &topics).expect("late commit");
         assert_eq!(g.offsets[&tp].offset, 5, "never backwards");
-        let zombie = GroupCommand::Commit { member_id: "z".into(), member_epoch: 1, offsets: vec![(tp.clone(), 9, String::new())] };
+        let zombie = GroupCommand::Commit {
+            member_id: "z".into(),
+            member_epoch: 1,
+            offsets: vec![(tp.clone(), 9, String::new())],
+        };
         assert!(matches!(g.apply(zombie, &topics), Err(GroupError::UnknownMember(_))));
-        assert!(matches!(g.apply(GroupCommand::ResetOffsets(vec![(tp.clone(), 0)]), &topics), Err(GroupError::NotEmpty(1))));
+        assert!(matches!(
+            g.apply(GroupCommand::ResetOffsets(vec![(tp.clone(), 0)]), &topics),
+            Err(GroupError::NotEmpty(1))
+        ));
         g.apply(GroupCommand::RemoveMembers(vec!["a".into()]), &topics).expect("leave");
         g.apply(GroupCommand::ResetOffsets(vec![(tp.clone(), 0)]), &topics).expect("reset on an empty group");
         assert_eq!(g.offsets[&tp].offset, 0);

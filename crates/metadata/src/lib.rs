@@ -270,7 +270,9 @@ impl ClusterState {
             }
             MetaCommand::DeleteGroup { group } => match self.groups.get(&group) {
                 None => MetaOutcome::Group(Err(groups::GroupError::Invalid(format!("no group {group:?}")))),
-                Some(g) if !g.members.is_empty() => MetaOutcome::Group(Err(groups::GroupError::NotEmpty(g.members.len()))),
+                Some(g) if !g.members.is_empty() => {
+                    MetaOutcome::Group(Err(groups::GroupError::NotEmpty(g.members.len())))
+                }
                 Some(_) => {
                     self.groups.remove(&group);
                     MetaOutcome::Group(Ok(None))

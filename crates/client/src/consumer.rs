@@ -1,0 +1,631 @@
+//! The consumer: [`Consumer::subscribe`] joins a consumer group (server-side
+//! assignment, KIP-848 style); [`Consumer::assign`] reads given partitions
+//! without a group. Either way [`Consumer::next`] yields [`Event`]s: records
+//! in partition order, and partitions assigned or revoked.
+//!
+//! Delivery is at least once: a record's position counts as consumed only
+//! once [`Consumer::next`] returned it, and commits (automatic on an
+//! interval, on revocation and on close, or [`Consumer::commit`]) store
+//! those positions. Records of a partition that was revoked but still sat in
+//! the buffer are dropped, never handed out after the `Revoked` event: the
+//! new owner reads them again from the committed offset.
+//!
+//! One background task owns the membership: it heartbeats, reports what
+//! this member owns, starts a fetch task per newly assigned partition (from
+//! the committed offset, or per [`OffsetReset`]) and stops it on
+//! revocation before reporting the partition released, so no two members
+//! of a group ever consume one partition at once.
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+use std::time::Instant;
+
+use ferrolog_proto::errors::Reason;
+use ferrolog_proto::errors::reason_of;
+use ferrolog_proto::v1;
+use ferrolog_proto::v1::groups_client::GroupsClient;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tonic::Status;
+
+use crate::Client;
+use crate::FetchedRecord;
+
+/// A topic partition.
+pub type Tp = (String, u32);
+
+/// Events buffered ahead of the application; fetchers wait when it is full.
+pub const EVENT_QUEUE: usize = 1_024;
+/// Commands (commit, seek, pause, ...) queued to the member task.
+const COMMAND_QUEUE: usize = 64;
+/// Long-poll wait of one fetch.
+const FETCH_WAIT: Duration = Duration::from_millis(500);
+/// Timeout of one coordinator call (it follows the metadata leader).
+const COORDINATOR_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where to start a partition with no committed offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetReset {
+    /// The log start.
+    Earliest,
+    /// The end (only new records).
+    Latest,
+}
+
+/// Consumer settings.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    /// Label sent to the coordinator.
+    pub client_id: String,
+    /// Session timeout: the member is removed if it does not heartbeat for
+    /// this long.
+    pub session_timeout: Duration,
+    /// Commit consumed positions on this interval (None: only manual commits).
+    pub auto_commit: Option<Duration>,
+    /// Start of partitions without a committed offset.
+    pub offset_reset: OffsetReset,
+    /// `uniform` (default) or `range`.
+    pub assignor: v1::Assignor,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        ConsumerConfig {
+            client_id: "ferrolog-consumer".into(),
+            session_timeout: Duration::from_secs(45),
+            auto_commit: Some(Duration::from_secs(5)),
+            offset_reset: OffsetReset::Latest,
+            assignor: v1::Assignor::Uniform,
+        }
+    }
+}
+
+/// A consumed record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumedRecord {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: u32,
+    /// The record.
+    pub record: FetchedRecord,
+}
+
+/// What [`Consumer::next`] yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A record.
+    Record(ConsumedRecord),
+    /// These partitions are now this consumer's.
+    Assigned(Vec<Tp>),
+    /// These partitions are no longer this consumer's (their positions were
+    /// committed first when auto-commit is on).
+    Revoked(Vec<Tp>),
+}
+
+enum Cmd {
+    Commit(tokio::sync::oneshot::Sender<Result<(), Status>>),
+    Seek(Tp, u64),
+    Pause(Tp, bool),
+    Close(tokio::sync::oneshot::Sender<Result<(), Status>>),
+}
+
+/// State shared between the application side and the member task.
+#[derive(Debug, Default)]
+struct Shared {
+    /// Partitions owned now.
+    owned: BTreeSet<Tp>,
+    /// Next offset to hand out per owned partition (consumed position).
+    positions: HashMap<Tp, u64>,
+    /// Fetcher generation per partition: records of an older fetcher (before
+    /// a seek, a revocation or a re-assignment) are dropped.
+    generations: HashMap<Tp, u64>,
+    next_generation: u64,
+    /// Assigned/revoked events not yet returned by [`Consumer::next`]. The
+    /// member task must never wait for the application (it would miss
+    /// heartbeats), so these do not go through the bounded record queue;
+    /// at most [`MAX_PENDING_EVENTS`] are kept (oldest dropped, logged).
+    pending: std::collections::VecDeque<Event>,
+}
+
+/// Bound of the pending assigned/revoked events.
+const MAX_PENDING_EVENTS: usize = 4_096;
+
+/// What travels from fetchers to [`Consumer::next`]: records tagged with
+/// their fetcher's generation, or a wake-up for pending events.
+#[derive(Debug)]
+enum Item {
+    Record(u64, ConsumedRecord),
+    Wake,
+}
+
+/// A consumer (see the module docs).
+#[derive(Debug)]
+pub struct Consumer {
+    events: mpsc::Receiver<Item>,
+    cmds: mpsc::Sender<Cmd>,
+    shared: Arc<Mutex<Shared>>,
+    task: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Cmd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Cmd::Commit(_) => "Commit",
+            Cmd::Seek(..) => "Seek",
+            Cmd::Pause(..) => "Pause",
+            Cmd::Close(_) => "Close",
+        })
+    }
+}
+
+impl Consumer {
+    /// Joins `group`, subscribed to `topics`.
+    pub fn subscribe(client: Arc<Client>, group: &str, topics: &[&str], config: ConsumerConfig) -> Consumer {
+        let member = Member {
+            client,
+            group: Some(group.to_string()),
+            topics: topics.iter().map(|t| t.to_string()).collect(),
+            config,
+            member_id: String::new(),
+            epoch: 0,
+            fetchers: HashMap::new(),
+            paused: BTreeSet::new(),
+        };
+        Self::start(member, BTreeMap::new())
+    }
+
+    /// Reads `partitions` from the given offsets (None: per `config.offset_reset`),
+    /// without a group.
+    pub fn assign(client: Arc<Client>, partitions: BTreeMap<Tp, Option<u64>>, config: ConsumerConfig) -> Consumer {
+        let member = Member {
+            client,
+            group: None,
+            topics: Vec::new(),
+            config,
+            member_id: String::new(),
+            epoch: -1,
+            fetchers: HashMap::new(),
+            paused: BTreeSet::new(),
+        };
+        Self::start(member, partitions)
+    }
+
+    fn start(member: Member, fixed: BTreeMap<Tp, Option<u64>>) -> Consumer {
+        let (tx, events) = mpsc::channel(EVENT_QUEUE);
+        let (cmds, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let task = tokio::spawn(member.run(tx, cmd_rx, shared.clone(), fixed));
+        Consumer { events, cmds, shared, task }
+    }
+
+    /// The next event; `None` once the consumer is closed.
+    pub async fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(e) = self.shared.lock().expect("consumer state lock").pending.pop_front() {
+                return Some(e);
+            }
+            match self.events.recv().await? {
+                Item::Wake => continue,
+                Item::Record(generation, r) => {
+                    let tp = (r.topic.clone(), r.partition);
+                    let mut s = self.shared.lock().expect("consumer state lock");
+                    // A record of a partition revoked (or re-positioned by a
+                    // seek) since it was fetched is not handed out.
+                    if !s.owned.contains(&tp) || s.generations.get(&tp) != Some(&generation) {
+                        continue;
+                    }
+                    s.positions.insert(tp, r.record.offset + 1);
+                    return Some(Event::Record(r));
+                }
+            }
+        }
+    }
+
+    /// Commits the positions of everything [`Consumer::next`] returned.
+    pub async fn commit(&self) -> Result<(), Status> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.cmds.send(Cmd::Commit(tx)).await.map_err(|_| Status::cancelled("consumer closed"))?;
+        rx.await.map_err(|_| Status::cancelled("consumer closed"))?
+    }
+
+    /// Continues `tp` from `offset`.
+    pub async fn seek(&self, tp: Tp, offset: u64) {
+        let _ = self.cmds.send(Cmd::Seek(tp, offset)).await;
+    }
+
+    /// Stops fetching `tp` until [`Consumer::resume`].
+    pub async fn pause(&self, tp: Tp) {
+        let _ = self.cmds.send(Cmd::Pause(tp, true)).await;
+    }
+
+    /// Fetches `tp` again.
+    pub async fn resume(&self, tp: Tp) {
+        let _ = self.cmds.send(Cmd::Pause(tp, false)).await;
+    }
+
+    /// Partitions owned now.
+    pub fn assignment(&self) -> BTreeSet<Tp> {
+        self.shared.lock().expect("consumer state lock").owned.clone()
+    }
+
+    /// Commits (with auto-commit on) and leaves the group at once.
+    pub async fn close(self) -> Result<(), Status> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.cmds.send(Cmd::Close(tx)).await.is_err() {
+            return Ok(());
+        }
+        // The member task answers after leaving, then ends.
+        rx.await.unwrap_or(Ok(()))
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        // Without close(): stop everything (no leave; the session expires).
+        self.task.abort();
+    }
+}
+
+struct Member {
+    client: Arc<Client>,
+    group: Option<String>,
+    topics: Vec<String>,
+    config: ConsumerConfig,
+    member_id: String,
+    epoch: i32,
+    fetchers: HashMap<Tp, JoinHandle<()>>,
+    paused: BTreeSet<Tp>,
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        for (_, f) in self.fetchers.drain() {
+            f.abort();
+        }
+    }
+}
+
+/// Queues an assigned/revoked event without waiting for the application.
+fn push_event(shared: &Arc<Mutex<Shared>>, tx: &mpsc::Sender<Item>, e: Event) {
+    {
+        let mut s = shared.lock().expect("consumer state lock");
+        if s.pending.len() >= MAX_PENDING_EVENTS {
+            tracing::warn!("consumer events not read by the application: dropping the oldest");
+            s.pending.pop_front();
+        }
+        s.pending.push_back(e);
+    }
+    // A full queue means next() will run soon anyway and see the event.
+    let _ = tx.try_send(Item::Wake);
+}
+
+/// Log start and end (high watermark) of a partition, from its leader.
+async fn range_of(client: &Client, topic: &str, partition: u32) -> Option<(u64, u64)> {
+    let d = client.wait_leaders(topic, COORDINATOR_TIMEOUT).await.ok()?;
+    let p = d.partitions.get(partition as usize)?;
+    Some((p.log_start_offset.max(0) as u64, p.high_watermark.max(0) as u64))
+}
+
+fn is(s: &Status, r: Reason) -> bool {
+    reason_of(s).is_some_and(|(got, _)| got == r)
+}
+
+fn tps(list: &[v1::TopicPartitions]) -> BTreeSet<Tp> {
+    list.iter().flat_map(|t| t.partitions.iter().map(move |p| (t.topic.clone(), *p))).collect()
+}
+
+fn to_proto(set: &BTreeSet<Tp>) -> Vec<v1::TopicPartitions> {
+    let mut by_topic: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+    for (t, p) in set {
+        by_topic.entry(t).or_default().push(*p);
+    }
+    by_topic.into_iter().map(|(t, ps)| v1::TopicPartitions { topic: t.to_string(), partitions: ps }).collect()
+}
+
+impl Member {
+    async fn run(
+        mut self,
+        tx: mpsc::Sender<Item>,
+        mut cmds: mpsc::Receiver<Cmd>,
+        shared: Arc<Mutex<Shared>>,
+        fixed: BTreeMap<Tp, Option<u64>>,
+    ) {
+        if self.group.is_none() {
+            let set: BTreeSet<Tp> = fixed.keys().cloned().collect();
+            self.take(&set, &fixed, &tx, &shared).await;
+        }
+        let mut next_heartbeat = Instant::now();
+        let mut next_commit = self.config.auto_commit.map(|d| Instant::now() + d);
+        loop {
+            let wake = [Some(next_heartbeat).filter(|_| self.group.is_some()), next_commit]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                cmd = cmds.recv() => match cmd {
+                    None => return,
+                    Some(Cmd::Commit(reply)) => { let _ = reply.send(self.commit(&shared, None).await); }
+                    Some(Cmd::Seek(tp, offset)) => {
+                        if shared.lock().expect("consumer state lock").owned.contains(&tp) {
+                            self.stop_fetcher(&tp);
+                            shared.lock().expect("consumer state lock").positions.insert(tp.clone(), offset);
+                            self.start_fetcher(tp, offset, &tx, &shared);
+                        }
+                    }
+                    Some(Cmd::Pause(tp, on)) => {
+                        let owned = shared.lock().expect("consumer state lock").owned.contains(&tp);
+                        if on {
+                            self.paused.insert(tp.clone());
+                            self.stop_fetcher(&tp);
+                        } else if self.paused.remove(&tp) && owned {
+                            let pos = shared.lock().expect("consumer state lock").positions.get(&tp).copied().unwrap_or(0);
+                            self.start_fetcher(tp, pos, &tx, &shared);
+                        }
+                    }
+                    Some(Cmd::Close(reply)) => {
+                        let r = if self.config.auto_commit.is_some() { self.commit(&shared, None).await } else { Ok(()) };
+                        self.leave().await;
+                        let _ = reply.send(r);
+                        return;
+                    }
+                },
+                _ = tokio::time::sleep_until(wake.into()) => {}
+            }
+            let now = Instant::now();
+            if next_commit.is_some_and(|t| now >= t) {
+                if let Err(e) = self.commit(&shared, None).await {
+                    tracing::warn!(error = %e, "auto-commit failed");
+                }
+                next_commit = self.config.auto_commit.map(|d| now + d);
+            }
+            if self.group.is_some() && now >= next_heartbeat {
+                let interval = self.heartbeat(&tx, &shared).await;
+                next_heartbeat = Instant::now() + interval;
+            }
+        }
+    }
+
+    async fn heartbeat(&mut self, tx: &mpsc::Sender<Item>, shared: &Arc<Mutex<Shared>>) -> Duration {
+        let Some(group) = self.group.clone() else { return Duration::from_secs(3600) };
+        let owned = shared.lock().expect("consumer state lock").owned.clone();
+        let req = v1::HeartbeatRequest {
+            group: group.clone(),
+            member_id: self.member_id.clone(),
+            member_epoch: self.epoch,
+            subscribed_topics: self.topics.clone(),
+            owned: to_proto(&owned),
+            assignor: self.config.assignor as i32,
+            session_timeout_ms: self.config.session_timeout.as_millis() as u32,
+            client_id: self.config.client_id.clone(),
+        };
+        let r = self
+            .client
+            .on_meta_leader(COORDINATOR_TIMEOUT, |ch| {
+                let req = req.clone();
+                async move { GroupsClient::new(ch).heartbeat(req).await }
+            })
+            .await;
+        let retry = (self.config.session_timeout / 10).max(Duration::from_millis(100));
+        match r {
+            Ok(resp) => {
+                self.member_id = resp.member_id;
+                self.epoch = resp.member_epoch;
+                if let Some(a) = resp.assignment {
+                    let target = tps(&a.partitions);
+                    let revoked: BTreeSet<Tp> = owned.difference(&target).cloned().collect();
+                    let added: BTreeSet<Tp> = target.difference(&owned).cloned().collect();
+                    if !revoked.is_empty() {
+                        self.release(&revoked, tx, shared, true).await;
+                    }
+                    if !added.is_empty() {
+                        self.take(&added, &BTreeMap::new(), tx, shared).await;
+                    }
+                    if !revoked.is_empty() {
+                        // Report the release now rather than a full interval later.
+                        return Duration::ZERO;
+                    }
+                }
+                Duration::from_millis(resp.heartbeat_interval_ms.max(100).into())
+            }
+            Err(s) if is(&s, Reason::StaleMemberEpoch) => {
+                // Fenced (session expired, or epoch out of date): give every
+                // partition up without committing, and join again.
+                tracing::warn!(group, error = %s.message(), "member fenced: rejoining");
+                self.release(&owned, tx, shared, false).await;
+                self.member_id.clear();
+                self.epoch = 0;
+                Duration::ZERO
+            }
+            Err(s) => {
+                tracing::warn!(group, error = %s.message(), "heartbeat failed; retrying");
+                retry
+            }
+        }
+    }
+
+    /// Stops consuming `set` (committing first when asked and auto-commit is on).
+    async fn release(
+        &mut self,
+        set: &BTreeSet<Tp>,
+        tx: &mpsc::Sender<Item>,
+        shared: &Arc<Mutex<Shared>>,
+        commit: bool,
+    ) {
+        for tp in set {
+            self.stop_fetcher(tp);
+        }
+        if commit
+            && self.config.auto_commit.is_some()
+            && let Err(e) = self.commit(shared, Some(set)).await
+        {
+            tracing::warn!(error = %e, "commit on revocation failed");
+        }
+        {
+            let mut s = shared.lock().expect("consumer state lock");
+            for tp in set {
+                s.owned.remove(tp);
+                s.positions.remove(tp);
+            }
+        }
+        push_event(shared, tx, Event::Revoked(set.iter().cloned().collect()));
+    }
+
+    /// Starts consuming `set`, each from `start` if given, else from the
+    /// committed offset, else per the reset policy.
+    async fn take(
+        &mut self,
+        set: &BTreeSet<Tp>,
+        start: &BTreeMap<Tp, Option<u64>>,
+        tx: &mpsc::Sender<Item>,
+        shared: &Arc<Mutex<Shared>>,
+    ) {
+        let committed = self.committed(set).await;
+        for tp in set {
+            let offset = match start.get(tp).copied().flatten().or_else(|| committed.get(tp).copied()) {
+                Some(o) => o,
+                None => self.reset_offset(tp).await,
+            };
+            {
+                let mut s = shared.lock().expect("consumer state lock");
+                s.owned.insert(tp.clone());
+                s.positions.insert(tp.clone(), offset);
+            }
+            if !self.paused.contains(tp) {
+                self.start_fetcher(tp.clone(), offset, tx, shared);
+            }
+        }
+        push_event(shared, tx, Event::Assigned(set.iter().cloned().collect()));
+    }
+
+    async fn committed(&self, set: &BTreeSet<Tp>) -> HashMap<Tp, u64> {
+        let Some(group) = self.group.clone() else { return HashMap::new() };
+        let req = v1::FetchOffsetsRequest { group, partitions: to_proto(set) };
+        let r = self
+            .client
+            .on_meta_leader(COORDINATOR_TIMEOUT, |ch| {
+                let req = req.clone();
+                async move { GroupsClient::new(ch).fetch_offsets(req).await }
+            })
+            .await;
+        match r {
+            Ok(r) => r.offsets.into_iter().map(|o| ((o.topic, o.partition), o.offset.max(0) as u64)).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "fetching committed offsets failed; using the reset policy");
+                HashMap::new()
+            }
+        }
+    }
+
+    async fn reset_offset(&self, tp: &Tp) -> u64 {
+        let (start, end) = range_of(&self.client, &tp.0, tp.1).await.unwrap_or((0, 0));
+        match self.config.offset_reset {
+            OffsetReset::Earliest => start,
+            OffsetReset::Latest => end,
+        }
+    }
+
+    async fn commit(&self, shared: &Arc<Mutex<Shared>>, only: Option<&BTreeSet<Tp>>) -> Result<(), Status> {
+        let Some(group) = self.group.clone() else { return Ok(()) };
+        let offsets: Vec<v1::OffsetCommit> = {
+            let s = shared.lock().expect("consumer state lock");
+            s.positions
+                .iter()
+                .filter(|(tp, _)| only.is_none_or(|o| o.contains(*tp)))
+                .map(|((t, p), o)| v1::OffsetCommit {
+                    topic: t.clone(),
+                    partition: *p,
+                    offset: *o as i64,
+                    metadata: String::new(),
+                })
+                .collect()
+        };
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let req =
+            v1::CommitOffsetsRequest { group, member_id: self.member_id.clone(), member_epoch: self.epoch, offsets };
+        self.client
+            .on_meta_leader(COORDINATOR_TIMEOUT, |ch| {
+                let req = req.clone();
+                async move { GroupsClient::new(ch).commit_offsets(req).await }
+            })
+            .await
+            .map(|_| ())
+    }
+
+    async fn leave(&self) {
+        let Some(group) = self.group.clone() else { return };
+        if self.member_id.is_empty() {
+            return;
+        }
+        let req = v1::LeaveGroupRequest { group, member_id: self.member_id.clone() };
+        let _ = self
+            .client
+            .on_meta_leader(COORDINATOR_TIMEOUT, |ch| {
+                let req = req.clone();
+                async move { GroupsClient::new(ch).leave_group(req).await }
+            })
+            .await;
+    }
+
+    fn stop_fetcher(&mut self, tp: &Tp) {
+        if let Some(f) = self.fetchers.remove(tp) {
+            f.abort();
+        }
+    }
+
+    fn start_fetcher(&mut self, tp: Tp, from: u64, tx: &mpsc::Sender<Item>, shared: &Arc<Mutex<Shared>>) {
+        self.stop_fetcher(&tp);
+        let generation = {
+            let mut s = shared.lock().expect("consumer state lock");
+            s.next_generation += 1;
+            let g = s.next_generation;
+            s.generations.insert(tp.clone(), g);
+            g
+        };
+        let (client, tx, key) = (self.client.clone(), tx.clone(), tp.clone());
+        let reset = self.config.offset_reset;
+        let f = tokio::spawn(async move {
+            let (topic, partition) = tp;
+            let mut offset = from;
+            loop {
+                match client.fetch(&topic, partition, offset, FETCH_WAIT, COORDINATOR_TIMEOUT).await {
+                    Ok((records, _)) => {
+                        for record in records {
+                            offset = record.offset + 1;
+                            let e =
+                                Item::Record(generation, ConsumedRecord { topic: topic.clone(), partition, record });
+                            if tx.send(e).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(crate::ClientError::Status(s)) if s.code() == tonic::Code::OutOfRange => {
+                        // Retention deleted the position (or it is past the
+                        // end): continue per the reset policy.
+                        let to = range_of(&client, &topic, partition).await.map(|(start, end)| match reset {
+                            OffsetReset::Earliest => start,
+                            OffsetReset::Latest => end,
+                        });
+                        tracing::warn!(topic, partition, offset, ?to, "offset out of range; resetting");
+                        match to {
+                            Some(o) => offset = o,
+                            None => tokio::time::sleep(Duration::from_millis(200)).await,
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(topic, partition, offset, error = %e, "fetch failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        });
+        self.fetchers.insert(key, f);
+    }
+}

@@ -1,0 +1,375 @@
+//! Consumer groups on real brokers:
+//!
+//! 1. 3 partitions, 3 members: one partition each; a 4th member stays idle
+//!    and takes over when a member leaves; no partition is ever owned by
+//!    two members (checked continuously); a commit with a stale epoch fails;
+//!    committed offsets survive a full cluster restart.
+//! 2. A member process (`ferrolog consume --group`) is SIGKILLed: after its
+//!    session timeout its partitions move; the new owner resumes from the
+//!    committed offset; every record is delivered (at least once), none is
+//!    skipped.
+//! 3. The metadata leader (the coordinator) is SIGKILLed while the group
+//!    consumes: the members keep their partitions and continue.
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+use std::time::Instant;
+
+use anyhow::Context;
+use anyhow::bail;
+use anyhow::ensure;
+use ferrolog_client::Client;
+use ferrolog_client::Consumer;
+use ferrolog_client::ConsumerConfig;
+use ferrolog_client::Event;
+use ferrolog_client::OffsetReset;
+use ferrolog_proto::errors::Reason;
+use ferrolog_proto::errors::reason_of;
+use ferrolog_proto::v1;
+use ferrolog_tests::client::TestClient;
+use ferrolog_tests::cluster::Cluster;
+use ferrolog_tests::cluster::ferrolog_bin;
+
+const START: Duration = Duration::from_secs(60);
+const SESSION: Duration = Duration::from_secs(3);
+
+type Seen = Arc<Mutex<Vec<(u32, u64, String)>>>;
+
+/// A group member pumped by a task: records go to `seen`.
+struct Member {
+    consumer: Arc<tokio::sync::Mutex<Consumer>>,
+    assignment: Arc<Mutex<BTreeSet<u32>>>,
+    pump: tokio::task::JoinHandle<()>,
+}
+
+fn member(client: &Arc<Client>, group: &str, topic: &str, seen: &Seen) -> Member {
+    let config = ConsumerConfig {
+        client_id: "test".into(),
+        session_timeout: SESSION,
+        auto_commit: Some(Duration::from_millis(200)),
+        offset_reset: OffsetReset::Earliest,
+        ..ConsumerConfig::default()
+    };
+    let consumer = Arc::new(tokio::sync::Mutex::new(Consumer::subscribe(client.clone(), group, &[topic], config)));
+    let assignment = Arc::new(Mutex::new(BTreeSet::new()));
+    let (c, a, seen) = (consumer.clone(), assignment.clone(), seen.clone());
+    let pump = tokio::spawn(async move {
+        loop {
+            let e = { c.lock().await.next().await };
+            match e {
+                None => return,
+                Some(Event::Record(r)) => seen.lock().expect("seen").push((
+                    r.partition,
+                    r.record.offset,
+                    String::from_utf8_lossy(&r.record.value).into_owned(),
+                )),
+                Some(Event::Assigned(tps)) => a.lock().expect("a").extend(tps.iter().map(|t| t.1)),
+                Some(Event::Revoked(tps)) => {
+                    let mut a = a.lock().expect("a");
+                    for t in tps {
+                        a.remove(&t.1);
+                    }
+                }
+            }
+        }
+    });
+    Member { consumer, assignment, pump }
+}
+
+impl Member {
+    fn owns(&self) -> BTreeSet<u32> {
+        self.assignment.lock().expect("a").clone()
+    }
+
+    async fn close(self) -> anyhow::Result<()> {
+        self.pump.abort();
+        let _ = self.pump.await;
+        let c = Arc::try_unwrap(self.consumer).map_err(|_| anyhow::anyhow!("consumer still shared"))?.into_inner();
+        c.close().await?;
+        Ok(())
+    }
+}
+
+async fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    while !check() {
+        if start.elapsed() > timeout {
+            bail!("timed out waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(start.elapsed())
+}
+
+async fn wait_async<F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !check().await {
+        if start.elapsed() > timeout {
+            bail!("timed out waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(start.elapsed())
+}
+
+/// No partition owned by two members (client-side view).
+fn exclusive(members: &[&Member]) -> bool {
+    let mut all = BTreeSet::new();
+    members.iter().all(|m| m.owns().into_iter().all(|p| all.insert(p)))
+}
+
+async fn produce(client: &TestClient, topic: &str, partitions: u32, from: u32, to: u32) -> anyhow::Result<()> {
+    for p in 0..partitions {
+        let values: Vec<Vec<u8>> = (from..to).map(|i| format!("p{p}-{i}").into_bytes()).collect();
+        client.produce(topic, p, v1::Acks::All, &values, START).await?;
+    }
+    Ok(())
+}
+
+fn check_all_delivered(seen: &Seen, partitions: u32, n: u32) -> anyhow::Result<()> {
+    let got: BTreeSet<String> = seen.lock().expect("seen").iter().map(|(_, _, v)| v.clone()).collect();
+    for p in 0..partitions {
+        for i in 0..n {
+            let v = format!("p{p}-{i}");
+            ensure!(got.contains(&v), "record {v} never delivered");
+        }
+    }
+    Ok(())
+}
+
+async fn describe(client: &Client, group: &str) -> anyhow::Result<v1::DescribeGroupResponse> {
+    let req = v1::DescribeGroupRequest { group: group.into() };
+    Ok(client
+        .on_coordinator(START, |ch| {
+            let req = req.clone();
+            async move { v1::groups_client::GroupsClient::new(ch).describe_group(req).await }
+        })
+        .await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_share_partitions_an_idle_member_takes_over_and_offsets_survive() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(3)?;
+    cluster.wait_serving(START).await?;
+    let tc = TestClient::new(cluster.addrs());
+    tc.create_topic("events", 3, 3).await?;
+    tc.wait_leaders("events", START).await?;
+    produce(&tc, "events", 3, 0, 30).await?;
+    let client = Arc::new(Client::new(cluster.addrs()));
+    let seen: Seen = Arc::default();
+
+    let ms: Vec<Member> = (0..3).map(|_| member(&client, "g", "events", &seen)).collect();
+    let refs: Vec<&Member> = ms.iter().collect();
+    let took = wait_for("one partition each", START, || {
+        assert!(exclusive(&refs), "a partition owned twice");
+        refs.iter().all(|m| m.owns().len() == 1)
+    })
+    .await?;
+    eprintln!("3 members own one partition each {took:?} after joining");
+    let idle = member(&client, "g", "events", &seen);
+    wait_async("4 members in the group, stable", START, || async {
+        describe(&client, "g").await.is_ok_and(|d| d.members.len() == 4 && d.state == "stable")
+    })
+    .await?;
+    ensure!(idle.owns().is_empty(), "the 4th member must stay idle: {:?}", idle.owns());
+    wait_for("all 90 records consumed", START, || seen.lock().expect("seen").len() >= 90).await?;
+
+    // A member leaves: the idle one takes its partition over.
+    let mut ms = ms;
+    let leaver = ms.remove(0);
+    let freed = leaver.owns();
+    let left = Instant::now();
+    leaver.close().await?;
+    let all: Vec<&Member> = ms.iter().chain(std::iter::once(&idle)).collect();
+    wait_for("the idle member takes over", START, || {
+        assert!(exclusive(&all), "a partition owned twice");
+        idle.owns() == freed
+    })
+    .await?;
+    eprintln!("partition {freed:?} owned again {:?} after its member left", left.elapsed());
+    produce(&tc, "events", 3, 30, 40).await?;
+    wait_for("the new records consumed", START, || seen.lock().expect("seen").len() >= 120).await?;
+    check_all_delivered(&seen, 3, 40)?;
+
+    // A commit with a stale epoch is refused.
+    let d = describe(&client, "g").await?;
+    let m = d.members.first().context("a member")?;
+    let tp = m.assignment.as_ref().and_then(|a| a.partitions.first()).context("an assignment")?;
+    let req = v1::CommitOffsetsRequest {
+        group: "g".into(),
+        member_id: m.member_id.clone(),
+        member_epoch: m.member_epoch - 1,
+        offsets: vec![v1::OffsetCommit {
+            topic: tp.topic.clone(),
+            partition: tp.partitions[0],
+            offset: 1,
+            metadata: String::new(),
+        }],
+    };
+    let e = client
+        .on_coordinator(START, |ch| {
+            let req = req.clone();
+            async move { v1::groups_client::GroupsClient::new(ch).commit_offsets(req).await }
+        })
+        .await
+        .expect_err("stale epoch");
+    ensure!(reason_of(&e).is_some_and(|(r, _)| r == Reason::StaleMemberEpoch), "{e:?}");
+
+    // Everyone leaves (committing); the offsets survive a full restart.
+    for m in ms {
+        m.close().await?;
+    }
+    idle.close().await?;
+    let before: BTreeMap<u32, i64> =
+        describe(&client, "g").await?.offsets.iter().map(|o| (o.partition, o.committed_offset)).collect();
+    ensure!(before.values().all(|o| *o == 40), "every partition committed at its end: {before:?}");
+    for n in [1, 2, 3] {
+        cluster.kill(n)?;
+    }
+    for n in [1, 2, 3] {
+        cluster.restart(n)?;
+    }
+    cluster.wait_serving(START).await?;
+    let after: BTreeMap<u32, i64> =
+        describe(&client, "g").await?.offsets.iter().map(|o| (o.partition, o.committed_offset)).collect();
+    assert_eq!(before, after, "committed offsets after a full restart");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_member_s_partitions_move_and_nothing_is_skipped() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(3)?;
+    cluster.wait_serving(START).await?;
+    let tc = TestClient::new(cluster.addrs());
+    tc.create_topic("jobs", 4, 3).await?;
+    tc.wait_leaders("jobs", START).await?;
+    produce(&tc, "jobs", 4, 0, 50).await?;
+    let dir = tempfile::tempdir()?;
+    let spawn = |name: &str| -> anyhow::Result<std::process::Child> {
+        Ok(std::process::Command::new(ferrolog_bin()?)
+            .args(["consume", "jobs", "--group", "workers", "--from-beginning", "--format", "json"])
+            .env("FERROLOG_BROKERS", cluster.addrs().join(","))
+            .env("RUST_LOG", "warn")
+            .stdout(std::fs::File::create(dir.path().join(name))?)
+            .stderr(std::process::Stdio::null())
+            .spawn()?)
+    };
+    let mut a = spawn("a.jsonl")?;
+    let mut b = spawn("b.jsonl")?;
+    let client = Arc::new(Client::new(cluster.addrs()));
+    wait_async("two members sharing four partitions", START, || async {
+        describe(&client, "workers").await.is_ok_and(|d| {
+            d.members.len() == 2
+                && d.state == "stable"
+                && d.members.iter().all(|m| {
+                    m.assignment
+                        .as_ref()
+                        .is_some_and(|a| a.partitions.iter().map(|t| t.partitions.len()).sum::<usize>() == 2)
+                })
+        })
+    })
+    .await?;
+    // Let it commit, then kill one member mid-stream.
+    wait_async("first records committed", START, || async {
+        describe(&client, "workers").await.is_ok_and(|d| d.offsets.iter().any(|o| o.committed_offset > 0))
+    })
+    .await?;
+    a.kill()?;
+    let killed = Instant::now();
+    let _ = a.wait();
+    produce(&tc, "jobs", 4, 50, 100).await?;
+    let took = wait_async("the survivor owns all four partitions", START, || async {
+        describe(&client, "workers").await.is_ok_and(|d| {
+            d.members.len() == 1
+                && d.members[0]
+                    .assignment
+                    .as_ref()
+                    .is_some_and(|a| a.partitions.iter().map(|t| t.partitions.len()).sum::<usize>() == 4)
+        })
+    })
+    .await?;
+    eprintln!("SIGKILLed member's partitions owned again {took:?} after the kill (session timeout 10 s)");
+    let _ = killed;
+    // Every record delivered at least once, per partition without gaps.
+    let read = |name: &str| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(dir.path().join(name))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    wait_for("every record consumed", START, || {
+        let all: BTreeSet<String> = read("a.jsonl")
+            .iter()
+            .chain(read("b.jsonl").iter())
+            .filter_map(|r| r["value"].as_str().map(String::from))
+            .collect();
+        all.len() == 400
+    })
+    .await?;
+    let mut by_partition: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
+    for r in read("a.jsonl").iter().chain(read("b.jsonl").iter()) {
+        by_partition
+            .entry(r["partition"].as_u64().unwrap_or(99))
+            .or_default()
+            .insert(r["offset"].as_u64().unwrap_or(0));
+    }
+    for (p, offsets) in &by_partition {
+        ensure!(offsets.iter().copied().eq(0..100), "partition {p}: offsets seen are not 0..100 without gaps");
+    }
+    let _ = b.kill();
+    let _ = b.wait();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_group_keeps_its_assignment_when_the_coordinator_dies() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(3)?;
+    cluster.wait_serving(START).await?;
+    let tc = TestClient::new(cluster.addrs());
+    tc.create_topic("feed", 2, 3).await?;
+    tc.wait_leaders("feed", START).await?;
+    let client = Arc::new(Client::new(cluster.addrs()));
+    let seen: Seen = Arc::default();
+    let ms = [member(&client, "g", "feed", &seen), member(&client, "g", "feed", &seen)];
+    wait_for("one partition each", START, || ms.iter().all(|m| m.owns().len() == 1)).await?;
+    let before: Vec<BTreeSet<u32>> = ms.iter().map(Member::owns).collect();
+    produce(&tc, "feed", 2, 0, 20).await?;
+    wait_for("first records", START, || seen.lock().expect("seen").len() >= 40).await?;
+
+    let status =
+        client.admin(START, |mut c| async move { c.describe_cluster(v1::DescribeClusterRequest {}).await }).await?;
+    let coordinator = status.metadata_leader_id;
+    cluster.kill(coordinator)?;
+    eprintln!("SIGKILLed the metadata leader (coordinator), broker {coordinator}");
+    produce(&tc, "feed", 2, 20, 40).await?;
+    wait_for("records after the coordinator died", START, || seen.lock().expect("seen").len() >= 80).await?;
+    // Several heartbeat intervals with the new coordinator: no rebalance.
+    let new_coordinator = loop {
+        let s =
+            client.admin(START, |mut c| async move { c.describe_cluster(v1::DescribeClusterRequest {}).await }).await?;
+        if s.metadata_leader_id != 0 && s.metadata_leader_id != coordinator {
+            break s.metadata_leader_id;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Proving that no rebalance happens needs a window of time: two session
+    // timeouts, far longer than the new coordinator's grace period.
+    tokio::time::sleep(SESSION * 2).await;
+    let after: Vec<BTreeSet<u32>> = ms.iter().map(Member::owns).collect();
+    assert_eq!(before, after, "assignment kept across the coordinator failover (new coordinator {new_coordinator})");
+    let d = describe(&client, "g").await?;
+    ensure!(d.members.len() == 2, "both members still in the group: {d:?}");
+    check_all_delivered(&seen, 2, 40)?;
+    for m in ms {
+        m.close().await?;
+    }
+    Ok(())
+}
