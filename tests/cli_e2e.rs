@@ -183,6 +183,30 @@ fn cli_against_a_dev_cluster() -> anyhow::Result<()> {
     let e = fails(&dev, &["produce", "orders", "--partition", "0"], &format!("{big}\n"))?;
     ensure!(e.contains("not acknowledged") && e.contains("max.message.bytes"), "{e}");
 
+    // A group consumes everything and commits; describe shows no lag; a
+    // reset to the earliest offsets shows the whole topic as lag.
+    let out = ok(&dev, &["consume", "orders", "--group", "billing", "--from-beginning", "--timeout-ms", "3000"], "")?;
+    ensure!(out.lines().count() == values.len(), "the group read {} of {} records", out.lines().count(), values.len());
+    let d = ok(&dev, &["group", "describe", "billing", "--output", "json"], "")?;
+    let d: serde_json::Value = serde_json::from_str(&d)?;
+    let lags: Vec<i64> = d["offsets"].as_array().context("offsets")?.iter().filter_map(|o| o["lag"].as_i64()).collect();
+    ensure!(lags.len() == 3 && lags.iter().all(|l| *l == 0), "no lag after consuming everything: {d}");
+    ensure!(d["state"] == "empty", "the consumer left: {d}");
+    let text = ok(&dev, &["group", "describe", "billing"], "")?;
+    ensure!(text.contains("lag"), "{text}");
+    ok(&dev, &["group", "reset-offsets", "billing", "--topic", "orders", "--to-earliest"], "")?;
+    let d = ok(&dev, &["group", "describe", "billing", "--output", "json"], "")?;
+    let d: serde_json::Value = serde_json::from_str(&d)?;
+    let lag: i64 = d["offsets"].as_array().context("offsets")?.iter().filter_map(|o| o["lag"].as_i64()).sum();
+    ensure!(lag as usize == values.len(), "after a reset to earliest the lag is the whole topic: {d}");
+    let groups = ok(&dev, &["group", "list"], "")?;
+    ensure!(groups.lines().any(|g| g == "billing"), "{groups}");
+    let e = fails(&dev, &["group", "describe", "nope"], "")?;
+    ensure!(e.contains("unknown group"), "{e}");
+    let e = fails(&dev, &["group", "reset-offsets", "billing", "--topic", "orders"], "")?;
+    ensure!(e.contains("--to-earliest"), "{e}");
+    ok(&dev, &["group", "delete", "billing"], "")?;
+
     ok(&dev, &["topic", "delete", "orders"], "")?;
     let e = fails(&dev, &["topic", "describe", "orders"], "")?;
     ensure!(e.contains("unknown topic"), "{e}");

@@ -168,8 +168,21 @@ impl v1::groups_server::Groups for Services {
         // Apply to a copy first: the steady state needs no Raft write.
         let current = self.group_state(&req.group)?;
         let mut copy = current.clone();
-        let topics = self.groups().meta().map(|m| m.state.borrow().cluster.topics.clone()).unwrap_or_default();
-        let partitions = |t: &str| topics.get(t).map(|t| t.partitions.len() as u32);
+        // Partition counts of just the topics this group subscribes to (not
+        // a copy of every topic).
+        let wanted: BTreeSet<&String> =
+            current.members.values().flat_map(|m| m.subscribed.iter()).chain(hb.subscribed.iter()).collect();
+        let counts: std::collections::HashMap<String, u32> = match self.groups().meta() {
+            Some(m) => {
+                let state = m.state.borrow();
+                wanted
+                    .into_iter()
+                    .filter_map(|t| state.cluster.topics.get(t).map(|tt| (t.clone(), tt.partitions.len() as u32)))
+                    .collect()
+            }
+            None => Default::default(),
+        };
+        let partitions = |t: &str| counts.get(t).copied();
         let simulated = copy.apply(GroupCommand::Heartbeat(hb.clone()), &partitions);
         let reply = match simulated {
             Ok(Some(r)) if copy == current => r,

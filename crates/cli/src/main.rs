@@ -5,6 +5,7 @@
 //! `cluster status`, `bench storage|produce`. `bench consume` is not there
 //! yet (absent rather than a stub).
 
+mod bench_coordinator;
 mod bench_produce;
 mod commands;
 mod dev;
@@ -90,6 +91,8 @@ enum Bench {
     Storage(StorageArgs),
     /// Produce to a running cluster and report throughput and latency.
     Produce(bench_produce::ProduceArgs),
+    /// The consumer-group coordinator's cost per heartbeat and per rebalance.
+    Coordinator(bench_coordinator::CoordinatorArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -140,13 +143,17 @@ fn main() {
 }
 
 fn real_main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // Brokers log at info; client commands only warn (their output is the
+    // records). RUST_LOG overrides both.
+    let default = match cli.command {
+        Command::Server(_) | Command::Dev(_) | Command::Bench(_) => "info,openraft=warn",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,openraft=warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into()))
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let rt = tokio::runtime::Runtime::new().context("start the tokio runtime")?;
     match cli.command {
         Command::Server(args) => rt.block_on(server::run(args)),
@@ -158,6 +165,7 @@ fn real_main() -> anyhow::Result<()> {
         Command::Cluster { brokers, output, cmd } => rt.block_on(commands::cluster(&brokers, output, cmd)),
         Command::Bench(Bench::Storage(args)) => rt.block_on(bench_storage(args)),
         Command::Bench(Bench::Produce(args)) => rt.block_on(bench_produce::run(args)),
+        Command::Bench(Bench::Coordinator(args)) => bench_coordinator::run(args),
     }
 }
 

@@ -542,6 +542,23 @@ mod tests {
     }
 
     #[test]
+    fn a_subscribed_topic_created_later_is_picked_up() {
+        let mut g = Group::default();
+        let mut h = match hb("a", 0, &BTreeSet::new()) {
+            GroupCommand::Heartbeat(h) => h,
+            _ => unreachable!(),
+        };
+        h.subscribed = ["later".to_string()].into();
+        let none = |_: &str| None;
+        let r = g.apply(GroupCommand::Heartbeat(h.clone()), &none).expect("join").expect("reply");
+        assert!(r.assigned.is_empty(), "no such topic yet");
+        let created = |t: &str| (t == "later").then_some(2);
+        h.member_epoch = r.member_epoch;
+        let r = g.apply(GroupCommand::Heartbeat(h), &created).expect("hb").expect("reply");
+        assert_eq!(r.assigned.len(), 2, "both partitions of the new topic: {r:?}");
+    }
+
+    #[test]
     fn range_assignor_splits_each_topic_in_ranges() {
         let mut g = Group { assignor: Assignor::Range, ..Group::default() };
         for id in ["a", "b"] {
