@@ -12,9 +12,14 @@
 //! Not here yet (see the client issue): producer batching with linger,
 //! compression.
 
+mod batching;
 mod consumer;
 pub mod partitioner;
 mod producer;
+pub use batching::Delivered;
+pub use batching::Delivery;
+pub use batching::Producer;
+pub use batching::ProducerConfig;
 pub use consumer::ConsumedRecord;
 pub use consumer::Consumer;
 pub use consumer::ConsumerConfig;
@@ -64,6 +69,33 @@ pub enum ClientError {
 
 /// Builds a sealed, uncompressed batch of `(key, value)` records.
 pub fn make_batch(records: &[(Option<Vec<u8>>, Vec<u8>)], timestamp_ms: i64) -> v1::RecordBatch {
+    make_uncompressed(records, timestamp_ms)
+}
+
+/// Builds a sealed batch, its records compressed per `compression` (LZ4:
+/// the block format with the uncompressed size prepended, `lz4_flex`).
+pub fn make_batch_with(
+    records: &[(Option<Vec<u8>>, Vec<u8>)],
+    timestamp_ms: i64,
+    compression: v1::Compression,
+) -> Result<v1::RecordBatch, ClientError> {
+    let mut b = make_uncompressed(records, timestamp_ms);
+    match compression {
+        v1::Compression::None => Ok(b),
+        v1::Compression::Lz4 => {
+            b.records = bytes::Bytes::from(lz4_flex::compress_prepend_size(&b.records));
+            b.compression = v1::Compression::Lz4 as i32;
+            let (id, epoch, seq) = (b.producer_id, b.producer_epoch, b.base_sequence);
+            set_producer(&mut b, id, epoch, seq);
+            Ok(b)
+        }
+        v1::Compression::Zstd => {
+            Err(ClientError::Corrupt { offset: -1, detail: "zstd compression is not supported by this client".into() })
+        }
+    }
+}
+
+fn make_uncompressed(records: &[(Option<Vec<u8>>, Vec<u8>)], timestamp_ms: i64) -> v1::RecordBatch {
     let list = v1::RecordList {
         records: records
             .iter()
@@ -143,10 +175,16 @@ pub fn decode_batch(b: &v1::RecordBatch) -> Result<Vec<FetchedRecord>, ClientErr
     };
     let corrupt = |detail: String| ClientError::Corrupt { offset: b.base_offset, detail };
     Batch { header, records: b.records.clone(), crc32c: b.crc32c }.verify().map_err(|e| corrupt(e.to_string()))?;
-    if b.compression != 0 {
-        return Err(corrupt(format!("compression {} is not supported by this client yet", b.compression)));
-    }
-    let list = v1::RecordList::decode(b.records.as_ref()).map_err(|e| corrupt(e.to_string()))?;
+    let plain;
+    let bytes: &[u8] = match v1::Compression::try_from(b.compression) {
+        Ok(v1::Compression::None) => b.records.as_ref(),
+        Ok(v1::Compression::Lz4) => {
+            plain = lz4_flex::decompress_size_prepended(&b.records).map_err(|e| corrupt(format!("lz4: {e}")))?;
+            &plain
+        }
+        _ => return Err(corrupt(format!("compression {} is not supported by this client", b.compression))),
+    };
+    let list = v1::RecordList::decode(bytes).map_err(|e| corrupt(e.to_string()))?;
     Ok(list
         .records
         .into_iter()

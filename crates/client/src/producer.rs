@@ -62,6 +62,7 @@ pub struct IdempotentProducer {
     name: Option<String>,
     acks: v1::Acks,
     delivery_timeout: Duration,
+    compression: v1::Compression,
     state: Mutex<State>,
 }
 
@@ -80,8 +81,15 @@ impl IdempotentProducer {
             name: name.map(String::from),
             acks,
             delivery_timeout,
+            compression: v1::Compression::None,
             state: Mutex::new(State { id, epoch, stale: false, fenced: None, partitions: HashMap::new() }),
         })
+    }
+
+    /// Compresses batches with `compression`.
+    pub fn with_compression(mut self, compression: v1::Compression) -> Self {
+        self.compression = compression;
+        self
     }
 
     /// The current producer id and epoch.
@@ -127,7 +135,8 @@ impl IdempotentProducer {
             let seq = p.next_seq;
             let n = records.len() as u32;
             p.next_seq = ferrolog_partition_seq_add(seq, n);
-            let mut batch = crate::make_batch(records, crate::now_ms());
+            let mut batch = crate::make_batch_with(records, crate::now_ms(), self.compression)
+                .map_err(|e| Status::internal(e.to_string()))?;
             crate::set_producer(&mut batch, id, epoch, seq);
             (batch, seq, epoch)
         };
