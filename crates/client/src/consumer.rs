@@ -486,21 +486,24 @@ impl Member {
         shared: &Arc<Mutex<Shared>>,
     ) {
         let committed = self.committed(set).await;
+        let mut starts = Vec::new();
         for tp in set {
             let offset = match start.get(tp).copied().flatten().or_else(|| committed.get(tp).copied()) {
                 Some(o) => o,
                 None => self.reset_offset(tp).await,
             };
-            {
-                let mut s = shared.lock().expect("consumer state lock");
-                s.owned.insert(tp.clone());
-                s.positions.insert(tp.clone(), offset);
-            }
-            if !self.paused.contains(tp) {
-                self.start_fetcher(tp.clone(), offset, tx, shared);
+            let mut s = shared.lock().expect("consumer state lock");
+            s.owned.insert(tp.clone());
+            s.positions.insert(tp.clone(), offset);
+            starts.push((tp.clone(), offset));
+        }
+        // The application hears of the assignment before any of its records.
+        push_event(shared, tx, Event::Assigned(set.iter().cloned().collect()));
+        for (tp, offset) in starts {
+            if !self.paused.contains(&tp) {
+                self.start_fetcher(tp, offset, tx, shared);
             }
         }
-        push_event(shared, tx, Event::Assigned(set.iter().cloned().collect()));
     }
 
     async fn committed(&self, set: &BTreeSet<Tp>) -> HashMap<Tp, u64> {

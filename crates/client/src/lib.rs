@@ -12,6 +12,8 @@
 //! Not here yet (see the client issue): producer batching with linger,
 //! compression.
 
+#![warn(missing_docs)]
+
 mod batching;
 mod consumer;
 pub mod partitioner;
@@ -197,12 +199,44 @@ pub fn decode_batch(b: &v1::RecordBatch) -> Result<Vec<FetchedRecord>, ClientErr
         .collect())
 }
 
+/// Partition leaders as last learned. An entry is dropped on any error from
+/// that broker (a NOT_LEADER hint replaces it) and expires after
+/// [`LEADER_CACHE_TTL`], so leadership moves (preferred-leader rebalance)
+/// are picked up even without errors.
+#[derive(Debug, Default)]
+struct LeaderCache(Mutex<HashMap<(String, u32), (String, Instant)>>);
+
+/// How long a cached partition leader is trusted.
+pub const LEADER_CACHE_TTL: Duration = Duration::from_secs(60);
+
+impl LeaderCache {
+    fn get(&self, key: &(String, u32)) -> Option<String> {
+        let mut m = self.0.lock().expect("leader cache lock");
+        match m.get(key) {
+            Some((addr, at)) if at.elapsed() < LEADER_CACHE_TTL => Some(addr.clone()),
+            Some(_) => {
+                m.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn insert(&self, key: (String, u32), addr: String) {
+        self.0.lock().expect("leader cache lock").insert(key, (addr, Instant::now()));
+    }
+
+    fn remove(&self, key: &(String, u32)) {
+        self.0.lock().expect("leader cache lock").remove(key);
+    }
+}
+
 /// Talks to a cluster through any of its brokers.
 #[derive(Debug)]
 pub struct Client {
     bootstrap: Vec<String>,
     channels: Mutex<HashMap<String, Channel>>,
-    leaders: Mutex<HashMap<(String, u32), String>>,
+    leaders: LeaderCache,
 }
 
 fn retriable(s: &Status) -> bool {
@@ -212,7 +246,7 @@ fn retriable(s: &Status) -> bool {
 impl Client {
     /// A client bootstrapping from `brokers` (`host:port`).
     pub fn new(brokers: Vec<String>) -> Self {
-        Client { bootstrap: brokers, channels: Mutex::new(HashMap::new()), leaders: Mutex::new(HashMap::new()) }
+        Client { bootstrap: brokers, channels: Mutex::new(HashMap::new()), leaders: LeaderCache::default() }
     }
 
     /// The broker addresses this client bootstraps from.
@@ -374,7 +408,7 @@ impl Client {
         let key = (topic.to_string(), partition);
         let mut i = partition as usize;
         loop {
-            let cached = self.leaders.lock().expect("leader cache lock").get(&key).cloned();
+            let cached = self.leaders.get(&key);
             let addr = cached.clone().unwrap_or_else(|| {
                 i += 1;
                 self.bootstrap[i % self.bootstrap.len()].clone()
@@ -393,12 +427,12 @@ impl Client {
             match r {
                 Ok(v) => {
                     if cached.is_none() {
-                        self.leaders.lock().expect("leader cache lock").insert(key, addr);
+                        self.leaders.insert(key, addr);
                     }
                     return Ok(v);
                 }
                 Err(s) => {
-                    self.leaders.lock().expect("leader cache lock").remove(&key);
+                    self.leaders.remove(&key);
                     let hint = leader_hint(&s);
                     // A refused connection sent nothing: safe to retry elsewhere.
                     let unconnected = s.code() == Code::Unavailable && s.message().contains("connect error");
@@ -409,7 +443,7 @@ impl Client {
                     }
                     match hint.and_then(|h| h.leader_address) {
                         Some(a) if a != addr => {
-                            self.leaders.lock().expect("leader cache lock").insert(key.clone(), a);
+                            self.leaders.insert(key.clone(), a);
                         }
                         _ => tokio::time::sleep(Duration::from_millis(100)).await,
                     }
@@ -434,7 +468,7 @@ impl Client {
         let key = (topic.to_string(), partition);
         let mut i = partition as usize;
         loop {
-            let cached = self.leaders.lock().expect("leader cache lock").get(&key).cloned();
+            let cached = self.leaders.get(&key);
             let addr = cached.clone().unwrap_or_else(|| {
                 i += 1;
                 self.bootstrap[i % self.bootstrap.len()].clone()
@@ -454,7 +488,7 @@ impl Client {
             match r {
                 Ok(resp) => {
                     if cached.is_none() {
-                        self.leaders.lock().expect("leader cache lock").insert(key, addr);
+                        self.leaders.insert(key, addr);
                     }
                     let mut out = Vec::new();
                     for b in &resp.batches {
@@ -463,7 +497,7 @@ impl Client {
                     return Ok((out, resp));
                 }
                 Err(s) => {
-                    self.leaders.lock().expect("leader cache lock").remove(&key);
+                    self.leaders.remove(&key);
                     let hint = leader_hint(&s);
                     let again = hint.is_some() || retriable(&s) || s.code() == Code::NotFound;
                     if !again || Instant::now() > deadline {
@@ -471,7 +505,7 @@ impl Client {
                     }
                     match hint.and_then(|h| h.leader_address) {
                         Some(a) if a != addr => {
-                            self.leaders.lock().expect("leader cache lock").insert(key.clone(), a);
+                            self.leaders.insert(key.clone(), a);
                         }
                         _ => tokio::time::sleep(Duration::from_millis(100)).await,
                     }
