@@ -1,14 +1,15 @@
 //! `ferrolog`: the one binary. Parses the command line, sets up tracing and
 //! hands over to the library crates; no logic of its own lives here.
 //!
-//! Implemented: `server`, `dev`, `topic`, `produce`, `consume`, `group`,
-//! `cluster status`, `bench storage|produce`. `bench consume` is not there
-//! yet (absent rather than a stub).
+//! Subcommands: `server`, `dev`, `topic`, `produce`, `consume`, `group`,
+//! `cluster status`, `bench storage|produce|consume|coordinator`.
 
+mod bench_consume;
 mod bench_coordinator;
 mod bench_produce;
 mod commands;
 mod dev;
+mod progress;
 mod server;
 
 use std::time::Duration;
@@ -91,6 +92,8 @@ enum Bench {
     Storage(StorageArgs),
     /// Produce to a running cluster and report throughput and latency.
     Produce(bench_produce::ProduceArgs),
+    /// Read a topic from its start and report throughput.
+    Consume(bench_consume::ConsumeArgs),
     /// The consumer-group coordinator's cost per heartbeat and per rebalance.
     Coordinator(bench_coordinator::CoordinatorArgs),
 }
@@ -166,6 +169,7 @@ fn real_main() -> anyhow::Result<()> {
         Command::Bench(Bench::Storage(args)) => rt.block_on(bench_storage(args)),
         Command::Bench(Bench::Produce(args)) => rt.block_on(bench_produce::run(args)),
         Command::Bench(Bench::Coordinator(args)) => bench_coordinator::run(args),
+        Command::Bench(Bench::Consume(args)) => rt.block_on(bench_consume::run(args)),
     }
 }
 

@@ -56,7 +56,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Some(Event::Record(r)) => {
                 n += 1;
                 if n <= 3 {
-                    println!("{}/{} @{}: {}", r.topic, r.partition, r.record.offset, String::from_utf8_lossy(&r.record.value));
+                    println!(
+                        "{}/{} @{}: {}",
+                        r.topic,
+                        r.partition,
+                        r.record.offset,
+                        String::from_utf8_lossy(&r.record.value)
+                    );
                 }
             }
             Some(Event::Assigned(tps)) => println!("assigned {tps:?}"),
