@@ -117,6 +117,37 @@ fn fails(dev: &Dev, args: &[&str], stdin: &str) -> anyhow::Result<String> {
 }
 
 #[test]
+fn every_command_s_help_shows_an_example() -> anyhow::Result<()> {
+    for cmd in [
+        "server",
+        "dev",
+        "topic",
+        "topic create",
+        "topic describe",
+        "produce",
+        "consume",
+        "group",
+        "group describe",
+        "group reset-offsets",
+        "cluster",
+        "cluster status",
+        "bench",
+        "bench produce",
+        "bench consume",
+        "bench coordinator",
+    ] {
+        let out = Command::new(ferrolog_bin()?).args(cmd.split(' ')).arg("--help").output()?;
+        ensure!(out.status.success(), "ferrolog {cmd} --help failed");
+        let text = String::from_utf8(out.stdout)?;
+        ensure!(
+            text.contains("Example: ferrolog") || text.contains("| ferrolog"),
+            "ferrolog {cmd} --help shows no example:\n{text}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
 fn cli_against_a_dev_cluster() -> anyhow::Result<()> {
     let dev = start_dev()?;
     let created = ok(&dev, &["topic", "create", "orders", "--partitions", "3"], "")?;

@@ -32,10 +32,16 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a broker.
+    ///
+    /// Example: ferrolog server --node-id 1 --data-dir /tmp/f1 --listen 127.0.0.1:9092 --peers 1=127.0.0.1:9092,2=127.0.0.1:9093,3=127.0.0.1:9094
     Server(server::ServerArgs),
     /// Run a local cluster of brokers (child processes) until Ctrl-C.
+    ///
+    /// Example: ferrolog dev --nodes 3 --data-dir /tmp/ferrolog-dev --base-port 9092
     Dev(dev::DevArgs),
     /// Create, list, describe and delete topics.
+    ///
+    /// Example: ferrolog topic create orders --partitions 6 --replication-factor 3
     Topic {
         #[command(flatten)]
         brokers: commands::Brokers,
@@ -46,6 +52,8 @@ enum Command {
         cmd: commands::TopicCommand,
     },
     /// Produce records read from stdin, one per line.
+    ///
+    /// Example: printf 'alice:1\nbob:2\n' | ferrolog produce orders --key-separator : --print-offsets
     Produce {
         #[command(flatten)]
         brokers: commands::Brokers,
@@ -53,6 +61,8 @@ enum Command {
         args: commands::ProduceArgs,
     },
     /// Consume records to stdout, one per line.
+    ///
+    /// Example: ferrolog consume orders --group billing --from-beginning --max-messages 10 --format json
     Consume {
         #[command(flatten)]
         brokers: commands::Brokers,
@@ -60,6 +70,8 @@ enum Command {
         args: commands::ConsumeArgs,
     },
     /// Consumer groups: list, describe (with lag), reset offsets, delete.
+    ///
+    /// Example: ferrolog group describe billing
     Group {
         #[command(flatten)]
         brokers: commands::Brokers,
@@ -70,6 +82,8 @@ enum Command {
         cmd: commands::GroupCommand,
     },
     /// Cluster status.
+    ///
+    /// Example: ferrolog cluster status --output json
     Cluster {
         #[command(flatten)]
         brokers: commands::Brokers,
@@ -80,6 +94,8 @@ enum Command {
         cmd: commands::ClusterCommand,
     },
     /// Benchmarks.
+    ///
+    /// Example: ferrolog bench produce --topic bench --records 100000 --producers 4 --acks all
     #[command(subcommand)]
     Bench(Bench),
 }
@@ -91,10 +107,16 @@ enum Bench {
     /// Example: ferrolog bench storage --groups 1,16,256 --group-commit both --duration 5
     Storage(StorageArgs),
     /// Produce to a running cluster and report throughput and latency.
+    ///
+    /// Example: ferrolog bench produce --topic bench --records 200000 --record-size 1024 --producers 4 --acks all
     Produce(bench_produce::ProduceArgs),
     /// Read a topic from its start and report throughput.
+    ///
+    /// Example: ferrolog bench consume --topic bench --records 100000
     Consume(bench_consume::ConsumeArgs),
     /// The consumer-group coordinator's cost per heartbeat and per rebalance.
+    ///
+    /// Example: ferrolog bench coordinator --members 100 --partitions 1000
     Coordinator(bench_coordinator::CoordinatorArgs),
 }
 

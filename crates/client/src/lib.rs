@@ -231,6 +231,26 @@ impl LeaderCache {
     }
 }
 
+/// Retry pacing: 50 ms, doubling up to 1 s, with up to 25 % random jitter
+/// so that many clients retrying after one failover do not move in step.
+#[derive(Debug)]
+struct Backoff(Duration);
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(50);
+    const MAX: Duration = Duration::from_secs(1);
+
+    fn new() -> Self {
+        Backoff(Self::FIRST)
+    }
+
+    async fn wait(&mut self) {
+        let jitter = self.0.mul_f64(rand::random::<f64>() * 0.25);
+        tokio::time::sleep(self.0 + jitter).await;
+        self.0 = (self.0 * 2).min(Self::MAX);
+    }
+}
+
 /// Talks to a cluster through any of its brokers.
 #[derive(Debug)]
 pub struct Client {
@@ -314,6 +334,7 @@ impl Client {
         let deadline = Instant::now() + timeout;
         let mut i = 0;
         let mut next: Option<String> = None;
+        let mut backoff = Backoff::new();
         loop {
             let addr = next.take().unwrap_or_else(|| self.bootstrap[i % self.bootstrap.len()].clone());
             i += 1;
@@ -326,7 +347,7 @@ impl Client {
                 Err(s) if retriable(&s) && Instant::now() < deadline => {
                     next = leader_hint(&s).and_then(|h| h.leader_address);
                     if next.is_none() {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        backoff.wait().await;
                     }
                 }
                 Err(s) => return Err(s),
@@ -407,6 +428,7 @@ impl Client {
         let deadline = Instant::now() + timeout;
         let key = (topic.to_string(), partition);
         let mut i = partition as usize;
+        let mut backoff = Backoff::new();
         loop {
             let cached = self.leaders.get(&key);
             let addr = cached.clone().unwrap_or_else(|| {
@@ -445,7 +467,7 @@ impl Client {
                         Some(a) if a != addr => {
                             self.leaders.insert(key.clone(), a);
                         }
-                        _ => tokio::time::sleep(Duration::from_millis(100)).await,
+                        _ => backoff.wait().await,
                     }
                 }
             }
@@ -467,6 +489,7 @@ impl Client {
         let deadline = Instant::now() + timeout;
         let key = (topic.to_string(), partition);
         let mut i = partition as usize;
+        let mut backoff = Backoff::new();
         loop {
             let cached = self.leaders.get(&key);
             let addr = cached.clone().unwrap_or_else(|| {
@@ -507,7 +530,7 @@ impl Client {
                         Some(a) if a != addr => {
                             self.leaders.insert(key.clone(), a);
                         }
-                        _ => tokio::time::sleep(Duration::from_millis(100)).await,
+                        _ => backoff.wait().await,
                     }
                 }
             }
