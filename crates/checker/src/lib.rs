@@ -166,6 +166,13 @@ pub fn parse(text: &str) -> Result<Vec<Event>, serde_json::Error> {
     text.lines().filter(|l| !l.trim().is_empty()).map(serde_json::from_str).collect()
 }
 
+/// Records by partition: `partition -> [(offset, value)]`.
+type Records = BTreeMap<u32, Vec<(u64, String)>>;
+/// A completed poll: process, invoke time, group, generation, records.
+type PollOp = (String, u64, Option<String>, i32, Records);
+/// A completed commit: invoke time, completion time, process, group, generation, offsets.
+type CommitOp = (u64, u64, String, String, i32, BTreeMap<u32, u64>);
+
 struct SendOp {
     process: String,
     partition: u32,
@@ -183,12 +190,12 @@ pub fn check(history: &[Event]) -> Report {
     // Pair invocations with completions per process.
     let mut open: BTreeMap<String, (u64, Op)> = BTreeMap::new();
     let mut sends: Vec<SendOp> = Vec::new();
-    let mut polls: Vec<(String, u64, Option<String>, i32, BTreeMap<u32, Vec<(u64, String)>>)> = Vec::new();
+    let mut polls: Vec<PollOp> = Vec::new();
     let mut faults: Vec<(u64, u64)> = Vec::new();
     let mut open_faults: BTreeMap<String, u64> = BTreeMap::new();
     let mut final_read: Option<BTreeMap<u32, Vec<(u64, String)>>> = None;
     let mut assigns: Vec<(u64, String, String, i32, BTreeSet<u32>)> = Vec::new();
-    let mut commits: Vec<(u64, u64, String, String, i32, BTreeMap<u32, u64>)> = Vec::new();
+    let mut commits: Vec<CommitOp> = Vec::new();
     let mut fetches: Vec<(u64, u64, String, BTreeMap<u32, u64>)> = Vec::new();
     let end = history.iter().map(|e| e.time_ms).max().unwrap_or(0);
     for e in history {
@@ -357,7 +364,9 @@ pub fn check(history: &[Event]) -> Report {
         }
     }
     // One producer's acknowledged sends keep their order per partition.
-    let mut by_producer: BTreeMap<(String, u32), Vec<(u64, u64, &String)>> = BTreeMap::new();
+    // (process, partition) -> [(invoke time, offset, value)]
+    type Sent<'a> = BTreeMap<(String, u32), Vec<(u64, u64, &'a String)>>;
+    let mut by_producer: Sent<'_> = BTreeMap::new();
     for s in sends.iter().filter(|s| s.outcome == Kind::Ok && s.acks != "0") {
         if let Some(o) = s.offset {
             by_producer.entry((s.process.clone(), s.partition)).or_default().push((s.invoked, o, &s.value));
@@ -377,10 +386,10 @@ pub fn check(history: &[Event]) -> Report {
     // acks=0: surviving records of one producer in send order.
     let mut survivors: BTreeMap<(String, u32), Vec<(u64, u64)>> = BTreeMap::new();
     for s in sends.iter().filter(|s| s.acks == "0") {
-        if let Some(((p, o), _)) = final_at.iter().find(|(_, v)| **v == &s.value) {
-            if *p == s.partition {
-                survivors.entry((s.process.clone(), *p)).or_default().push((s.invoked, *o));
-            }
+        if let Some(((p, o), _)) = final_at.iter().find(|(_, v)| **v == &s.value)
+            && *p == s.partition
+        {
+            survivors.entry((s.process.clone(), *p)).or_default().push((s.invoked, *o));
         }
     }
     for ((proc_, p), mut v) in survivors {
