@@ -185,6 +185,27 @@ impl Cluster {
         }
     }
 
+    /// Sends `signal` (e.g. `libc::SIGSTOP`, `libc::SIGCONT`) to broker `id`.
+    #[allow(unsafe_code)]
+    pub fn signal(&self, id: u64, signal: i32) -> anyhow::Result<()> {
+        let c = self.nodes[id as usize - 1].child.as_ref().context("broker is not running")?;
+        // SAFETY: kill(2) on our own, not yet reaped, child.
+        if unsafe { libc::kill(c.id() as i32, signal) } != 0 {
+            bail!("signal {signal} to broker {id}: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// The directory holding every broker's data and log.
+    pub fn data_root(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Whether broker `id` has a running process.
+    pub fn is_running(&self, id: u64) -> bool {
+        self.nodes[id as usize - 1].child.is_some()
+    }
+
     /// Restarts broker `id` on its data dir.
     pub fn restart(&mut self, id: u64) -> anyhow::Result<()> {
         self.kill(id)?;

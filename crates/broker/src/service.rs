@@ -316,10 +316,19 @@ impl Services {
         let offset = req.offset as u64;
         let mut progress = replica.progress.clone();
         let p = *progress.borrow_and_update();
-        if offset < p.log_start || offset > p.next_offset {
+        if offset < p.log_start {
             return Err(BrokerError::OutOfRange { offset: req.offset, start: p.log_start, end: p.next_offset }.into());
         }
-        if offset == p.next_offset && req.max_wait_ms > 0 {
+        if offset > p.next_offset && self.surely_caught_up(&replica) {
+            return Err(BrokerError::OutOfRange { offset: req.offset, start: p.log_start, end: p.next_offset }.into());
+        }
+        // An offset past this replica's high watermark that it cannot rule
+        // out (a follower behind, a broker replaying its log after a
+        // restart, a new leader before its first commit) is *not yet
+        // available*: wait like a long poll and answer with what is there
+        // (possibly nothing), never with out-of-range, which would make
+        // consumers reset their position.
+        if offset >= p.next_offset && req.max_wait_ms > 0 {
             let wait = Duration::from_millis(req.max_wait_ms.into()).min(MAX_FETCH_WAIT);
             let _ = tokio::time::timeout(wait, progress.wait_for(|p| p.next_offset > offset)).await;
         }
@@ -393,6 +402,18 @@ impl Services {
 }
 
 impl Services {
+    /// Whether `replica` knows its high watermark is the partition's: it
+    /// leads, has committed an entry of its own term (openraft's blank entry
+    /// on election) and applied everything committed. Only then is a fetch
+    /// past the high watermark really out of range.
+    fn surely_caught_up(&self, replica: &Replica) -> bool {
+        let m = replica.raft.metrics().borrow_watched().clone();
+        let leads = m.current_leader == Some(self.groups.node_id()) && m.state == openraft::ServerState::Leader;
+        let committed = m.cluster_committed.as_ref();
+        let own_term_committed = committed.is_some_and(|c| c.committed_leader_id().term == m.current_term);
+        leads && own_term_committed && m.last_applied.as_ref().map(|l| l.index) >= committed.map(|c| c.index)
+    }
+
     /// Fences a zombie before it appends anything: a named producer whose
     /// epoch is older than the one the metadata group last handed out. (The
     /// partition state machine fences too, once the newer epoch wrote there;

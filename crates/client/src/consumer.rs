@@ -610,16 +610,20 @@ impl Member {
                         }
                     }
                     Err(crate::ClientError::Status(s)) if s.code() == tonic::Code::OutOfRange => {
-                        // Retention deleted the position (or it is past the
-                        // end): continue per the reset policy.
-                        let to = range_of(&client, &topic, partition).await.map(|(start, end)| match reset {
-                            OffsetReset::Earliest => start,
-                            OffsetReset::Latest => end,
-                        });
-                        tracing::warn!(topic, partition, offset, ?to, "offset out of range; resetting");
-                        match to {
-                            Some(o) => offset = o,
-                            None => tokio::time::sleep(Duration::from_millis(200)).await,
+                        // Only a position that retention deleted is reset
+                        // (per the policy). A position past the end we were
+                        // told is a replica behind what we already read:
+                        // wait and ask again, never re-read from a reset.
+                        match range_of(&client, &topic, partition).await {
+                            Some((start, end)) if offset < start => {
+                                let to = match reset {
+                                    OffsetReset::Earliest => start,
+                                    OffsetReset::Latest => end,
+                                };
+                                tracing::warn!(topic, partition, offset, to, "offset deleted by retention; resetting");
+                                offset = to;
+                            }
+                            _ => tokio::time::sleep(Duration::from_millis(200)).await,
                         }
                     }
                     Err(e) => {
