@@ -118,7 +118,7 @@ async fn retention_ms_deletes_expired_batches() -> anyhow::Result<()> {
     let mut cluster = Cluster::start(3)?;
     cluster.wait_serving(START).await?;
     let client = TestClient::new(cluster.addrs());
-    // The test client stamps records in 2023: with a one-hour retention
+    // `make_batch` stamps records in 2023: with a one-hour retention
     // they are all expired on arrival.
     create(
         &client,
@@ -128,7 +128,10 @@ async fn retention_ms_deletes_expired_batches() -> anyhow::Result<()> {
     .await?;
     let leader = client.wait_leaders("old", START).await?[0];
     for i in 0..5 {
-        client.produce("old", 0, v1::Acks::All, &[format!("old-{i}").into_bytes()], OP).await?;
+        // A plain batch with the 2023 timestamp (the idempotent test producer
+        // stamps records with the current time).
+        let batch = ferrolog_tests::client::make_batch(&[format!("old-{i}").into_bytes()]);
+        client.client().produce("old", 0, v1::Acks::All, batch, OP).await?;
     }
     let addr = cluster.node(leader).addr.clone();
     let deadline = Instant::now() + OP;

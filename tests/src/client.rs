@@ -3,7 +3,11 @@
 
 use std::time::Duration;
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use ferrolog_client::Client;
+use ferrolog_client::IdempotentProducer;
 use ferrolog_proto::v1;
 use tonic::Status;
 
@@ -16,13 +20,17 @@ pub fn make_batch(values: &[Vec<u8>]) -> v1::RecordBatch {
 /// A client for tests.
 #[derive(Debug)]
 pub struct TestClient {
-    inner: Client,
+    inner: Arc<Client>,
+    /// One idempotent producer per (acks level, delivery timeout), created
+    /// on first use. The timeout is the producer's own (a send is not
+    /// cancel-safe: cutting it short from outside would leave a sequence gap).
+    producers: tokio::sync::Mutex<HashMap<(i32, Duration), Arc<IdempotentProducer>>>,
 }
 
 impl TestClient {
     /// Bootstraps from `addrs`.
     pub fn new(addrs: Vec<String>) -> Self {
-        TestClient { inner: Client::new(addrs) }
+        TestClient { inner: Arc::new(Client::new(addrs)), producers: Default::default() }
     }
 
     /// The underlying client.
@@ -50,7 +58,10 @@ impl TestClient {
         Ok(d.partitions.iter().map(|p| p.leader_id).collect())
     }
 
-    /// Produces `values` as one batch (see [`Client::produce`]).
+    /// Produces `values` as one batch. With acks=all or acks=1 through an
+    /// idempotent producer, so that a transient transport error (the outcome
+    /// unknown) is retried without risking a duplicate; with acks=0 as a
+    /// plain batch (see [`Client::produce`]).
     pub async fn produce(
         &self,
         topic: &str,
@@ -59,7 +70,22 @@ impl TestClient {
         values: &[Vec<u8>],
         timeout: Duration,
     ) -> Result<v1::ProduceResponse, Status> {
-        self.inner.produce(topic, partition, acks, make_batch(values), timeout).await
+        if acks == v1::Acks::None {
+            return self.inner.produce(topic, partition, acks, make_batch(values), timeout).await;
+        }
+        let producer = {
+            let mut map = self.producers.lock().await;
+            match map.get(&(acks as i32, timeout)) {
+                Some(p) => p.clone(),
+                None => {
+                    let p = Arc::new(IdempotentProducer::new(self.inner.clone(), None, acks, timeout).await?);
+                    map.insert((acks as i32, timeout), p.clone());
+                    p
+                }
+            }
+        };
+        let records: Vec<(Option<Vec<u8>>, Vec<u8>)> = values.iter().map(|v| (None, v.clone())).collect();
+        producer.send(topic, partition, &records).await
     }
 
     /// `(offset, value)` of every record from `from` to the high watermark
