@@ -181,11 +181,12 @@ fn send_heartbeats(groups: &Arc<Groups>) {
             .map(|(id, n)| (*id, n.addr.clone()))
             .collect()
     };
+    let applied = meta.state.borrow().last_applied.map(|l| l.index).unwrap_or(0);
     for (peer, addr) in peers {
         let transport = groups.transport().clone();
         // Each task ends within HEARTBEAT_RPC_TIMEOUT (two rounds), so at
         // most two heartbeats per peer are ever in flight.
-        tokio::spawn(async move { transport.send_heartbeat(peer, &addr, HEARTBEAT_RPC_TIMEOUT).await });
+        tokio::spawn(async move { transport.send_heartbeat(peer, &addr, HEARTBEAT_RPC_TIMEOUT, applied).await });
     }
 }
 

@@ -43,6 +43,8 @@ pub const MAX_FETCH_WAIT: Duration = Duration::from_secs(30);
 pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a broker waits for another to describe its partitions.
 pub const REMOTE_DESCRIBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Longest an InitProducer waits for live brokers to learn the new epoch.
+pub const FENCE_PROPAGATION_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default fetch size limit when the request names none.
 pub const DEFAULT_FETCH_MAX_BYTES: usize = 4 << 20;
 
@@ -414,6 +416,38 @@ impl Services {
         leads && own_term_committed && m.last_applied.as_ref().map(|l| l.index) >= committed.map(|c| c.index)
     }
 
+    /// Waits (up to [`FENCE_PROPAGATION_TIMEOUT`]) until every live broker
+    /// has applied metadata up to `index`, as their broker heartbeats report.
+    /// A new producer epoch is then known to every partition leader before
+    /// the new instance hears of it, so the old instance is fenced
+    /// everywhere from then on, not only where the new one already wrote.
+    async fn wait_metadata_everywhere(&self, index: u64, meta: &crate::groups::Meta) {
+        let me = self.groups.node_id();
+        let deadline = tokio::time::Instant::now() + FENCE_PROPAGATION_TIMEOUT;
+        loop {
+            let peers: Vec<NodeId> =
+                meta.state.borrow().membership.membership().nodes().map(|(id, _)| *id).filter(|id| *id != me).collect();
+            let t = self.groups.transport();
+            let lagging: Vec<NodeId> = peers
+                .into_iter()
+                .filter(|p| t.is_live(*p, crate::quiesce::PEER_LIVENESS_TIMEOUT) && t.peer_meta_applied(*p) < index)
+                .collect();
+            if lagging.is_empty() {
+                return;
+            }
+            if tokio::time::Instant::now() > deadline {
+                tracing::warn!(
+                    node = me,
+                    index,
+                    ?lagging,
+                    "brokers have not applied the producer epoch yet; answering anyway"
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Fences a zombie before it appends anything: a named producer whose
     /// epoch is older than the one the metadata group last handed out. (The
     /// partition state machine fences too, once the newer epoch wrote there;
@@ -564,6 +598,7 @@ impl v1::producers_server::Producers for Services {
             .map_err(|e| self.write_error(e, "init producer"))?;
         match resp.data {
             Response::Metadata(MetaOutcome::ProducerInitialized { id, epoch }) => {
+                self.wait_metadata_everywhere(resp.log_id.index, meta).await;
                 Ok(TResp::new(v1::InitProducerResponse { producer_id: id, producer_epoch: epoch }))
             }
             Response::Metadata(MetaOutcome::Rejected(e)) => Err(BrokerError::from(e).into()),

@@ -75,12 +75,19 @@ pub struct Transport {
     /// Raft message). Only the direction peer -> us counts: it is the
     /// direction a leader's heartbeats travel.
     heard: Mutex<HashMap<NodeId, Instant>>,
+    /// Each peer's last applied metadata index, from its broker heartbeats.
+    meta_applied: Mutex<HashMap<NodeId, u64>>,
 }
 
 impl Transport {
     /// A transport for broker `node_id`.
     pub fn new(node_id: NodeId) -> Arc<Self> {
-        Arc::new(Transport { node_id, channels: Mutex::new(HashMap::new()), heard: Mutex::new(HashMap::new()) })
+        Arc::new(Transport {
+            node_id,
+            channels: Mutex::new(HashMap::new()),
+            heard: Mutex::new(HashMap::new()),
+            meta_applied: Mutex::new(HashMap::new()),
+        })
     }
 
     /// Records that `peer` just sent us a message.
@@ -97,12 +104,25 @@ impl Transport {
             || self.heard.lock().expect("liveness lock").get(&peer).is_some_and(|t| t.elapsed() <= within)
     }
 
+    /// The last applied metadata index `peer` reported.
+    pub fn peer_meta_applied(&self, peer: NodeId) -> u64 {
+        self.meta_applied.lock().expect("meta applied lock").get(&peer).copied().unwrap_or(0)
+    }
+
+    /// Records a peer's applied metadata index.
+    pub fn set_peer_meta_applied(&self, peer: NodeId, index: u64) {
+        let mut m = self.meta_applied.lock().expect("meta applied lock");
+        let e = m.entry(peer).or_insert(0);
+        *e = (*e).max(index);
+    }
+
     /// Sends one broker heartbeat to `peer` at `addr` (best effort: a failure
     /// only means the peer will not count us as live).
-    pub async fn send_heartbeat(&self, peer: NodeId, addr: &str, timeout: Duration) {
+    pub async fn send_heartbeat(&self, peer: NodeId, addr: &str, timeout: Duration, metadata_applied: u64) {
         let Ok(channel) = self.channel(addr) else { return };
         let mut client = RaftClient::new(channel);
-        let req = ferrolog_proto::internal::BrokerHeartbeat { from_node: self.node_id, to_node: peer };
+        let req =
+            ferrolog_proto::internal::BrokerHeartbeat { from_node: self.node_id, to_node: peer, metadata_applied };
         if let Ok(Err(e)) = tokio::time::timeout(timeout, client.heartbeat(req)).await {
             tracing::trace!(peer, error = %e, "broker heartbeat failed");
         }
@@ -407,6 +427,7 @@ impl ferrolog_proto::internal::raft_server::Raft for RaftService {
             )));
         }
         self.groups.transport().heard_from(req.from_node);
+        self.groups.transport().set_peer_meta_applied(req.from_node, req.metadata_applied);
         Ok(tonic::Response::new(ferrolog_proto::internal::BrokerHeartbeatReply {}))
     }
 
