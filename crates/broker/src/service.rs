@@ -243,17 +243,17 @@ impl Services {
             if req.timeout_ms == 0 { DEFAULT_PRODUCE_TIMEOUT } else { Duration::from_millis(req.timeout_ms.into()) };
         let hw = || replica.progress.borrow().next_offset as i64;
         replica.wake();
-        match acks {
+        let (base, last, duplicate) = match acks {
             v1::Acks::None => {
                 // Fire and forget: errors after this point are not reported.
                 let _ = replica.raft.client_write_ff(Request::append(batch), None).await;
-                Ok(TResp::new(v1::ProduceResponse {
+                return Ok(TResp::new(v1::ProduceResponse {
                     base_offset: -1,
                     last_offset: -1,
                     high_watermark: hw(),
                     duplicate: false,
                     append_time_ms: -1,
-                }))
+                }));
             }
             v1::Acks::All => {
                 let fut = replica.raft.client_write(Request::append(batch));
@@ -261,15 +261,7 @@ impl Services {
                     .await
                     .map_err(|_| BrokerError::Timeout(format!("not committed within {timeout:?}")))?
                     .map_err(|e| self.write_error(e, "produce"))?;
-                let (base_offset, last_offset, duplicate) = produced(resp.data)?;
-                failpoints::drop_produce_response(duplicate)?;
-                Ok(TResp::new(v1::ProduceResponse {
-                    base_offset: base_offset as i64,
-                    last_offset: last_offset as i64,
-                    high_watermark: hw(),
-                    duplicate,
-                    append_time_ms: now_ms(),
-                }))
+                produced(resp.data)?
             }
             v1::Acks::Leader => {
                 let (token, acked) = replica.acks.register();
@@ -294,18 +286,18 @@ impl Services {
                 })
                 .await;
                 replica.acks.cancel(token);
-                let (base, last, duplicate) =
-                    result.map_err(|_| BrokerError::Timeout(format!("not appended within {timeout:?}")))??;
-                failpoints::drop_produce_response(duplicate)?;
-                Ok(TResp::new(v1::ProduceResponse {
-                    base_offset: base as i64,
-                    last_offset: last as i64,
-                    high_watermark: hw(),
-                    duplicate,
-                    append_time_ms: now_ms(),
-                }))
+                result.map_err(|_| BrokerError::Timeout(format!("not appended within {timeout:?}")))??
             }
-        }
+        };
+        // The answer of both waiting acks levels, once the level is met.
+        failpoints::drop_produce_response(duplicate)?;
+        Ok(TResp::new(v1::ProduceResponse {
+            base_offset: base as i64,
+            last_offset: last as i64,
+            high_watermark: hw(),
+            duplicate,
+            append_time_ms: now_ms(),
+        }))
     }
 
     async fn fetch_inner(&self, req: v1::FetchRequest) -> Result<TResp<v1::FetchResponse>, Status> {
