@@ -243,3 +243,37 @@ fn cli_against_a_dev_cluster() -> anyhow::Result<()> {
     ensure!(e.contains("unknown topic"), "{e}");
     Ok(())
 }
+
+/// A broker in a StatefulSet pod derives its node id, advertised address
+/// and peers from the pod name, exactly as `deploy/k8s` configures it
+/// (FERROLOG_POD_NAME from the downward API, the initial broker count and
+/// the headless Service's domain); a pod added by scaling out joins.
+#[test]
+fn statefulset_pod_derives_node_id_and_peers() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let domain = "ferrolog-brokers.streaming.svc.cluster.local";
+    let resolve = |pod: &str| -> anyhow::Result<serde_json::Value> {
+        let out = Command::new(ferrolog_bin()?)
+            .args(["server", "--print-config", "--listen", "0.0.0.0:9092"])
+            .arg("--data-dir")
+            .arg(dir.path().join(pod))
+            .env("FERROLOG_POD_NAME", pod)
+            .env("FERROLOG_STATEFULSET_INITIAL_BROKERS", "3")
+            .env("FERROLOG_PEER_DOMAIN", domain)
+            .output()?;
+        ensure!(out.status.success(), "print-config failed: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(serde_json::from_slice(&out.stdout)?)
+    };
+    let c = resolve("ferrolog-1")?;
+    ensure!(c["node_id"] == 2, "{c}");
+    ensure!(c["advertise"] == format!("ferrolog-1.{domain}:9092"), "{c}");
+    ensure!(c["peers"]["1"] == format!("ferrolog-0.{domain}:9092"), "{c}");
+    ensure!(c["peers"]["3"] == format!("ferrolog-2.{domain}:9092"), "{c}");
+    ensure!(c["peers"].as_object().map(|p| p.len()) == Some(3), "{c}");
+    ensure!(c["join"].as_array().is_some_and(|j| j.is_empty()), "{c}");
+    let c = resolve("ferrolog-4")?;
+    ensure!(c["node_id"] == 5, "{c}");
+    ensure!(c["peers"].as_object().is_some_and(|p| p.is_empty()), "{c}");
+    ensure!(c["join"][0] == format!("ferrolog-0.{domain}:9092"), "{c}");
+    Ok(())
+}

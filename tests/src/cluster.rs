@@ -37,7 +37,12 @@ pub fn free_port() -> anyhow::Result<u16> {
 /// `n` distinct free loopback ports: all are held open until every one is
 /// chosen, so the OS cannot hand the same port out twice.
 pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
-    let listeners = (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<Result<Vec<_>, _>>()?;
+    free_ports_on("127.0.0.1", n)
+}
+
+/// `n` distinct free ports on `ip`.
+pub fn free_ports_on(ip: &str, n: usize) -> anyhow::Result<Vec<u16>> {
+    let listeners = (0..n).map(|_| std::net::TcpListener::bind((ip, 0))).collect::<Result<Vec<_>, _>>()?;
     listeners.iter().map(|l| Ok(l.local_addr()?.port())).collect()
 }
 
@@ -76,15 +81,38 @@ impl Cluster {
 
     /// Starts `n` brokers with extra environment variables (restarts keep them).
     pub fn start_with_env(n: usize, env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        Self::start_opts(n, env, false)
+    }
+
+    /// Starts `n` brokers, each on its own loopback address `127.a.b.i`
+    /// (`a.b` from this process's id, so concurrent runs do not share
+    /// addresses). Brokers bind their outgoing peer connections to their
+    /// address, so a network fault can cut one (source, destination) pair
+    /// with iptables ([`crate::netfault`]).
+    pub fn start_on_own_ips(n: usize, env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        Self::start_opts(n, env, true)
+    }
+
+    fn start_opts(n: usize, env: &[(&str, &str)], own_ips: bool) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
-        let ports = free_ports(2 * n)?;
+        let pid = std::process::id();
+        let ips: Vec<String> = (0..n)
+            .map(|i| {
+                if own_ips {
+                    format!("127.{}.{}.{}", 100 + pid % 100, (pid / 100) % 256, i + 1)
+                } else {
+                    "127.0.0.1".into()
+                }
+            })
+            .collect();
         let mut nodes = Vec::new();
-        for i in 0..n {
+        for (i, ip) in ips.iter().enumerate() {
+            let ports = free_ports_on(ip, 2)?;
             let id = i as u64 + 1;
             nodes.push(Node {
                 id,
-                addr: format!("127.0.0.1:{}", ports[2 * i]),
-                metrics_addr: format!("127.0.0.1:{}", ports[2 * i + 1]),
+                addr: format!("{ip}:{}", ports[0]),
+                metrics_addr: format!("{ip}:{}", ports[1]),
                 data_dir: dir.path().join(format!("node-{id}")),
                 log: dir.path().join(format!("node-{id}.log")),
                 child: None,
@@ -95,12 +123,12 @@ impl Cluster {
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let mut c = Cluster { nodes, peers, dir, env };
         for i in 0..n {
-            c.spawn(i)?;
+            c.spawn(i, &[])?;
         }
         Ok(c)
     }
 
-    fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
+    fn spawn(&mut self, i: usize, extra_env: &[(&str, &str)]) -> anyhow::Result<()> {
         let bin = ferrolog_bin()?;
         let seed = self.nodes[0].addr.clone();
         let node = &mut self.nodes[i];
@@ -116,6 +144,7 @@ impl Cluster {
             .arg(&node.data_dir)
             .env("RUST_LOG", std::env::var("FERROLOG_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(extra_env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -138,7 +167,7 @@ impl Cluster {
             child: None,
             joined: true,
         });
-        self.spawn(id as usize - 1)?;
+        self.spawn(id as usize - 1, &[])?;
         Ok(id)
     }
 
@@ -208,8 +237,37 @@ impl Cluster {
 
     /// Restarts broker `id` on its data dir.
     pub fn restart(&mut self, id: u64) -> anyhow::Result<()> {
+        self.restart_with_env(id, &[])
+    }
+
+    /// Restarts broker `id` with extra environment variables for this run
+    /// only (e.g. a failpoint).
+    pub fn restart_with_env(&mut self, id: u64, env: &[(&str, &str)]) -> anyhow::Result<()> {
         self.kill(id)?;
-        self.spawn(id as usize - 1)
+        self.spawn(id as usize - 1, env)
+    }
+
+    /// Waits up to `timeout` for broker `id` to exit on its own; returns its
+    /// status (and forgets the process) if it did.
+    pub async fn wait_exit(&mut self, id: u64, timeout: Duration) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let node = &mut self.nodes[id as usize - 1];
+            let Some(c) = node.child.as_mut() else { return Ok(None) };
+            if let Some(status) = c.try_wait()? {
+                node.child = None;
+                return Ok(Some(status));
+            }
+            if Instant::now() > deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The IP address broker `id` listens on.
+    pub fn ip(&self, id: u64) -> &str {
+        self.node(id).addr.rsplit_once(':').map_or("", |(ip, _)| ip)
     }
 
     /// Waits until every running broker reports SERVING on grpc.health.v1.

@@ -2,8 +2,10 @@
 //! and replayable, deterministic payloads, real broker clusters, a minimal
 //! client, and waiting for conditions.
 
+pub mod chaos;
 pub mod client;
 pub mod cluster;
+pub mod netfault;
 use std::time::Duration;
 use std::time::Instant;
 

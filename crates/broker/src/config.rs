@@ -60,6 +60,45 @@ pub fn node_id_from_hostname(hostname: &str) -> Option<NodeId> {
     ordinal.parse::<NodeId>().ok().map(|n| n + 1)
 }
 
+/// Where a StatefulSet pod finds itself and its peers, derived from its
+/// pod name (`ferrolog-2`), the number of initial brokers, and the DNS
+/// domain of the headless Service (`ferrolog-brokers.ns.svc.cluster.local`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatefulSetLayout {
+    /// Ordinal + 1.
+    pub node_id: NodeId,
+    /// `pod.domain:port`: the stable DNS name peers and clients use.
+    pub advertise: String,
+    /// The initial metadata voters, pods `0..initial`: set when this pod is
+    /// one of them.
+    pub peers: BTreeMap<NodeId, String>,
+    /// Pods with an ordinal of `initial` or more were added by scaling out:
+    /// they join through the initial ones.
+    pub join: Vec<String>,
+}
+
+/// The layout of pod `pod_name` in a StatefulSet whose first `initial` pods
+/// bootstrapped the cluster. `initial` must stay what it was when the
+/// cluster was created (scaling out changes the replica count, not this).
+pub fn statefulset_layout(pod_name: &str, initial: u64, domain: &str, port: u16) -> anyhow::Result<StatefulSetLayout> {
+    let (base, ordinal) =
+        pod_name.rsplit_once('-').with_context(|| format!("pod name {pod_name:?} does not end in -ORDINAL"))?;
+    let ordinal: u64 = ordinal.parse().with_context(|| format!("pod name {pod_name:?} does not end in -ORDINAL"))?;
+    if initial == 0 {
+        bail!("the number of initial brokers must be at least 1");
+    }
+    let domain = domain.trim_matches('.');
+    let addr =
+        |i: u64| if domain.is_empty() { format!("{base}-{i}:{port}") } else { format!("{base}-{i}.{domain}:{port}") };
+    let initial_peers: BTreeMap<NodeId, String> = (0..initial).map(|i| (i + 1, addr(i))).collect();
+    let (peers, join) = if ordinal < initial {
+        (initial_peers, Vec::new())
+    } else {
+        (BTreeMap::new(), initial_peers.into_values().collect())
+    };
+    Ok(StatefulSetLayout { node_id: ordinal + 1, advertise: addr(ordinal), peers, join })
+}
+
 const NODE_ID_FILE: &str = "node_id";
 
 /// Reconciles the configured id with the one stored in `data_dir`: the
@@ -116,6 +155,38 @@ mod tests {
         assert_eq!(node_id_from_hostname("ferrolog-broker-2"), Some(3));
         assert_eq!(node_id_from_hostname("ferrolog"), None);
         assert_eq!(node_id_from_hostname("ferrolog-x"), None);
+    }
+
+    #[test]
+    fn statefulset_pods_find_their_id_and_peers() -> anyhow::Result<()> {
+        let domain = "ferrolog-brokers.streaming.svc.cluster.local";
+        let l = statefulset_layout("ferrolog-2", 3, domain, 9092)?;
+        assert_eq!(l.node_id, 3);
+        assert_eq!(l.advertise, "ferrolog-2.ferrolog-brokers.streaming.svc.cluster.local:9092");
+        assert_eq!(
+            l.peers,
+            BTreeMap::from([
+                (1, "ferrolog-0.ferrolog-brokers.streaming.svc.cluster.local:9092".to_string()),
+                (2, "ferrolog-1.ferrolog-brokers.streaming.svc.cluster.local:9092".to_string()),
+                (3, "ferrolog-2.ferrolog-brokers.streaming.svc.cluster.local:9092".to_string()),
+            ])
+        );
+        assert!(l.join.is_empty());
+        // A pod added by scaling out joins through the initial ones.
+        let l = statefulset_layout("ferrolog-3", 3, domain, 9092)?;
+        assert_eq!(l.node_id, 4);
+        assert!(l.peers.is_empty());
+        assert_eq!(l.join.len(), 3);
+        assert_eq!(l.join[0], "ferrolog-0.ferrolog-brokers.streaming.svc.cluster.local:9092");
+        // Names with dashes keep their base; a trailing dot is ignored.
+        let l = statefulset_layout("my-log-broker-0", 5, "hl.", 7000)?;
+        assert_eq!(l.advertise, "my-log-broker-0.hl:7000");
+        assert_eq!(l.peers.len(), 5);
+        assert_eq!(l.peers[&5], "my-log-broker-4.hl:7000");
+        assert!(statefulset_layout("ferrolog", 3, domain, 9092).is_err());
+        assert!(statefulset_layout("ferrolog-x", 3, domain, 9092).is_err());
+        assert!(statefulset_layout("ferrolog-0", 0, domain, 9092).is_err());
+        Ok(())
     }
 
     #[test]

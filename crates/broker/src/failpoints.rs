@@ -10,6 +10,10 @@
 //!   offsets, as if the response was lost on the network. The append stands:
 //!   a client that retries must not duplicate it. Answers to retries found
 //!   to be duplicates are not dropped.
+//! - `storage.fail_syncs_after=N`: every WAL fsync after the first N fails
+//!   (an injected EIO, nothing synced). The store refuses every later write
+//!   and the broker halts (fail-stop): what was not synced is never
+//!   acknowledged.
 
 use std::sync::OnceLock;
 use std::sync::atomic::AtomicU64;
@@ -28,11 +32,24 @@ fn drops_left() -> &'static AtomicU64 {
 }
 
 fn parse(spec: &str) -> u64 {
+    value(spec, "produce.drop_response").unwrap_or(0)
+}
+
+/// The number given to failpoint `key` in `spec` (`k=v,k=v`).
+fn value(spec: &str, key: &str) -> Option<u64> {
     spec.split(',')
         .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| k.trim() == "produce.drop_response")
+        .find(|(k, _)| k.trim() == key)
         .and_then(|(_, v)| v.trim().parse().ok())
-        .unwrap_or(0)
+}
+
+/// `storage.fail_syncs_after`: how many WAL syncs succeed before every
+/// later one fails. `None` (always, in release builds) means never.
+pub fn fail_syncs_after() -> Option<u64> {
+    if !cfg!(debug_assertions) {
+        return None;
+    }
+    value(&std::env::var(ENV).unwrap_or_default(), "storage.fail_syncs_after")
 }
 
 /// `produce.drop_response`: fails the response of a produce that appended
@@ -57,5 +74,10 @@ mod tests {
         assert_eq!(super::parse("x=1, produce.drop_response = 2"), 2);
         assert_eq!(super::parse(""), 0);
         assert_eq!(super::parse("produce.drop_response=x"), 0);
+        assert_eq!(
+            super::value("produce.drop_response=1,storage.fail_syncs_after=40", "storage.fail_syncs_after"),
+            Some(40)
+        );
+        assert_eq!(super::value("produce.drop_response=1", "storage.fail_syncs_after"), None);
     }
 }

@@ -32,15 +32,65 @@ const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest a stopping broker waits for its leaderships to move.
 const HANDOFF_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The `grpc.health.v1` service name of readiness (Kubernetes'
+/// readinessProbe asks for it): SERVING once the broker has joined (its
+/// metadata caught up, as for the default service "") and every local
+/// partition replica knows its leader and has applied everything that
+/// leader reported committed. A rolling restart waits for it before taking
+/// the next broker down.
+pub const READY_SERVICE: &str = "ferrolog.ready";
+
+/// The `grpc.health.v1` service name of liveness: SERVING while the
+/// process serves requests (Kubernetes' livenessProbe). Unlike readiness it
+/// does not depend on the cluster: a broker cut off from its peers is not
+/// restarted for that.
+pub const LIVE_SERVICE: &str = "ferrolog.live";
+
+/// Whether every local partition replica has a leader and applied what it
+/// last heard was committed.
+fn replicas_caught_up(groups: &Groups) -> bool {
+    use openraft::async_runtime::watch::WatchReceiver;
+    groups.replicas().iter().all(|r| {
+        let m = r.raft.metrics().borrow_watched().clone();
+        m.current_leader.is_some() && m.last_applied.map(|l| l.index) >= m.cluster_committed.map(|l| l.index)
+    })
+}
+
+/// Exit status of a broker halted by a failed WAL sync.
+pub const FAIL_STOP_EXIT_CODE: i32 = 70;
+/// How often the fail-stop watchdog looks at the store.
+const FAIL_STOP_CHECK: Duration = Duration::from_millis(20);
+
+/// Fail-stop: after a WAL fsync failed, nothing can be known about what
+/// reached the disk (the kernel may have dropped the dirty pages), so the
+/// broker halts at once, like Kafka on its last log directory failing. The
+/// store already refuses every write and no completion of the failed sync
+/// acknowledged anything; halting also stops this broker from voting or
+/// serving reads from a state it cannot trust. On restart RocksDB replays
+/// its WAL, and Raft repairs anything missing from the other replicas.
+async fn halt_when_storage_fails(node_id: u64, storage: Arc<Storage>) {
+    loop {
+        tokio::time::sleep(FAIL_STOP_CHECK).await;
+        if storage.has_failed() {
+            tracing::error!(node = node_id, "a WAL fsync failed: halting the broker (fail-stop)");
+            // Not a graceful shutdown: no leadership hand-off, no flush.
+            std::process::exit(FAIL_STOP_EXIT_CODE);
+        }
+    }
+}
+
 /// Runs a broker until `shutdown` is cancelled, then stops its groups and
 /// flushes its store.
 pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let node_id = config.node_id;
     tracing::info!(node = node_id, data_dir = %config.data_dir.display(), "opening the store");
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("create {}", config.data_dir.display()))?;
-    let storage = Arc::new(Storage::open(&StorageConfig::new(config.data_dir.join("db"))).context("open the store")?);
+    let mut storage_config = StorageConfig::new(config.data_dir.join("db"));
+    storage_config.fail_syncs_after = crate::failpoints::fail_syncs_after();
+    let storage = Arc::new(Storage::open(&storage_config).context("open the store")?);
+    tokio::spawn(halt_when_storage_fails(node_id, storage.clone()));
     tracing::info!(node = node_id, "store open; starting the metadata group");
-    let transport = Transport::new(node_id);
+    let transport = Transport::new(node_id, config.listen);
     let groups = Groups::new(node_id, storage.clone(), transport.clone());
 
     // The metadata group.
@@ -71,6 +121,9 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> anyhow::R
     // so started its partitions). Once serving, it stays so until shutdown.
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+    health_reporter.set_service_status(READY_SERVICE, tonic_health::ServingStatus::NotServing).await;
+    // Liveness: answers SERVING as long as the server answers at all.
+    health_reporter.set_service_status(LIVE_SERVICE, tonic_health::ServingStatus::Serving).await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(ferrolog_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -89,6 +142,7 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> anyhow::R
         let raft = raft.clone();
         tokio::spawn(async move {
             let mut serving = false;
+            let mut ready = false;
             loop {
                 let snapshot = state.borrow_and_update().clone();
                 if let Err(e) = groups.reconcile(&snapshot).await {
@@ -106,6 +160,17 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> anyhow::R
                     health.set_service_status("", tonic_health::ServingStatus::Serving).await;
                     serving = true;
                     tracing::info!(node = node_id, "broker is serving");
+                }
+                let now_ready = caught_up && replicas_caught_up(&groups);
+                if now_ready != ready {
+                    let status = if now_ready {
+                        tonic_health::ServingStatus::Serving
+                    } else {
+                        tonic_health::ServingStatus::NotServing
+                    };
+                    health.set_service_status(READY_SERVICE, status).await;
+                    ready = now_ready;
+                    tracing::info!(node = node_id, ready, "readiness changed");
                 }
                 tokio::select! {
                     _ = shutdown.cancelled() => break,

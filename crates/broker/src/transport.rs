@@ -45,6 +45,8 @@ use openraft::raft::VoteRequest;
 use openraft::raft::VoteResponse;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::net::IpAddr;
+use std::net::SocketAddr;
 use tonic::transport::Channel;
 use tonic::transport::Endpoint;
 
@@ -70,6 +72,12 @@ fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, postcard::Error> {
 #[derive(Debug)]
 pub struct Transport {
     node_id: NodeId,
+    /// The address outgoing peer connections are bound to: the listen IP
+    /// when the broker listens on one specific address. Brokers on
+    /// 127.0.0.x then reach each other from their own address, so a network
+    /// fault between two of them can be injected per (source, destination)
+    /// pair (the chaos tests do, with iptables).
+    local_ip: Option<IpAddr>,
     channels: Mutex<HashMap<String, Channel>>,
     /// When each peer broker last sent us anything (a broker heartbeat or any
     /// Raft message). Only the direction peer -> us counts: it is the
@@ -81,9 +89,11 @@ pub struct Transport {
 
 impl Transport {
     /// A transport for broker `node_id`.
-    pub fn new(node_id: NodeId) -> Arc<Self> {
+    pub fn new(node_id: NodeId, listen: SocketAddr) -> Arc<Self> {
+        let local_ip = Some(listen.ip()).filter(|ip| !ip.is_unspecified());
         Arc::new(Transport {
             node_id,
+            local_ip,
             channels: Mutex::new(HashMap::new()),
             heard: Mutex::new(HashMap::new()),
             meta_applied: Mutex::new(HashMap::new()),
@@ -136,6 +146,7 @@ impl Transport {
         }
         let c = Endpoint::from_shared(format!("http://{addr}"))?
             .connect_timeout(CONNECT_TIMEOUT)
+            .local_address(self.local_ip)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_while_idle(true)

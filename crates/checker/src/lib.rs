@@ -98,6 +98,10 @@ pub enum Op {
         /// Partitions it owns from now on.
         partitions: BTreeSet<u32>,
     },
+    /// The client process crashed (torn down without leaving its group):
+    /// it owns no partition from then on, and its open operations stay
+    /// unknown.
+    Crash,
     /// Offsets committed.
     Commit {
         /// Group.
@@ -196,6 +200,7 @@ pub fn check(history: &[Event]) -> Report {
     let mut final_read: Option<BTreeMap<u32, Vec<(u64, String)>>> = None;
     let mut assigns: Vec<(u64, String, String, i32, BTreeSet<u32>)> = Vec::new();
     let mut commits: Vec<CommitOp> = Vec::new();
+    let mut crashes: Vec<(u64, String)> = Vec::new();
     let mut fetches: Vec<(u64, u64, String, BTreeMap<u32, u64>)> = Vec::new();
     let end = history.iter().map(|e| e.time_ms).max().unwrap_or(0);
     for e in history {
@@ -212,6 +217,7 @@ pub fn check(history: &[Event]) -> Report {
             (Op::Assign { group, generation, partitions }, Kind::Ok) => {
                 assigns.push((e.time_ms, group.clone(), e.process.clone(), *generation, partitions.clone()))
             }
+            (Op::Crash, _) => crashes.push((e.time_ms, e.process.clone())),
             (op, Kind::Invoke) => {
                 open.insert(e.process.clone(), (e.time_ms, op.clone()));
             }
@@ -451,6 +457,14 @@ pub fn check(history: &[Event]) -> Report {
     // Two owners at once: replay assignments in time order.
     let mut owner: BTreeMap<(String, u32), String> = BTreeMap::new();
     let mut sorted = assigns.clone();
+    // A crash ends every ownership of the process (an empty assignment in
+    // each group it was in; generation -1 never counts as its newest).
+    for (t, proc_) in &crashes {
+        let groups: BTreeSet<String> = assigns.iter().filter(|a| &a.2 == proc_).map(|a| a.1.clone()).collect();
+        for g in groups {
+            sorted.push((*t, g, proc_.clone(), -1, BTreeSet::new()));
+        }
+    }
     sorted.sort_by_key(|a| a.0);
     for (t, group, proc_, _, parts) in &sorted {
         owner.retain(|(g, p), o| !(g == group && o == proc_ && !parts.contains(p)));

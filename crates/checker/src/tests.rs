@@ -164,6 +164,16 @@ fn two_owners_at_once() {
     h.push(ev(41, "c1", Kind::Ok, assign(2, &[])));
     h.push(ev(42, "c2", Kind::Ok, assign(3, &[0])));
     assert!(check(&h).valid(), "{:?}", check(&h).anomalies);
+    // So is one after the first owner crashed (it owns nothing any more)...
+    let mut h = clean();
+    h.push(ev(41, "c1", Kind::Info, Op::Crash));
+    h.push(ev(42, "c2", Kind::Ok, assign(3, &[0])));
+    assert!(check(&h).valid(), "{:?}", check(&h).anomalies);
+    // ...but not one before the crash.
+    let mut h = clean();
+    h.push(ev(41, "c2", Kind::Ok, assign(3, &[0])));
+    h.push(ev(42, "c1", Kind::Info, Op::Crash));
+    flagged(&h, "double-owner");
 }
 
 #[test]

@@ -31,6 +31,12 @@ pub struct ConsumeArgs {
     /// Records to read (default: everything the topic holds now).
     #[arg(long)]
     records: Option<u64>,
+    /// Start at the end of every partition and read what producers write
+    /// from now on (needs --records); reports end-to-end latency, from each
+    /// record's timestamp (set by the producer when it sent the batch) to
+    /// its delivery here, in ms.
+    #[arg(long, requires = "records")]
+    from_latest: bool,
     /// Give up when nothing arrives for this long, s.
     #[arg(long, default_value_t = 30)]
     idle_timeout: u64,
@@ -47,6 +53,16 @@ struct Report {
     records_per_sec: f64,
     mb_per_sec: f64,
     group: Option<String>,
+    /// End-to-end latency percentiles, ms (with --from-latest).
+    e2e_ms: Option<E2e>,
+}
+
+#[derive(Debug, Serialize)]
+struct E2e {
+    p50: u64,
+    p99: u64,
+    p999: u64,
+    max: u64,
 }
 
 /// Runs the benchmark and prints its report.
@@ -58,25 +74,29 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
         .map_err(|s| anyhow::anyhow!("topic {}: {}", args.topic, s.message()))?;
     let available: u64 = d.partitions.iter().map(|p| (p.high_watermark - p.log_start_offset).max(0) as u64).sum();
     let want = args.records.unwrap_or(available);
-    if want == 0 {
+    if want == 0 && !args.from_latest {
         bail!("topic {} holds no records to read", args.topic);
     }
     let config = ConsumerConfig {
         client_id: "ferrolog-bench".into(),
         auto_commit: args.group.as_ref().map(|_| Duration::from_secs(1)),
-        offset_reset: OffsetReset::Earliest,
+        offset_reset: if args.from_latest { OffsetReset::Latest } else { OffsetReset::Earliest },
         ..ConsumerConfig::default()
     };
     let started = Instant::now();
     let mut consumer = match &args.group {
         Some(g) => Consumer::subscribe(client.clone(), g, &[args.topic.as_str()], config),
         None => {
-            let parts = (0..d.partitions.len() as u32).map(|p| ((args.topic.clone(), p), None)).collect();
+            let start = |p: &ferrolog_proto::v1::PartitionDescription| {
+                if args.from_latest { Some(p.high_watermark.max(0) as u64) } else { None }
+            };
+            let parts = d.partitions.iter().map(|p| ((args.topic.clone(), p.partition), start(p))).collect();
             Consumer::assign(client.clone(), parts, config)
         }
     };
     let progress = crate::progress::bar(want, false);
     let (mut records, mut bytes) = (0u64, 0u64);
+    let mut e2e = hdrhistogram::Histogram::<u64>::new(3)?;
     while records < want {
         let e = tokio::time::timeout(Duration::from_secs(args.idle_timeout), consumer.next())
             .await
@@ -85,6 +105,12 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
             Some(Event::Record(r)) => {
                 records += 1;
                 bytes += r.record.value.len() as u64;
+                if args.from_latest {
+                    let now_ms = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as i64);
+                    e2e.record((now_ms - r.record.timestamp_ms).max(0) as u64)?;
+                }
                 progress.inc(1);
             }
             Some(_) => {}
@@ -101,6 +127,12 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
         records_per_sec: records as f64 / seconds,
         mb_per_sec: bytes as f64 / seconds / 1e6,
         group: args.group,
+        e2e_ms: args.from_latest.then(|| E2e {
+            p50: e2e.value_at_quantile(0.5),
+            p99: e2e.value_at_quantile(0.99),
+            p999: e2e.value_at_quantile(0.999),
+            max: e2e.max(),
+        }),
     };
     match args.output {
         crate::Output::Json => println!("{}", serde_json::to_string(&report)?),
@@ -113,6 +145,9 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
             report.mb_per_sec,
             report.group.as_ref().map(|g| format!(" (group {g})")).unwrap_or_default()
         ),
+    }
+    if let (crate::Output::Text, Some(e)) = (args.output, &report.e2e_ms) {
+        println!("end-to-end latency ms: p50 {} p99 {} p99.9 {} max {}", e.p50, e.p99, e.p999, e.max);
     }
     Ok(())
 }

@@ -193,7 +193,12 @@ pub async fn run(args: ProduceArgs) -> anyhow::Result<()> {
                 let r = match &producer {
                     Some(p) => p.send(&topic, partition, &records).await,
                     None => {
-                        let b = ferrolog_client::make_batch(&records, 0);
+                        // Stamped with the send time: `bench consume --from-latest`
+                        // measures end-to-end latency from it.
+                        let now_ms = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_millis() as i64);
+                        let b = ferrolog_client::make_batch(&records, now_ms);
                         client.produce(&topic, partition, acks, b, Duration::from_secs(30)).await
                     }
                 };

@@ -10,6 +10,7 @@ use ferrolog_broker::BrokerConfig;
 use ferrolog_broker::config::node_id_from_hostname;
 use ferrolog_broker::config::parse_peers;
 use ferrolog_broker::config::settle_node_id;
+use ferrolog_broker::config::statefulset_layout;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
@@ -56,6 +57,23 @@ pub struct ServerArgs {
     /// Initial metadata voters: ID=HOST:PORT,... (this broker included).
     #[arg(long, env = "FERROLOG_PEERS")]
     peers: Option<String>,
+    /// Derive node id, advertised address and peers from a StatefulSet pod
+    /// name: the number of brokers the cluster was created with (pods
+    /// `0..N` bootstrap it; later pods join). Needs --peer-domain.
+    #[arg(long, env = "FERROLOG_STATEFULSET_INITIAL_BROKERS")]
+    statefulset_initial_brokers: Option<u64>,
+    /// DNS domain of the pods (the headless Service,
+    /// e.g. `ferrolog-brokers.NAMESPACE.svc.cluster.local`).
+    #[arg(long, env = "FERROLOG_PEER_DOMAIN", default_value = "")]
+    peer_domain: String,
+    /// Pod name (default: the hostname), for --statefulset-initial-brokers
+    /// and the node id rule.
+    #[arg(long, env = "FERROLOG_POD_NAME")]
+    pod_name: Option<String>,
+    /// Print the resolved configuration as JSON and exit (no data dir is
+    /// created).
+    #[arg(long)]
+    print_config: bool,
     /// A TOML file with the same keys (node_id, data_dir, listen, advertise,
     /// metrics_listen, peers, join); flags and environment variables override it.
     #[arg(long, env = "FERROLOG_CONFIG")]
@@ -88,15 +106,41 @@ pub fn resolve(args: ServerArgs) -> anyhow::Result<BrokerConfig> {
         Some(l) => l,
         None => DEFAULT_LISTEN.parse().context("default listen address")?,
     };
-    let advertise = args.advertise.or(file.advertise).unwrap_or_else(|| listen.to_string());
+    let pod_name = args.pod_name.clone().or_else(|| hostname::get().ok().and_then(|h| h.into_string().ok()));
+    // A StatefulSet pod derives id, address and peers from its name; explicit
+    // flags still win.
+    let layout = match args.statefulset_initial_brokers {
+        Some(n) => {
+            let pod = pod_name.as_deref().context("--statefulset-initial-brokers needs a pod name or hostname")?;
+            Some(statefulset_layout(pod, n, &args.peer_domain, listen.port())?)
+        }
+        None => None,
+    };
+    let advertise = args
+        .advertise
+        .or(file.advertise)
+        .or_else(|| layout.as_ref().map(|l| l.advertise.clone()))
+        .unwrap_or_else(|| listen.to_string());
     let configured = args
         .node_id
         .or(file.node_id)
-        .or_else(|| hostname::get().ok().and_then(|h| h.into_string().ok()).and_then(|h| node_id_from_hostname(&h)));
-    let node_id = settle_node_id(&data_dir, configured)?;
-    let joining = !args.join.is_empty() || file.join.as_ref().is_some_and(|j| !j.is_empty());
+        .or_else(|| layout.as_ref().map(|l| l.node_id))
+        .or_else(|| pod_name.as_deref().and_then(node_id_from_hostname));
+    let node_id = if args.print_config {
+        match std::fs::read_to_string(data_dir.join("node_id")) {
+            Ok(stored) => stored.trim().parse().context("stored node id")?,
+            Err(_) => configured.context("no node id: give --node-id or a hostname ending in -N")?,
+        }
+    } else {
+        settle_node_id(&data_dir, configured)?
+    };
+    let layout_join = layout.as_ref().map(|l| l.join.clone()).unwrap_or_default();
+    let joining = !args.join.is_empty() || file.join.as_ref().is_some_and(|j| !j.is_empty()) || !layout_join.is_empty();
     let peers = match args.peers.or(file.peers) {
         Some(p) => parse_peers(&p)?,
+        None if layout.as_ref().is_some_and(|l| !l.peers.is_empty()) => {
+            layout.as_ref().map(|l| l.peers.clone()).unwrap_or_default()
+        }
         // A joining broker has no initial peers; a lone broker is its own.
         None if joining => Default::default(),
         None => [(node_id, advertise.clone())].into_iter().collect(),
@@ -107,7 +151,13 @@ pub fn resolve(args: ServerArgs) -> anyhow::Result<BrokerConfig> {
         bail!("--peers gives broker {node_id} the address {a}, but it advertises {advertise}");
     }
     let metrics_listen = args.metrics_listen.or(file.metrics_listen);
-    let join = if args.join.is_empty() { file.join.unwrap_or_default() } else { args.join };
+    let join = if !args.join.is_empty() {
+        args.join
+    } else if let Some(j) = file.join.filter(|j| !j.is_empty()) {
+        j
+    } else {
+        layout_join
+    };
     let retention_check = std::time::Duration::from_millis(args.retention_check_ms.max(10));
     let producer_expiry = std::time::Duration::from_millis(args.producer_expiry_ms.max(1000));
     Ok(BrokerConfig {
@@ -126,7 +176,21 @@ pub fn resolve(args: ServerArgs) -> anyhow::Result<BrokerConfig> {
 
 /// Runs the broker until SIGTERM or Ctrl-C.
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let print_config = args.print_config;
     let config = resolve(args)?;
+    if print_config {
+        let json = serde_json::json!({
+            "node_id": config.node_id,
+            "data_dir": config.data_dir,
+            "listen": config.listen.to_string(),
+            "advertise": config.advertise,
+            "peers": config.peers,
+            "join": config.join,
+            "metrics_listen": config.metrics_listen.map(|a| a.to_string()),
+        });
+        println!("{}", serde_json::to_string_pretty(&json)?);
+        return Ok(());
+    }
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {
@@ -161,6 +225,10 @@ mod tests {
             retention_check_ms: 60_000,
             producer_expiry_ms: 7 * 24 * 3600 * 1000,
             no_quiesce: false,
+            statefulset_initial_brokers: None,
+            peer_domain: String::new(),
+            pod_name: None,
+            print_config: false,
             metrics_listen: None,
             config: Some(dir.join("ferrolog.toml")),
         }

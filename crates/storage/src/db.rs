@@ -67,12 +67,17 @@ pub struct StorageConfig {
     /// Off: every durable write is its own `sync = true` write, as a naive
     /// store would do; kept for benchmarks and comparison.
     pub group_commit: bool,
+    /// Fault injection: every WAL sync after this many fails with an
+    /// injected EIO (without syncing). Tests use it to show fail-stop; the
+    /// broker sets it only from its debug-build failpoints. `None` in
+    /// production.
+    pub fail_syncs_after: Option<u64>,
 }
 
 impl StorageConfig {
     /// Defaults for a data directory: group commit on.
     pub fn new(path: impl AsRef<Path>) -> Self {
-        StorageConfig { path: path.as_ref().to_path_buf(), group_commit: true }
+        StorageConfig { path: path.as_ref().to_path_buf(), group_commit: true, fail_syncs_after: None }
     }
 }
 
@@ -90,7 +95,20 @@ pub struct Storage {
 impl Storage {
     /// Opens (creating if needed) the store at `config.path`.
     pub fn open(config: &StorageConfig) -> Result<Self, StorageError> {
-        Self::open_with(config, crate::syncer::wal_sync)
+        match config.fail_syncs_after {
+            None => Self::open_with(config, crate::syncer::wal_sync),
+            Some(n) => Self::open_with(config, move |db| {
+                let real = crate::syncer::wal_sync(db);
+                let done = std::sync::atomic::AtomicU64::new(0);
+                Box::new(move || {
+                    if done.fetch_add(1, Ordering::Relaxed) >= n {
+                        tracing::error!("fault injection: WAL sync fails (EIO) after {n} syncs");
+                        return Err("EIO (injected: storage.fail_syncs_after)".into());
+                    }
+                    real()
+                })
+            }),
+        }
     }
 
     /// Opens the store with a WAL sync of the caller's choosing (tests
