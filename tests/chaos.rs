@@ -27,7 +27,26 @@ async fn seeded_chaos_run_has_no_anomalies() -> anyhow::Result<()> {
     let outcome = ferrolog_tests::chaos::run(cfg).await?;
     eprintln!("{}", outcome.summary());
     anyhow::ensure!(outcome.passed(), "chaos run failed:\n{}", outcome.summary());
-    // The run must have exercised what it claims to.
-    anyhow::ensure!(outcome.faults.len() >= 5, "too few faults: {:?}", outcome.faults);
+    // The run must have exercised what it claims to: every kind of fault
+    // (the network ones only as root).
+    let kinds = [
+        "kill ",
+        "kill-leader",
+        "kill-metadata-leader",
+        "kill-majority",
+        "kill-all",
+        "pause-leader",
+        "fsync-failure",
+        "rolling-restart",
+    ];
+    let net = ["partition ", "isolate-leader", "one-way-from-leader", "bridge"];
+    let want: Vec<&str> = if outcome.network_skipped.is_none() {
+        kinds.iter().chain(net.iter()).copied().collect()
+    } else {
+        kinds.to_vec()
+    };
+    for k in want {
+        anyhow::ensure!(outcome.faults.iter().any(|f| f.starts_with(k)), "no {k:?} fault in {:?}", outcome.faults);
+    }
     Ok(())
 }

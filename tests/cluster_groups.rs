@@ -35,6 +35,8 @@ use ferrolog_tests::cluster::ferrolog_bin;
 
 const START: Duration = Duration::from_secs(60);
 const SESSION: Duration = Duration::from_secs(3);
+/// Session of the members that live through a coordinator failover.
+const FAILOVER_SESSION: Duration = Duration::from_secs(8);
 
 type Seen = Arc<Mutex<Vec<(u32, u64, String)>>>;
 
@@ -46,9 +48,13 @@ struct Member {
 }
 
 fn member(client: &Arc<Client>, group: &str, topic: &str, seen: &Seen) -> Member {
+    member_with_session(client, group, topic, seen, SESSION)
+}
+
+fn member_with_session(client: &Arc<Client>, group: &str, topic: &str, seen: &Seen, session: Duration) -> Member {
     let config = ConsumerConfig {
         client_id: "test".into(),
-        session_timeout: SESSION,
+        session_timeout: session,
         auto_commit: Some(Duration::from_millis(200)),
         offset_reset: OffsetReset::Earliest,
         ..ConsumerConfig::default()
@@ -338,7 +344,14 @@ async fn the_group_keeps_its_assignment_when_the_coordinator_dies() -> anyhow::R
     tc.wait_leaders("feed", START).await?;
     let client = Arc::new(Client::new(cluster.addrs()));
     let seen: Seen = Arc::default();
-    let ms = [member(&client, "g", "feed", &seen), member(&client, "g", "feed", &seen)];
+    // A session longer than a metadata failover (election 1-2 s plus the
+    // client finding the new leader): members self-fence after 70 % of
+    // their session without a heartbeat through, so a shorter session would
+    // rebalance, rightly.
+    let ms = [
+        member_with_session(&client, "g", "feed", &seen, FAILOVER_SESSION),
+        member_with_session(&client, "g", "feed", &seen, FAILOVER_SESSION),
+    ];
     wait_for("one partition each", START, || ms.iter().all(|m| m.owns().len() == 1)).await?;
     let before: Vec<BTreeSet<u32>> = ms.iter().map(Member::owns).collect();
     produce(&tc, "feed", 2, 0, 20).await?;
@@ -362,7 +375,7 @@ async fn the_group_keeps_its_assignment_when_the_coordinator_dies() -> anyhow::R
     };
     // Proving that no rebalance happens needs a window of time: two session
     // timeouts, far longer than the new coordinator's grace period.
-    tokio::time::sleep(SESSION * 2).await;
+    tokio::time::sleep(FAILOVER_SESSION * 2).await;
     let after: Vec<BTreeSet<u32>> = ms.iter().map(Member::owns).collect();
     assert_eq!(before, after, "assignment kept across the coordinator failover (new coordinator {new_coordinator})");
     let d = describe(&client, "g").await?;
@@ -371,5 +384,38 @@ async fn the_group_keeps_its_assignment_when_the_coordinator_dies() -> anyhow::R
     for m in ms {
         m.close().await?;
     }
+    Ok(())
+}
+
+/// A member whose heartbeats cannot get through gives its partitions up
+/// before its session could expire on any coordinator (self-fencing), so a
+/// partition the coordinator then hands to another member never has two
+/// consumers. Found by the chaos run: a member cut off by a network
+/// partition kept consuming after the coordinator had expired it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_cut_off_from_the_coordinator_gives_up_before_its_session_expires() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(3)?;
+    cluster.wait_serving(START).await?;
+    let tc = TestClient::new(cluster.addrs());
+    tc.create_topic("cut", 2, 3).await?;
+    tc.wait_leaders("cut", START).await?;
+    let client = Arc::new(Client::new(cluster.addrs()));
+    let seen: Seen = Arc::default();
+    let m = member(&client, "g", "cut", &seen);
+    wait_for("both partitions", START, || m.owns().len() == 2).await?;
+    // Freeze every broker: no heartbeat gets through, nothing can expire.
+    for id in 1..=3 {
+        cluster.signal(id, libc::SIGSTOP)?;
+    }
+    let gave_up = wait_for("the member gives its partitions up", SESSION * 3, || m.owns().is_empty()).await;
+    for id in 1..=3 {
+        cluster.signal(id, libc::SIGCONT)?;
+    }
+    let after = gave_up?;
+    eprintln!("gave up {after:?} after the brokers froze (session {SESSION:?})");
+    ensure!(after < SESSION, "gave up after {after:?}, not within the session timeout {SESSION:?}");
+    // Once the brokers run again it rejoins and consumes again.
+    wait_for("both partitions again", START, || m.owns().len() == 2).await?;
+    m.close().await?;
     Ok(())
 }

@@ -451,10 +451,18 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosOutcome> {
     }
     let mut faults = Vec::new();
     let mut harness_errors = Vec::new();
+    // Every kind of fault once, in a seeded order, then random picks until
+    // the fault time is up: a short run still covers the whole menu.
+    let mut first_round = menu.clone();
+    first_round.shuffle(&mut rng);
+    first_round.reverse(); // popped from the back
     let until = Instant::now() + cfg.fault_time;
-    while Instant::now() < until {
+    while Instant::now() < until || !first_round.is_empty() {
         tokio::time::sleep(Duration::from_millis(rng.random_range(1_000..3_000))).await;
-        let fault = menu[rng.random_range(0..menu.len())];
+        let (fault, from_first_round) = match first_round.pop() {
+            Some(f) => (f, true),
+            None => (menu[rng.random_range(0..menu.len())], false),
+        };
         // Longer than the election timeout (1-2 s); network faults longer
         // still, past a consumer session (6 s) now and then.
         let hold = Duration::from_millis(match fault {
@@ -472,17 +480,35 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosOutcome> {
             Fault::KillOne => format!("kill broker {}", shuffled[0]),
             Fault::KillLeader => match leader_of(&client, partition).await {
                 Some(l) => format!("kill-leader {l} of partition {partition}"),
-                None => continue,
+                None => {
+                    // No leader known right now: try this kind again later.
+                    if from_first_round {
+                        first_round.push(fault);
+                    }
+                    continue;
+                }
             },
             Fault::KillMetadataLeader => match metadata_leader(&client).await {
                 Some(l) => format!("kill-metadata-leader {l}"),
-                None => continue,
+                None => {
+                    // No leader known right now: try this kind again later.
+                    if from_first_round {
+                        first_round.push(fault);
+                    }
+                    continue;
+                }
             },
             Fault::KillMajority => format!("kill-majority {:?}", sorted(&shuffled[..majority])),
             Fault::KillAll => "kill-all brokers".to_string(),
             Fault::PauseLeader => match leader_of(&client, partition).await {
                 Some(l) => format!("pause-leader {l} of partition {partition}"),
-                None => continue,
+                None => {
+                    // No leader known right now: try this kind again later.
+                    if from_first_round {
+                        first_round.push(fault);
+                    }
+                    continue;
+                }
             },
             Fault::FsyncFailure => format!("fsync-failure on broker {} after {fsync_after} syncs", shuffled[0]),
             Fault::RollingRestart => "rolling-restart of every broker".to_string(),
@@ -492,11 +518,23 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosOutcome> {
             }
             Fault::IsolateLeader => match leader_of(&client, partition).await {
                 Some(l) => format!("isolate-leader {l} of partition {partition}"),
-                None => continue,
+                None => {
+                    // No leader known right now: try this kind again later.
+                    if from_first_round {
+                        first_round.push(fault);
+                    }
+                    continue;
+                }
             },
             Fault::OneWayFromLeader => match leader_of(&client, partition).await {
                 Some(l) => format!("one-way-from-leader {l} of partition {partition} (it cannot send to its peers)"),
-                None => continue,
+                None => {
+                    // No leader known right now: try this kind again later.
+                    if from_first_round {
+                        first_round.push(fault);
+                    }
+                    continue;
+                }
             },
             Fault::Bridge => format!(
                 "bridge {:?} | {} | {:?}",

@@ -369,12 +369,17 @@ pub fn check(history: &[Event]) -> Report {
             last.insert(key, lastrec.0);
         }
     }
-    // One producer's acknowledged sends keep their order per partition.
+    // One producer's acknowledged sends keep their order per partition,
+    // among those the final log holds at their acknowledged offset: an
+    // acks=1 record lost to a leader change gives its offset up for reuse
+    // (counted above), and a lost acks=all record is a lost write already.
     // (process, partition) -> [(invoke time, offset, value)]
     type Sent<'a> = BTreeMap<(String, u32), Vec<(u64, u64, &'a String)>>;
     let mut by_producer: Sent<'_> = BTreeMap::new();
     for s in sends.iter().filter(|s| s.outcome == Kind::Ok && s.acks != "0") {
-        if let Some(o) = s.offset {
+        if let Some(o) = s.offset
+            && final_at.get(&(s.partition, o)) == Some(&&s.value)
+        {
             by_producer.entry((s.process.clone(), s.partition)).or_default().push((s.invoked, o, &s.value));
         }
     }

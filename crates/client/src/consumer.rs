@@ -13,8 +13,11 @@
 //! One background task owns the membership: it heartbeats, reports what
 //! this member owns, starts a fetch task per newly assigned partition (from
 //! the committed offset, or per [`OffsetReset`]) and stops it on
-//! revocation before reporting the partition released, so no two members
-//! of a group ever consume one partition at once.
+//! revocation; it reports the partition released only once the
+//! application has taken the `Revoked` event from [`Consumer::next`] (so it
+//! is done with every record it had of it), or a session timeout later if
+//! the application stops calling it. So no two members of a group ever
+//! consume one partition at once.
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
@@ -130,7 +133,25 @@ struct Shared {
     /// heartbeats), so these do not go through the bounded record queue;
     /// at most [`MAX_PENDING_EVENTS`] are kept (oldest dropped, logged).
     pending: std::collections::VecDeque<Event>,
+    /// Events pushed to / taken from `pending` (dropped ones count as taken).
+    pushed: u64,
+    taken: u64,
+    /// Revoked partitions the application has not yet been told of: the
+    /// heartbeat keeps reporting them as owned until [`Consumer::next`]
+    /// returned the `Revoked` event (sequence number) or the deadline passed,
+    /// so the coordinator hands them to another member only once this
+    /// application finished with the records it already had (as Kafka waits
+    /// for `onPartitionsRevoked`).
+    revoking: Vec<(BTreeSet<Tp>, u64, Instant)>,
 }
+
+/// A member gives its partitions up when no heartbeat got through for this
+/// fraction of its session timeout (the rest is margin for scheduling).
+const SELF_FENCE_FRACTION: f64 = 0.7;
+
+/// How soon the heartbeat reports revoked partitions once the application
+/// has seen them revoked.
+const REVOKE_REPORT_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Bound of the pending assigned/revoked events.
 const MAX_PENDING_EVENTS: usize = 4_096;
@@ -175,6 +196,7 @@ impl Consumer {
             epoch: 0,
             fetchers: HashMap::new(),
             paused: BTreeSet::new(),
+            last_ok_sent: None,
         };
         Self::start(member, BTreeMap::new())
     }
@@ -191,6 +213,7 @@ impl Consumer {
             epoch: -1,
             fetchers: HashMap::new(),
             paused: BTreeSet::new(),
+            last_ok_sent: None,
         };
         Self::start(member, partitions)
     }
@@ -206,8 +229,12 @@ impl Consumer {
     /// The next event; `None` once the consumer is closed.
     pub async fn next(&mut self) -> Option<Event> {
         loop {
-            if let Some(e) = self.shared.lock().expect("consumer state lock").pending.pop_front() {
-                return Some(e);
+            {
+                let mut s = self.shared.lock().expect("consumer state lock");
+                if let Some(e) = s.pending.pop_front() {
+                    s.taken += 1;
+                    return Some(e);
+                }
             }
             match self.events.recv().await? {
                 Item::Wake => continue,
@@ -280,6 +307,9 @@ struct Member {
     epoch: i32,
     fetchers: HashMap<Tp, JoinHandle<()>>,
     paused: BTreeSet<Tp>,
+    /// When the last heartbeat that succeeded was sent: the coordinator
+    /// saw this member alive no earlier than that (see `self_fence_at`).
+    last_ok_sent: Option<Instant>,
 }
 
 impl Drop for Member {
@@ -290,18 +320,38 @@ impl Drop for Member {
     }
 }
 
-/// Queues an assigned/revoked event without waiting for the application.
-fn push_event(shared: &Arc<Mutex<Shared>>, tx: &mpsc::Sender<Item>, e: Event) {
-    {
+/// Queues an assigned/revoked event without waiting for the application;
+/// returns its sequence number.
+fn push_event(shared: &Arc<Mutex<Shared>>, tx: &mpsc::Sender<Item>, e: Event) -> u64 {
+    let seq = {
         let mut s = shared.lock().expect("consumer state lock");
         if s.pending.len() >= MAX_PENDING_EVENTS {
             tracing::warn!("consumer events not read by the application: dropping the oldest");
             s.pending.pop_front();
+            s.taken += 1;
         }
         s.pending.push_back(e);
-    }
+        s.pushed += 1;
+        s.pushed
+    };
     // A full queue means next() will run soon anyway and see the event.
     let _ = tx.try_send(Item::Wake);
+    seq
+}
+
+/// What the heartbeat reports as owned: the owned partitions plus those
+/// revoked but not yet seen revoked by the application (see
+/// `Shared::revoking`). Forgets revocations the application has seen.
+fn reported_owned(shared: &Arc<Mutex<Shared>>) -> BTreeSet<Tp> {
+    let mut s = shared.lock().expect("consumer state lock");
+    let taken = s.taken;
+    let now = Instant::now();
+    s.revoking.retain(|(_, seq, deadline)| taken < *seq && now < *deadline);
+    let mut out = s.owned.clone();
+    for (set, _, _) in &s.revoking {
+        out.extend(set.iter().cloned());
+    }
+    out
 }
 
 /// Log start and end (high watermark) of a partition, from its leader.
@@ -394,26 +444,43 @@ impl Member {
     async fn heartbeat(&mut self, tx: &mpsc::Sender<Item>, shared: &Arc<Mutex<Shared>>) -> Duration {
         let Some(group) = self.group.clone() else { return Duration::from_secs(3600) };
         let owned = shared.lock().expect("consumer state lock").owned.clone();
+        let reported = reported_owned(shared);
         let req = v1::HeartbeatRequest {
             group: group.clone(),
             member_id: self.member_id.clone(),
             member_epoch: self.epoch,
             subscribed_topics: self.topics.clone(),
-            owned: to_proto(&owned),
+            owned: to_proto(&reported),
             assignor: self.config.assignor as i32,
             session_timeout_ms: self.config.session_timeout.as_millis() as u32,
             client_id: self.config.client_id.clone(),
         };
-        let r = self
-            .client
-            .on_meta_leader(COORDINATOR_TIMEOUT, |ch| {
-                let req = req.clone();
-                async move { GroupsClient::new(ch).heartbeat(req).await }
-            })
-            .await;
+        let sent = Instant::now();
+        let call = self.client.on_meta_leader(COORDINATOR_TIMEOUT, |ch| {
+            let req = req.clone();
+            async move { GroupsClient::new(ch).heartbeat(req).await }
+        });
+        // Self-fencing: a coordinator expires a member a session timeout
+        // after it last heard from it, which is no earlier than when the
+        // last successful heartbeat was sent. A member that cannot get a
+        // heartbeat through stops consuming before that can happen, so a
+        // partition handed to another member after an expiry never has two
+        // consumers (Kafka's clients leave this window open).
+        let fence_at = self.fence_at();
+        let r = match fence_at {
+            Some(at) => match tokio::time::timeout_at(at.into(), call).await {
+                Ok(r) => r,
+                Err(_) => {
+                    self.self_fence(group.as_str(), &owned, tx, shared).await;
+                    return Duration::ZERO;
+                }
+            },
+            None => call.await,
+        };
         let retry = (self.config.session_timeout / 10).max(Duration::from_millis(100));
         match r {
             Ok(resp) => {
+                self.last_ok_sent = Some(sent);
                 self.member_id = resp.member_id;
                 self.epoch = resp.member_epoch;
                 if let Some(a) = resp.assignment {
@@ -421,15 +488,21 @@ impl Member {
                     let revoked: BTreeSet<Tp> = owned.difference(&target).cloned().collect();
                     let added: BTreeSet<Tp> = target.difference(&owned).cloned().collect();
                     if !revoked.is_empty() {
-                        self.release(&revoked, tx, shared, true).await;
+                        let seq = self.release(&revoked, tx, shared, true).await;
+                        let deadline = Instant::now() + self.config.session_timeout;
+                        shared.lock().expect("consumer state lock").revoking.push((revoked.clone(), seq, deadline));
                     }
                     if !added.is_empty() {
                         self.take(&added, &BTreeMap::new(), tx, shared).await;
                     }
                     if !revoked.is_empty() {
-                        // Report the release now rather than a full interval later.
-                        return Duration::ZERO;
+                        // Report the release soon rather than a full interval
+                        // later (once the application has seen it).
+                        return REVOKE_REPORT_INTERVAL;
                     }
+                }
+                if !shared.lock().expect("consumer state lock").revoking.is_empty() {
+                    return REVOKE_REPORT_INTERVAL;
                 }
                 Duration::from_millis(resp.heartbeat_interval_ms.max(100).into())
             }
@@ -437,26 +510,55 @@ impl Member {
                 // Fenced (session expired, or epoch out of date): give every
                 // partition up without committing, and join again.
                 tracing::warn!(group, error = %s.message(), "member fenced: rejoining");
+                // Fenced: the coordinator no longer counts this member, so
+                // nothing is waited for.
                 self.release(&owned, tx, shared, false).await;
+                shared.lock().expect("consumer state lock").revoking.clear();
                 self.member_id.clear();
                 self.epoch = 0;
+                self.last_ok_sent = None;
                 Duration::ZERO
             }
             Err(s) => {
                 tracing::warn!(group, error = %s.message(), "heartbeat failed; retrying");
+                if fence_at.is_some_and(|at| Instant::now() + retry >= at) {
+                    self.self_fence(group.as_str(), &owned, tx, shared).await;
+                    return Duration::ZERO;
+                }
                 retry
             }
         }
     }
 
-    /// Stops consuming `set` (committing first when asked and auto-commit is on).
+    /// Gives every partition up without committing and joins afresh: the
+    /// coordinator may already count this member as expired.
+    async fn self_fence(
+        &mut self,
+        group: &str,
+        owned: &BTreeSet<Tp>,
+        tx: &mpsc::Sender<Item>,
+        shared: &Arc<Mutex<Shared>>,
+    ) {
+        tracing::warn!(
+            group,
+            "no heartbeat got through for most of the session timeout: giving up every partition and rejoining"
+        );
+        self.release(owned, tx, shared, false).await;
+        shared.lock().expect("consumer state lock").revoking.clear();
+        self.member_id.clear();
+        self.epoch = 0;
+        self.last_ok_sent = None;
+    }
+
+    /// Stops consuming `set` (committing first when asked and auto-commit is
+    /// on); returns the sequence number of the `Revoked` event.
     async fn release(
         &mut self,
         set: &BTreeSet<Tp>,
         tx: &mpsc::Sender<Item>,
         shared: &Arc<Mutex<Shared>>,
         commit: bool,
-    ) {
+    ) -> u64 {
         for tp in set {
             self.stop_fetcher(tp);
         }
@@ -473,7 +575,7 @@ impl Member {
                 s.positions.remove(tp);
             }
         }
-        push_event(shared, tx, Event::Revoked(set.iter().cloned().collect()));
+        push_event(shared, tx, Event::Revoked(set.iter().cloned().collect()))
     }
 
     /// Starts consuming `set`, each from `start` if given, else from the
@@ -553,13 +655,25 @@ impl Member {
         }
         let req =
             v1::CommitOffsetsRequest { group, member_id: self.member_id.clone(), member_epoch: self.epoch, offsets };
-        self.client
-            .on_meta_leader(COORDINATOR_TIMEOUT, |ch| {
-                let req = req.clone();
-                async move { GroupsClient::new(ch).commit_offsets(req).await }
-            })
-            .await
-            .map(|_| ())
+        let call = self.client.on_meta_leader(COORDINATOR_TIMEOUT, |ch| {
+            let req = req.clone();
+            async move { GroupsClient::new(ch).commit_offsets(req).await }
+        });
+        // Never past the self-fencing deadline: the heartbeat must get its
+        // turn to give the partitions up in time.
+        match self.fence_at() {
+            Some(at) => match tokio::time::timeout_at(at.into(), call).await {
+                Ok(r) => r.map(|_| ()),
+                Err(_) => Err(Status::deadline_exceeded("commit: no answer before the member's self-fencing deadline")),
+            },
+            None => call.await.map(|_| ()),
+        }
+    }
+
+    /// When this member gives its partitions up if no heartbeat gets
+    /// through (see `heartbeat`).
+    fn fence_at(&self) -> Option<Instant> {
+        self.last_ok_sent.map(|t| t + self.config.session_timeout.mul_f64(SELF_FENCE_FRACTION))
     }
 
     async fn leave(&self) {
