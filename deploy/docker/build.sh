@@ -17,8 +17,8 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target "$TARGET" --bin ferrolog
 BIN="$CARGO_TARGET_DIR/$TARGET/release/ferrolog"
-if ldd "$BIN" >/dev/null 2>&1; then
-  echo "error: $BIN is dynamically linked; the image needs a static binary" >&2
+if readelf -d "$BIN" | grep -q NEEDED; then
+  echo "error: $BIN needs shared libraries; the image needs a static binary" >&2
   exit 1
 fi
 
