@@ -39,12 +39,16 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 record() { python3 -c 'import json,sys; d=json.loads(sys.argv[3]); d["system"]=sys.argv[1]; d["variant"]=sys.argv[2]; print(json.dumps(d))' "$1" "$2" "$3" | tee -a "$RES"; }
 
 # Machine.
-record machine "" "$(python3 -c 'import json,os,platform; print(json.dumps({"cpus": os.cpu_count(), "kernel": platform.release(), "cpu": open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(": "), "mem_gib": round(os.sysconf("SC_PAGE_SIZE")*os.sysconf("SC_PHYS_PAGES")/2**30)}))')"
+record machine "" "$(python3 -c 'import json,os,platform; print(json.dumps({"cpus": os.cpu_count(), "kernel": platform.release(), "cpu": open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].split(":", 1)[1].strip(), "mem_gib": round(os.sysconf("SC_PAGE_SIZE")*os.sysconf("SC_PHYS_PAGES")/2**30)}))')"
 
 # 1. Disk.
 bw=$(dd if=/dev/zero of="$WORK/dd" bs=1M count=256 conv=fdatasync 2>&1 | awk '/copied/ {print $(NF-1), $NF}')
-s=$( { /usr/bin/time -f %e dd if=/dev/zero of="$WORK/dd4k" bs=4k count=2000 oflag=dsync 2>/dev/null; } 2>&1 | tail -1)
-record disk "" "{\"seq_write_fdatasync\": \"$bw\", \"dsync_4k_write_us\": $(python3 -c "print(round($s/2000*1e6))")}"
+dsync_us=$(python3 -c '
+import subprocess, sys, time
+t = time.monotonic()
+subprocess.run(["dd", "if=/dev/zero", "of=" + sys.argv[1], "bs=4k", "count=2000", "oflag=dsync"], check=True, capture_output=True)
+print(round((time.monotonic() - t) / 2000 * 1e6))' "$WORK/dd4k")
+record disk "" "{\"seq_write_fdatasync\": \"$bw\", \"dsync_4k_write_us\": $dsync_us}"
 rm -f "$WORK"/dd*
 
 WORKLOADS=("1024 1" "1024 16" "100 1" "100 16")
