@@ -20,13 +20,18 @@ pub fn ferrolog_bin() -> anyhow::Result<PathBuf> {
     if let Ok(p) = std::env::var("FERROLOG_BIN") {
         return Ok(PathBuf::from(p));
     }
+    // Test binaries live in target/<profile>/deps, binaries such as
+    // `ferrolog-chaos` in target/<profile>: look next to the executable and
+    // one level up.
     let exe = std::env::current_exe()?;
-    let dir = exe.parent().and_then(|d| d.parent()).context("test binary has no target dir")?;
-    let bin = dir.join("ferrolog");
-    if !bin.exists() {
-        bail!("{} not found: build it first (cargo build -p ferrolog) or set FERROLOG_BIN", bin.display());
+    let dir = exe.parent().context("test binary has no directory")?;
+    for d in [Some(dir), dir.parent()].into_iter().flatten() {
+        let bin = d.join("ferrolog");
+        if bin.exists() {
+            return Ok(bin);
+        }
     }
-    Ok(bin)
+    bail!("ferrolog not found next to {}: build it first (cargo build --workspace) or set FERROLOG_BIN", exe.display())
 }
 
 /// A free loopback port (bound and released; the broker binds it next).

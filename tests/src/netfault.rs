@@ -39,6 +39,7 @@ impl NetFaults {
     /// Creates the chain, or says why network faults cannot run here.
     pub fn new() -> anyhow::Result<Self> {
         // iptables itself reports a missing privilege or binary.
+        remove_stale_chains();
         let chain = format!("FLCHAOS-{}", std::process::id());
         iptables(&["-N", &chain]).context("network faults need root and iptables")?;
         if let Err(e) = iptables(&["-I", "INPUT", "-j", &chain]) {
@@ -76,6 +77,22 @@ impl NetFaults {
         iptables(&["-F", &self.chain])?;
         self.cuts.clear();
         Ok(())
+    }
+}
+
+/// Removes the chains of runs whose process is gone (killed before their
+/// `Drop` ran), so their rules cannot cut a later run's addresses.
+fn remove_stale_chains() {
+    let Ok(out) = Command::new("iptables").args(["-w", "-S"]).output() else { return };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(chain) = line.strip_prefix("-N ").filter(|c| c.starts_with("FLCHAOS-")) else { continue };
+        let pid = chain.trim_start_matches("FLCHAOS-");
+        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let _ = iptables(&["-F", chain]);
+        let _ = iptables(&["-D", "INPUT", "-j", chain]);
+        let _ = iptables(&["-X", chain]);
     }
 }
 
