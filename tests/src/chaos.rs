@@ -476,66 +476,38 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosOutcome> {
         shuffled.shuffle(&mut rng);
         let majority = cfg.brokers / 2 + 1;
         let fsync_after: u64 = rng.random_range(20..400);
+        // The broker a leader fault targets, looked up once. With no leader
+        // known right now, the fault kind is tried again later.
+        let leader = match fault {
+            Fault::KillLeader | Fault::PauseLeader | Fault::IsolateLeader | Fault::OneWayFromLeader => {
+                leader_of(&client, partition).await
+            }
+            Fault::KillMetadataLeader => metadata_leader(&client).await,
+            _ => Some(0),
+        };
+        let Some(l) = leader else {
+            if from_first_round {
+                first_round.push(fault);
+            }
+            continue;
+        };
         let name = match fault {
             Fault::KillOne => format!("kill broker {}", shuffled[0]),
-            Fault::KillLeader => match leader_of(&client, partition).await {
-                Some(l) => format!("kill-leader {l} of partition {partition}"),
-                None => {
-                    // No leader known right now: try this kind again later.
-                    if from_first_round {
-                        first_round.push(fault);
-                    }
-                    continue;
-                }
-            },
-            Fault::KillMetadataLeader => match metadata_leader(&client).await {
-                Some(l) => format!("kill-metadata-leader {l}"),
-                None => {
-                    // No leader known right now: try this kind again later.
-                    if from_first_round {
-                        first_round.push(fault);
-                    }
-                    continue;
-                }
-            },
+            Fault::KillLeader => format!("kill-leader {l} of partition {partition}"),
+            Fault::KillMetadataLeader => format!("kill-metadata-leader {l}"),
             Fault::KillMajority => format!("kill-majority {:?}", sorted(&shuffled[..majority])),
             Fault::KillAll => "kill-all brokers".to_string(),
-            Fault::PauseLeader => match leader_of(&client, partition).await {
-                Some(l) => format!("pause-leader {l} of partition {partition}"),
-                None => {
-                    // No leader known right now: try this kind again later.
-                    if from_first_round {
-                        first_round.push(fault);
-                    }
-                    continue;
-                }
-            },
+            Fault::PauseLeader => format!("pause-leader {l} of partition {partition}"),
             Fault::FsyncFailure => format!("fsync-failure on broker {} after {fsync_after} syncs", shuffled[0]),
             Fault::RollingRestart => "rolling-restart of every broker".to_string(),
             Fault::PartitionHalves => {
                 let (a, b) = shuffled.split_at(majority);
                 format!("partition majority {:?} | minority {:?}", sorted(a), sorted(b))
             }
-            Fault::IsolateLeader => match leader_of(&client, partition).await {
-                Some(l) => format!("isolate-leader {l} of partition {partition}"),
-                None => {
-                    // No leader known right now: try this kind again later.
-                    if from_first_round {
-                        first_round.push(fault);
-                    }
-                    continue;
-                }
-            },
-            Fault::OneWayFromLeader => match leader_of(&client, partition).await {
-                Some(l) => format!("one-way-from-leader {l} of partition {partition} (it cannot send to its peers)"),
-                None => {
-                    // No leader known right now: try this kind again later.
-                    if from_first_round {
-                        first_round.push(fault);
-                    }
-                    continue;
-                }
-            },
+            Fault::IsolateLeader => format!("isolate-leader {l} of partition {partition}"),
+            Fault::OneWayFromLeader => {
+                format!("one-way-from-leader {l} of partition {partition} (it cannot send to its peers)")
+            }
             Fault::Bridge => format!(
                 "bridge {:?} | {} | {:?}",
                 sorted(&shuffled[1..majority]),
@@ -546,15 +518,13 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosOutcome> {
         eprintln!("nemesis: {name}");
         h.record("nemesis", Kind::Invoke, Op::Fault { name: name.clone() });
         faults.push(name.clone());
-        let leader_in =
-            |n: &str| -> u64 { n.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("the fault names its target") };
         match fault {
             Fault::KillOne | Fault::KillLeader | Fault::KillMetadataLeader | Fault::KillMajority | Fault::KillAll => {
                 let targets: Vec<u64> = match fault {
                     Fault::KillOne => vec![shuffled[0]],
                     Fault::KillMajority => shuffled[..majority].to_vec(),
                     Fault::KillAll => ids.clone(),
-                    _ => vec![leader_in(&name)],
+                    _ => vec![l],
                 };
                 for b in &targets {
                     cluster.kill(*b)?;
@@ -565,7 +535,6 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosOutcome> {
                 }
             }
             Fault::PauseLeader => {
-                let l = leader_in(&name);
                 cluster.signal(l, libc::SIGSTOP)?;
                 tokio::time::sleep(hold).await;
                 cluster.signal(l, libc::SIGCONT)?;
@@ -611,12 +580,10 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosOutcome> {
                         n.partition(&a, &b)?;
                     }
                     Fault::IsolateLeader => {
-                        let l = leader_in(&name);
                         let rest: Vec<String> = ids.iter().filter(|x| **x != l).map(|x| ip(*x)).collect();
                         n.partition(&[ip(l)], &rest)?;
                     }
                     _ => {
-                        let l = leader_in(&name);
                         for x in ids.iter().filter(|x| **x != l) {
                             n.cut(&ip(l), &ip(*x))?;
                         }
