@@ -28,19 +28,7 @@ async fn create(client: &TestClient, name: &str, config: v1::TopicConfig) -> any
 }
 
 async fn fetch_meta(addr: &str, topic: &str, offset: i64) -> Result<v1::FetchResponse, tonic::Status> {
-    let mut c = v1::broker_client::BrokerClient::connect(format!("http://{addr}"))
-        .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    c.fetch(v1::FetchRequest {
-        topic: topic.into(),
-        partition: 0,
-        offset,
-        max_bytes: 1 << 20,
-        max_wait_ms: 0,
-        min_bytes: 0,
-    })
-    .await
-    .map(|r| r.into_inner())
+    ferrolog_tests::client::fetch_replica(addr, topic, 0, offset).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

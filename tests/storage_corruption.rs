@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use ferrolog_raft::LogStore;
 use ferrolog_raft::Request;
+use ferrolog_raft::StateMachine;
 use ferrolog_raft::state_machine::PartitionReader;
 use ferrolog_raft::types::log_id;
 use ferrolog_storage::Cf;
@@ -25,6 +26,7 @@ use ferrolog_types::GroupId;
 use openraft::RaftLogReader;
 use openraft::entry::RaftEntry;
 use openraft::storage::RaftLogStorage;
+use openraft::storage::RaftStateMachine;
 use rand::Rng;
 use rand::SeedableRng;
 
@@ -140,29 +142,34 @@ async fn a_record_batch_with_a_bad_crc_is_an_error_on_fetch() -> anyhow::Result<
     let dir = tempfile::tempdir()?;
     let storage = Arc::new(Storage::open(&StorageConfig::new(dir.path()))?);
     let group = GroupId(3);
-    // Two good batches and, between them, one whose records were damaged
-    // after sealing (the store's own seal is valid: only the batch CRC can
-    // catch it).
+    // Three good batches appended and applied as a producer's would be.
     let good = |n: u8| Batch::seal(BatchHeader::plain(2, 0), vec![n; 100].into());
+    let entries: Vec<_> =
+        (1..=3u64).map(|i| RaftEntry::new_normal(log_id(1, 1, i), Request::append(good(i as u8)))).collect();
+    let mut log = LogStore::new(storage.clone(), group);
+    let (cb, flushed) = ferrolog_raft::flush_signal();
+    log.append(entries.clone(), cb).await?;
+    flushed.await?;
+    let mut sm = StateMachine::open(storage.clone(), group)?;
+    sm.apply(futures::stream::iter(entries.iter().cloned().map(|e| Ok((e, None))))).await?;
+    assert_eq!(sm.state().partition.next_offset, 6);
+
+    // Then the middle batch's records are damaged at rest, after sealing:
+    // the store's own seal is valid, only the batch CRC can catch it.
     let mut bad = good(2);
     bad.records = vec![9u8; 100].into();
+    let damaged: ferrolog_raft::types::alias::Entry = RaftEntry::new_normal(log_id(1, 1, 2), Request::append(bad));
     let mut wb = storage.batch();
-    for (base, b) in [(0u64, good(1)), (2, bad), (4, good(3))] {
-        storage.put(&mut wb, Cf::Records, &keys::indexed(group, base), &postcard_encode(&b)?);
-    }
+    storage.put(&mut wb, Cf::Log, &keys::indexed(group, 2), &ferrolog_raft::codec::encode(&damaged)?);
     storage.write_durable(wb).await?;
 
     let reader = PartitionReader::new(storage, group);
-    assert_eq!(reader.read(0, 1)?.len(), 1, "the batch before the damage is served");
-    let err = reader.read(0, 10).expect_err("the damaged batch must not be served");
+    assert_eq!(reader.read(0, 6, 1, usize::MAX)?.len(), 1, "the batch before the damage is served");
+    let err = reader.read(0, 6, 10, usize::MAX).expect_err("the damaged batch must not be served");
     assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     assert!(err.to_string().contains("checksum mismatch"), "{err}");
-    let after = reader.read(4, 10)?;
+    let after = reader.read(4, 6, 10, usize::MAX)?;
     assert_eq!(after.len(), 1);
     assert_eq!(after[0].0, 4);
     Ok(())
-}
-
-fn postcard_encode(b: &Batch) -> anyhow::Result<Vec<u8>> {
-    Ok(ferrolog_raft::codec::encode(b)?)
 }

@@ -101,3 +101,26 @@ impl TestClient {
         Ok((records.into_iter().map(|r| (r.offset, r.value)).collect(), hw))
     }
 }
+
+/// One fetch (no wait, up to 1 MiB) of `topic`/`partition` at `offset` from
+/// the replica at `addr`, whatever its role.
+pub async fn fetch_replica(
+    addr: &str,
+    topic: &str,
+    partition: u32,
+    offset: i64,
+) -> Result<v1::FetchResponse, tonic::Status> {
+    let mut c = v1::broker_client::BrokerClient::connect(format!("http://{addr}"))
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    c.fetch(v1::FetchRequest {
+        topic: topic.into(),
+        partition,
+        offset,
+        max_bytes: 1 << 20,
+        max_wait_ms: 0,
+        min_bytes: 0,
+    })
+    .await
+    .map(|r| r.into_inner())
+}

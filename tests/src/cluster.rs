@@ -230,6 +230,18 @@ impl Cluster {
         Ok(())
     }
 
+    /// Resident memory of broker `id`'s process, in bytes (`VmRSS`).
+    pub fn rss_bytes(&self, id: u64) -> anyhow::Result<u64> {
+        let c = self.nodes[id as usize - 1].child.as_ref().context("broker is not running")?;
+        let status = std::fs::read_to_string(format!("/proc/{}/status", c.id()))?;
+        let kb = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .context("no VmRSS in /proc/PID/status")?;
+        Ok(kb * 1024)
+    }
+
     /// The directory holding every broker's data and log.
     pub fn data_root(&self) -> &std::path::Path {
         self.dir.path()

@@ -44,3 +44,22 @@ pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -
     }
     anyhow::bail!("timed out after {timeout:?} waiting for {what}")
 }
+
+/// Checks `cond` every 50 ms until it returns `Some` or `timeout` passes,
+/// then fails naming `what` and the last state `cond` reported.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut cond: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match cond().await {
+            Ok(v) => return Ok(v),
+            Err(last) if Instant::now() >= deadline => {
+                anyhow::bail!("timed out after {timeout:?} waiting for {what}; last: {last}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}

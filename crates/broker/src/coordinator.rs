@@ -31,6 +31,7 @@ use ferrolog_proto::errors::Reason;
 use ferrolog_proto::v1;
 use ferrolog_raft::Request;
 use ferrolog_raft::Response;
+use ferrolog_types::limits::MAX_COMMIT_METADATA_BYTES;
 use openraft::async_runtime::watch::WatchReceiver;
 use tokio_util::sync::CancellationToken;
 use tonic::Request as TReq;
@@ -217,6 +218,18 @@ impl v1::groups_server::Groups for Services {
         request: TReq<v1::CommitOffsetsRequest>,
     ) -> Result<TResp<v1::CommitOffsetsResponse>, Status> {
         let req = request.into_inner();
+        // Every commit becomes a metadata Raft entry and lives in the
+        // replicated state: its metadata strings are bounded, as Kafka's
+        // offset.metadata.max.bytes does.
+        if let Some(o) = req.offsets.iter().find(|o| o.metadata.len() > MAX_COMMIT_METADATA_BYTES) {
+            return Err(BrokerError::InvalidArgument(format!(
+                "commit metadata for {}/{} is {} bytes, over the limit of {MAX_COMMIT_METADATA_BYTES} bytes",
+                o.topic,
+                o.partition,
+                o.metadata.len()
+            ))
+            .into());
+        }
         let offsets = req.offsets.into_iter().map(|o| ((o.topic, o.partition), o.offset, o.metadata)).collect();
         let cmd = GroupCommand::Commit { member_id: req.member_id, member_epoch: req.member_epoch, offsets };
         self.group_write(&req.group, cmd).await?;

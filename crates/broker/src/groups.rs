@@ -241,6 +241,11 @@ impl Groups {
         &self.transport
     }
 
+    /// This broker's store.
+    pub fn storage(&self) -> &Arc<Storage> {
+        &self.storage
+    }
+
     /// This broker's id.
     pub fn node_id(&self) -> NodeId {
         self.node_id

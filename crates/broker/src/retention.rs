@@ -125,41 +125,20 @@ fn trim_point(r: &Replica, topic: &Topic) -> anyhow::Result<Option<Offset>> {
     if topic.config.retention_ms.is_none() && topic.config.retention_bytes.is_none() {
         return Ok(None);
     }
-    // (end offset, size, max timestamp) of every stored batch, oldest first.
-    let mut batches = Vec::new();
-    let mut from = p.log_start;
-    while from < p.next_offset {
-        let chunk = r.reader.read(from, 1024)?;
-        if chunk.is_empty() {
-            break;
-        }
-        for (base, b) in chunk {
-            from = base + u64::from(b.header.record_count);
-            batches.push((from, b.size_bytes() as u64, b.header.max_timestamp_ms));
-        }
-    }
+    // Both limits are bisections of the offset index (O(log n) seeks, no
+    // payload read), whatever the partition's length.
     let mut trim = p.log_start;
     if let Some(limit) = topic.config.retention_bytes {
         // Drop the oldest batches until what is left fits the limit.
-        let total: u64 = batches.iter().map(|b| b.1).sum();
-        let mut excess = total.saturating_sub(limit as u64);
-        for (end, size, _) in &batches {
-            if excess == 0 {
-                break;
-            }
-            excess = excess.saturating_sub(*size);
-            trim = trim.max(*end);
-        }
+        let keep = r.reader.offset_keeping_bytes(p.log_start, p.next_offset, limit as u64)?;
+        trim = trim.max(keep.unwrap_or(p.next_offset));
     }
     if let Some(ms) = topic.config.retention_ms {
         let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH)?.as_millis() as i64;
-        // Batches whose newest record is older than the cutoff expire, oldest first.
-        for (end, _, max_ts) in &batches {
-            if *max_ts >= now - ms {
-                break;
-            }
-            trim = trim.max(*end);
-        }
+        // Batches whose newest record (and every older one's) is older than
+        // the cutoff expire, oldest first.
+        let keep = r.reader.offset_for_timestamp(p.log_start, p.next_offset, now - ms)?;
+        trim = trim.max(keep.unwrap_or(p.next_offset));
     }
     Ok((trim > p.log_start).then_some(trim))
 }

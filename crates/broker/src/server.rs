@@ -14,6 +14,8 @@ use ferrolog_raft::MetaStateMachine;
 use ferrolog_storage::Storage;
 use ferrolog_storage::StorageConfig;
 use ferrolog_types::GroupId;
+use ferrolog_types::limits::API_MESSAGE_LIMIT;
+use ferrolog_types::limits::RAFT_MESSAGE_LIMIT;
 use openraft::BasicNode;
 use openraft::Raft;
 use tokio_util::sync::CancellationToken;
@@ -202,11 +204,14 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> anyhow::R
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(RaftServer::new(RaftService::new(groups.clone())))
-        .add_service(BrokerServer::new(services.clone()))
-        .add_service(ProducersServer::new(services.clone()))
-        .add_service(GroupsServer::new(services.clone()))
-        .add_service(AdminServer::new(services))
+        // Decode limits (ferrolog_types::limits): the Raft service takes the
+        // largest entry or snapshot chunk, the client API the largest batch;
+        // tonic's default of 4 MiB would refuse both.
+        .add_service(RaftServer::new(RaftService::new(groups.clone())).max_decoding_message_size(RAFT_MESSAGE_LIMIT))
+        .add_service(BrokerServer::new(services.clone()).max_decoding_message_size(API_MESSAGE_LIMIT))
+        .add_service(ProducersServer::new(services.clone()).max_decoding_message_size(API_MESSAGE_LIMIT))
+        .add_service(GroupsServer::new(services.clone()).max_decoding_message_size(API_MESSAGE_LIMIT))
+        .add_service(AdminServer::new(services).max_decoding_message_size(API_MESSAGE_LIMIT))
         .serve_with_shutdown(config.listen, stop_serving.clone().cancelled_owned());
     // SIGTERM: first hand leadership away while still serving (the new
     // leaders need our votes and replies), then stop accepting.

@@ -47,6 +47,8 @@ pub const REMOTE_DESCRIBE_TIMEOUT: Duration = Duration::from_millis(500);
 pub const FENCE_PROPAGATION_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default fetch size limit when the request names none.
 pub const DEFAULT_FETCH_MAX_BYTES: usize = 4 << 20;
+/// Most batches in one fetch answer (besides the byte cap).
+const MAX_FETCH_BATCHES: usize = 4096;
 
 /// The public services of one broker.
 #[derive(Debug, Clone)]
@@ -327,33 +329,19 @@ impl Services {
             let _ = tokio::time::timeout(wait, progress.wait_for(|p| p.next_offset > offset)).await;
         }
         let p = *replica.progress.borrow();
-        let max_bytes = if req.max_bytes == 0 { DEFAULT_FETCH_MAX_BYTES } else { req.max_bytes as usize };
-        let mut batches = Vec::new();
-        let mut bytes = 0;
-        let mut from = offset;
-        'outer: while from < p.next_offset {
-            let chunk = replica
-                .reader
-                .read(from, 64)
-                .map_err(|e| BrokerError::Internal(format!("read {}/{}: {e}", req.topic, req.partition)))?;
-            if chunk.is_empty() {
-                break;
-            }
-            for (base, b) in chunk {
-                if base >= p.next_offset {
-                    break 'outer;
-                }
-                let size = b.size_bytes();
-                // Always return at least one batch, so a batch larger than
-                // max_bytes cannot wedge a consumer.
-                if !batches.is_empty() && bytes + size > max_bytes {
-                    break 'outer;
-                }
-                bytes += size;
-                from = base + u64::from(b.header.record_count);
-                batches.push(batch_to_proto(base, &b));
-            }
-        }
+        // The broker's cap holds whatever the client asks: an answer is
+        // built in memory and must decode within the client's limit.
+        let max_bytes = if req.max_bytes == 0 { DEFAULT_FETCH_MAX_BYTES } else { req.max_bytes as usize }
+            .min(ferrolog_types::limits::MAX_FETCH_BYTES);
+        // One seek finds the batch holding `offset`; the reads are blocking
+        // RocksDB calls, off the async workers.
+        let reader = replica.reader.clone();
+        let end = p.next_offset;
+        let read = tokio::task::spawn_blocking(move || reader.read(offset, end, MAX_FETCH_BATCHES, max_bytes))
+            .await
+            .map_err(|e| BrokerError::Internal(format!("fetch read task: {e}")))?
+            .map_err(|e| BrokerError::Internal(format!("read {}/{}: {e}", req.topic, req.partition)))?;
+        let batches: Vec<v1::RecordBatch> = read.iter().map(|(base, b)| batch_to_proto(*base, b)).collect();
         Ok(TResp::new(v1::FetchResponse {
             batches,
             high_watermark: p.next_offset as i64,
@@ -371,24 +359,15 @@ impl Services {
             v1::OffsetSpec::Latest => p.next_offset,
             v1::OffsetSpec::Timestamp => {
                 // The first batch whose newest record is at or after the
-                // timestamp; its base offset (records inside a batch are not
-                // decoded by brokers).
-                let mut found = p.next_offset;
-                let mut from = p.log_start;
-                'scan: while from < p.next_offset {
-                    let chunk = replica.reader.read(from, 256).map_err(|e| BrokerError::Internal(e.to_string()))?;
-                    if chunk.is_empty() {
-                        break;
-                    }
-                    for (base, b) in chunk {
-                        if b.header.max_timestamp_ms >= req.timestamp_ms {
-                            found = base.max(p.log_start);
-                            break 'scan;
-                        }
-                        from = base + u64::from(b.header.record_count);
-                    }
-                }
-                found
+                // timestamp (its base offset: brokers do not decode records
+                // inside a batch), found by bisecting the offset index.
+                let reader = replica.reader.clone();
+                let (start, end, ts) = (p.log_start, p.next_offset, req.timestamp_ms);
+                tokio::task::spawn_blocking(move || reader.offset_for_timestamp(start, end, ts))
+                    .await
+                    .map_err(|e| BrokerError::Internal(format!("list offsets task: {e}")))?
+                    .map_err(|e| BrokerError::Internal(e.to_string()))?
+                    .unwrap_or(p.next_offset)
             }
         };
         Ok(TResp::new(v1::ListOffsetsResponse { offset: offset as i64, timestamp_ms: 0 }))
@@ -620,6 +599,14 @@ impl v1::admin_server::Admin for Services {
         };
         if config.max_message_bytes == 0 {
             return Err(BrokerError::InvalidArgument("max.message.bytes must be positive".into()).into());
+        }
+        if config.max_message_bytes > ferrolog_metadata::MAX_MESSAGE_BYTES_LIMIT {
+            return Err(BrokerError::InvalidArgument(format!(
+                "max.message.bytes {} is over the broker's limit of {} bytes",
+                config.max_message_bytes,
+                ferrolog_metadata::MAX_MESSAGE_BYTES_LIMIT
+            ))
+            .into());
         }
         let cmd =
             MetaCommand::CreateTopic { name: req.name.clone(), partitions, replication_factor: rf, config, brokers };

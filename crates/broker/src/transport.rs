@@ -22,11 +22,14 @@ use ferrolog_proto::internal::RaftReply;
 use ferrolog_proto::internal::SnapshotChunk;
 use ferrolog_proto::internal::raft_client::RaftClient;
 use ferrolog_raft::TypeConfig;
+use ferrolog_raft::snapshot::Assembler;
+use ferrolog_raft::snapshot::SnapshotHeader;
 use ferrolog_raft::types::alias::Snapshot;
 use ferrolog_raft::types::alias::SnapshotMeta;
 use ferrolog_raft::types::alias::Vote;
 use ferrolog_types::GroupId;
 use ferrolog_types::NodeId;
+use ferrolog_types::limits::RAFT_MESSAGE_LIMIT;
 use openraft::BasicNode;
 use openraft::RaftNetworkFactory;
 use openraft::RaftNetworkV2;
@@ -52,8 +55,6 @@ use tonic::transport::Endpoint;
 
 use crate::groups::Groups;
 
-/// Snapshot chunk size on the wire.
-const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 /// Connect timeout to a peer; past it the peer counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// Snapshot chunks buffered ahead of the network; the sender waits when full.
@@ -130,7 +131,7 @@ impl Transport {
     /// only means the peer will not count us as live).
     pub async fn send_heartbeat(&self, peer: NodeId, addr: &str, timeout: Duration, metadata_applied: u64) {
         let Ok(channel) = self.channel(addr) else { return };
-        let mut client = RaftClient::new(channel);
+        let mut client = RaftClient::new(channel).max_decoding_message_size(RAFT_MESSAGE_LIMIT);
         let req =
             ferrolog_proto::internal::BrokerHeartbeat { from_node: self.node_id, to_node: peer, metadata_applied };
         if let Ok(Err(e)) = tokio::time::timeout(timeout, client.heartbeat(req)).await {
@@ -176,7 +177,11 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             group: self.group,
             from: self.transport.node_id,
             target,
-            client: self.transport.channel(&node.addr).map(RaftClient::new).map_err(|e| e.to_string()),
+            client: self
+                .transport
+                .channel(&node.addr)
+                .map(|ch| RaftClient::new(ch).max_decoding_message_size(RAFT_MESSAGE_LIMIT))
+                .map_err(|e| e.to_string()),
         }
     }
 }
@@ -230,7 +235,7 @@ impl GroupClient {
 }
 
 impl RaftNetworkV2<TypeConfig> for GroupClient {
-    type SnapshotData = Vec<u8>;
+    type SnapshotData = ferrolog_raft::snapshot::SnapshotData;
 
     async fn append_entries(
         &mut self,
@@ -275,28 +280,48 @@ impl RaftNetworkV2<TypeConfig> for GroupClient {
             RPCError::Unreachable(u) => StreamingError::Unreachable(u),
             other => StreamingError::Unreachable(Unreachable::from_string(other.to_string())),
         };
-        let header = encode(&(vote, snapshot.meta.clone()))
+        let data = snapshot.snapshot;
+        let header = encode(&(vote, snapshot.meta.clone(), data.header()))
             .map_err(|e| StreamingError::Unreachable(Unreachable::from_string(e.to_string())))?;
         let mut c = self.client().map_err(to_streaming)?;
         let (tx, rx) = tokio::sync::mpsc::channel(SNAPSHOT_CHUNK_QUEUE);
         let (group, from, to) = (self.group.0, self.from, self.target);
-        let data = snapshot.snapshot;
-        tokio::spawn(async move {
-            let mut chunks = data.chunks(SNAPSHOT_CHUNK_BYTES).peekable();
+        // Chunks are read from RocksDB (blocking) one at a time, at most
+        // SNAPSHOT_CHUNK_QUEUE ahead of the network: memory stays bounded
+        // whatever the partition's size.
+        tokio::task::spawn_blocking(move || {
+            let mut chunks = match data.into_chunks() {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(group, error = %e, "cannot read the snapshot to send");
+                    return;
+                }
+            };
+            let mut current = chunks.next_chunk();
             let mut first = true;
             loop {
-                let chunk = chunks.next();
-                let done = chunks.peek().is_none();
+                let chunk = match current {
+                    Ok(Some(c)) => c,
+                    // Ending the stream without `done` fails the send, which
+                    // openraft retries.
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(group, error = %e, "reading the snapshot to send failed");
+                        break;
+                    }
+                };
+                current = chunks.next_chunk();
+                let done = matches!(current, Ok(None));
                 let msg = SnapshotChunk {
                     group_id: group,
                     from_node: from,
                     to_node: to,
                     header: if first { header.clone() } else { bytes::Bytes::new() },
-                    data: bytes::Bytes::copy_from_slice(chunk.unwrap_or_default()),
+                    data: bytes::Bytes::from(chunk),
                     done,
                 };
                 first = false;
-                if tx.send(msg).await.is_err() || done {
+                if tx.blocking_send(msg).is_err() || done {
                     break;
                 }
             }
@@ -448,8 +473,9 @@ impl ferrolog_proto::internal::raft_server::Raft for RaftService {
     ) -> TonicResult<RaftReply> {
         let mut stream = request.into_inner();
         let mut header: Option<(Vote, SnapshotMeta)> = None;
+        let mut assembler: Option<Assembler> = None;
         let mut group = 0;
-        let mut data = Vec::new();
+        let mut complete = false;
         while let Some(chunk) = stream.message().await? {
             if header.is_none() {
                 group = chunk.group_id;
@@ -457,18 +483,35 @@ impl ferrolog_proto::internal::raft_server::Raft for RaftService {
                 if chunk.to_node != self.groups.node_id() {
                     return Ok(tonic::Response::new(err_reply(group, "snapshot for another broker")));
                 }
-                match decode(&chunk.header) {
-                    Ok(h) => header = Some(h),
+                match decode::<(Vote, SnapshotMeta, SnapshotHeader)>(&chunk.header) {
+                    Ok((vote, meta, kind)) => {
+                        header = Some((vote, meta));
+                        assembler = Some(Assembler::new(kind, self.groups.storage().clone(), GroupId(group)));
+                    }
                     Err(e) => return Ok(tonic::Response::new(err_reply(group, format!("bad snapshot header: {e}")))),
                 }
             }
-            data.extend_from_slice(&chunk.data);
+            if let Some(a) = assembler.as_mut() {
+                // A chunk is at most ~1 MiB plus one batch: written inline.
+                let r = tokio::task::block_in_place(|| a.chunk(&chunk.data));
+                if let Err(e) = r {
+                    return Ok(tonic::Response::new(err_reply(group, format!("bad snapshot chunk: {e}"))));
+                }
+            }
             if chunk.done {
+                complete = true;
                 break;
             }
         }
-        let Some((vote, meta)) = header else {
+        let (Some((vote, meta)), Some(assembler)) = (header, assembler) else {
             return Err(tonic::Status::invalid_argument("empty snapshot stream"));
+        };
+        if !complete {
+            return Ok(tonic::Response::new(err_reply(group, "snapshot stream ended before its last chunk")));
+        }
+        let data = match assembler.finish() {
+            Ok(d) => d,
+            Err(e) => return Ok(tonic::Response::new(err_reply(group, format!("bad snapshot: {e}")))),
         };
         let reply = match self.groups.raft(GroupId(group)) {
             None => err_reply(group, format!("group {group} is not running on this broker")),

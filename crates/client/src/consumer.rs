@@ -19,6 +19,7 @@
 //! the application stops calling it. So no two members of a group ever
 //! consume one partition at once.
 
+use ferrolog_types::limits::API_MESSAGE_LIMIT;
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::collections::HashMap;
@@ -458,7 +459,7 @@ impl Member {
         let sent = Instant::now();
         let call = self.client.on_meta_leader(COORDINATOR_TIMEOUT, |ch| {
             let req = req.clone();
-            async move { GroupsClient::new(ch).heartbeat(req).await }
+            async move { GroupsClient::new(ch).max_decoding_message_size(API_MESSAGE_LIMIT).heartbeat(req).await }
         });
         // Self-fencing: a coordinator expires a member a session timeout
         // after it last heard from it, which is no earlier than when the
@@ -611,13 +612,15 @@ impl Member {
     async fn committed(&self, set: &BTreeSet<Tp>) -> HashMap<Tp, u64> {
         let Some(group) = self.group.clone() else { return HashMap::new() };
         let req = v1::FetchOffsetsRequest { group, partitions: to_proto(set) };
-        let r = self
-            .client
-            .on_meta_leader(COORDINATOR_TIMEOUT, |ch| {
-                let req = req.clone();
-                async move { GroupsClient::new(ch).fetch_offsets(req).await }
-            })
-            .await;
+        let r =
+            self.client
+                .on_meta_leader(COORDINATOR_TIMEOUT, |ch| {
+                    let req = req.clone();
+                    async move {
+                        GroupsClient::new(ch).max_decoding_message_size(API_MESSAGE_LIMIT).fetch_offsets(req).await
+                    }
+                })
+                .await;
         match r {
             Ok(r) => r.offsets.into_iter().map(|o| ((o.topic, o.partition), o.offset.max(0) as u64)).collect(),
             Err(e) => {
@@ -657,7 +660,7 @@ impl Member {
             v1::CommitOffsetsRequest { group, member_id: self.member_id.clone(), member_epoch: self.epoch, offsets };
         let call = self.client.on_meta_leader(COORDINATOR_TIMEOUT, |ch| {
             let req = req.clone();
-            async move { GroupsClient::new(ch).commit_offsets(req).await }
+            async move { GroupsClient::new(ch).max_decoding_message_size(API_MESSAGE_LIMIT).commit_offsets(req).await }
         });
         // Never past the self-fencing deadline: the heartbeat must get its
         // turn to give the partitions up in time.
@@ -686,7 +689,7 @@ impl Member {
             .client
             .on_meta_leader(COORDINATOR_TIMEOUT, |ch| {
                 let req = req.clone();
-                async move { GroupsClient::new(ch).leave_group(req).await }
+                async move { GroupsClient::new(ch).max_decoding_message_size(API_MESSAGE_LIMIT).leave_group(req).await }
             })
             .await;
     }

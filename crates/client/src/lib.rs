@@ -31,6 +31,11 @@ pub use partitioner::partition_for_key;
 pub use producer::IdempotentProducer;
 pub use producer::MAX_IN_FLIGHT;
 
+use ferrolog_types::limits::API_MESSAGE_LIMIT;
+use ferrolog_types::limits::MAX_MESSAGE_BYTES_LIMIT;
+
+/// A batch's fields besides its records, as the broker counts its size.
+const BATCH_OVERHEAD_BYTES: usize = 64;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -297,7 +302,7 @@ impl Client {
         F: FnMut(AdminClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        self.on_meta_leader(timeout, |ch| call(AdminClient::new(ch))).await
+        self.on_meta_leader(timeout, |ch| call(AdminClient::new(ch).max_decoding_message_size(API_MESSAGE_LIMIT))).await
     }
 
     /// Allocates an idempotent producer id and epoch (through the metadata
@@ -308,7 +313,7 @@ impl Client {
         let r = self
             .on_meta_leader(Duration::from_secs(20), |ch| {
                 let req = req.clone();
-                async move { ProducersClient::new(ch).init_producer(req).await }
+                async move { ProducersClient::new(ch).max_decoding_message_size(API_MESSAGE_LIMIT).init_producer(req).await }
             })
             .await?;
         Ok((r.producer_id, r.producer_epoch))
@@ -425,6 +430,15 @@ impl Client {
         timeout: Duration,
         retry_ambiguous: bool,
     ) -> Result<v1::ProduceResponse, Status> {
+        // A batch no broker can take is refused here, naming the limit,
+        // rather than by the transport.
+        let size = batch.records.len() + BATCH_OVERHEAD_BYTES;
+        if size > MAX_MESSAGE_BYTES_LIMIT as usize {
+            return Err(Status::invalid_argument(format!(
+                "record batch of about {size} bytes is over the largest max.message.bytes a broker accepts \
+                 ({MAX_MESSAGE_BYTES_LIMIT} bytes)"
+            )));
+        }
         let deadline = Instant::now() + timeout;
         let key = (topic.to_string(), partition);
         let mut i = partition as usize;
@@ -443,7 +457,11 @@ impl Client {
                 timeout_ms: 5_000,
             };
             let r = match self.channel(&addr) {
-                Ok(ch) => BrokerClient::new(ch).produce(req).await.map(|r| r.into_inner()),
+                Ok(ch) => BrokerClient::new(ch)
+                    .max_decoding_message_size(API_MESSAGE_LIMIT)
+                    .produce(req)
+                    .await
+                    .map(|r| r.into_inner()),
                 Err(e) => Err(e),
             };
             match r {
@@ -505,7 +523,11 @@ impl Client {
                 min_bytes: 0,
             };
             let r = match self.channel(&addr) {
-                Ok(ch) => BrokerClient::new(ch).fetch(req).await.map(|r| r.into_inner()),
+                Ok(ch) => BrokerClient::new(ch)
+                    .max_decoding_message_size(API_MESSAGE_LIMIT)
+                    .fetch(req)
+                    .await
+                    .map(|r| r.into_inner()),
                 Err(e) => Err(e),
             };
             match r {
@@ -546,7 +568,7 @@ impl Client {
         partition: u32,
         from: u64,
     ) -> Result<(Vec<FetchedRecord>, u64), ClientError> {
-        let mut c = BrokerClient::new(self.channel(addr)?);
+        let mut c = BrokerClient::new(self.channel(addr)?).max_decoding_message_size(API_MESSAGE_LIMIT);
         let mut out: Vec<FetchedRecord> = Vec::new();
         let mut offset = from;
         loop {

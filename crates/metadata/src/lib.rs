@@ -34,7 +34,9 @@ pub const MAX_TOPIC_NAME_LEN: usize = 249;
 /// Most partitions one topic may have.
 pub const MAX_PARTITIONS: u32 = 10_000;
 /// Default `max.message.bytes`: the largest batch a topic accepts (1 MiB, as Kafka).
-pub const DEFAULT_MAX_MESSAGE_BYTES: u32 = 1 << 20;
+pub use ferrolog_types::limits::DEFAULT_MAX_MESSAGE_BYTES;
+/// The largest `max.message.bytes` a topic may be given.
+pub use ferrolog_types::limits::MAX_MESSAGE_BYTES_LIMIT;
 
 /// Per-topic configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -38,6 +38,11 @@ pub struct PartitionState {
     pub log_start: Offset,
     /// Batches appended so far (for metrics and sanity checks).
     pub batches: u64,
+    /// Bytes of every batch appended so far (retention by size, indexes).
+    pub bytes: u64,
+    /// The newest record timestamp appended so far (running maximum; the
+    /// index keeps it per batch so time lookups can bisect).
+    pub max_timestamp_ms: i64,
     /// The partition clock: the newest leader time a [`Command::Clock`]
     /// carried (ms since the epoch). Replicated, so expiry is deterministic.
     pub clock_ms: i64,
@@ -123,18 +128,37 @@ pub enum Rejection {
 /// IO the caller must perform, atomically with persisting the new state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
-    /// Store `batch` under `base_offset`.
-    WriteBatch {
+    /// Index the batch of the entry being applied under `base_offset`. The
+    /// batch itself stays where it is (in the Raft log): nothing copies it.
+    IndexBatch {
         /// The key of the batch: its first offset.
         base_offset: Offset,
-        /// The batch as produced.
-        batch: Batch,
+        /// What the index keeps of it.
+        meta: BatchMeta,
     },
     /// Delete every stored batch whose base offset is below `before`.
     DeleteBatchesBefore {
         /// New log start.
         before: Offset,
     },
+}
+
+/// What the offset index records of one batch: enough to serve ListOffsets
+/// by timestamp, retention by size and time and lag in records without
+/// reading a payload.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchMeta {
+    /// Records in the batch.
+    pub record_count: u32,
+    /// Stored size of the batch (header + records).
+    pub size: u32,
+    /// The batch's newest record timestamp.
+    pub max_timestamp_ms: i64,
+    /// Bytes of every batch appended before this one (partition lifetime).
+    pub bytes_before: u64,
+    /// The newest timestamp of this batch and every batch before it:
+    /// monotonic in offset, so a timestamp lookup can bisect.
+    pub running_max_timestamp_ms: i64,
 }
 
 impl PartitionState {
@@ -157,12 +181,22 @@ impl PartitionState {
                 }
                 let base_offset = self.next_offset;
                 let last_offset = base_offset + u64::from(batch.header.record_count) - 1;
+                let size = batch.size_bytes() as u64;
+                let meta = BatchMeta {
+                    record_count: batch.header.record_count,
+                    size: u32::try_from(size).unwrap_or(u32::MAX),
+                    max_timestamp_ms: batch.header.max_timestamp_ms,
+                    bytes_before: self.bytes,
+                    running_max_timestamp_ms: self.max_timestamp_ms.max(batch.header.max_timestamp_ms),
+                };
                 self.next_offset = last_offset + 1;
                 self.batches += 1;
+                self.bytes += size;
+                self.max_timestamp_ms = meta.running_max_timestamp_ms;
                 if idempotent {
                     producers::record(&mut self.producers, &batch.header, base_offset, last_offset, self.clock_ms);
                 }
-                (Outcome::Appended { base_offset, last_offset }, Some(Effect::WriteBatch { base_offset, batch }))
+                (Outcome::Appended { base_offset, last_offset }, Some(Effect::IndexBatch { base_offset, meta }))
             }
             Command::Clock { now_ms, producer_idle_ms } => {
                 self.clock_ms = self.clock_ms.max(now_ms);
@@ -208,9 +242,31 @@ mod tests {
         let (o2, _) = s.apply(Command::Append(batch(2)));
         assert_eq!(o1, Outcome::Appended { base_offset: 0, last_offset: 2 });
         assert_eq!(o2, Outcome::Appended { base_offset: 3, last_offset: 4 });
-        assert!(matches!(e1, Some(Effect::WriteBatch { base_offset: 0, .. })));
+        assert!(matches!(e1, Some(Effect::IndexBatch { base_offset: 0, .. })));
         assert_eq!(s.next_offset, 5);
         assert_eq!(s.batches, 2);
+    }
+
+    #[test]
+    fn the_index_keeps_sizes_and_a_running_maximum_timestamp() {
+        let mut s = PartitionState::default();
+        let mut metas = Vec::new();
+        for (n, ts) in [(3u32, 100i64), (2, 50), (4, 300)] {
+            let b = Batch::seal(BatchHeader::plain(n, ts), bytes_of(n));
+            let size = b.size_bytes() as u64;
+            let (_, e) = s.apply(Command::Append(b));
+            let Some(Effect::IndexBatch { meta, .. }) = e else { panic!("appended batch not indexed: {e:?}") };
+            assert_eq!(u64::from(meta.size), size);
+            metas.push(meta);
+        }
+        assert_eq!(metas.iter().map(|m| m.max_timestamp_ms).collect::<Vec<_>>(), vec![100, 50, 300]);
+        // Monotonic, so lookups by time can bisect.
+        assert_eq!(metas.iter().map(|m| m.running_max_timestamp_ms).collect::<Vec<_>>(), vec![100, 100, 300]);
+        assert_eq!(metas[0].bytes_before, 0);
+        assert_eq!(metas[1].bytes_before, u64::from(metas[0].size));
+        assert_eq!(metas[2].bytes_before, u64::from(metas[0].size + metas[1].size));
+        assert_eq!(s.bytes, metas.iter().map(|m| u64::from(m.size)).sum::<u64>());
+        assert_eq!(s.max_timestamp_ms, 300);
     }
 
     #[test]

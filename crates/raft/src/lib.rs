@@ -7,6 +7,10 @@
 //! - [`log_store`]: [`LogStore`], openraft's `RaftLogStorage` for one group.
 //! - [`state_machine`]: [`StateMachine`], openraft's `RaftStateMachine` for
 //!   one partition group, applying [`ferrolog_partition`] commands.
+//! - [`index`]: the offset index of a partition and [`PartitionReader`]
+//!   (batches are written once, in the Raft log; the index points at them).
+//! - [`snapshot`]: snapshot data of both group kinds; partition snapshots
+//!   stream in bounded chunks.
 //! - [`meta_sm`]: [`MetaStateMachine`], the metadata group's state machine.
 //! - [`acks`]: acks=1 waiters completed from the log store's flush.
 //! - [`bench`]: the storage micro-benchmark behind `ferrolog bench storage`.
@@ -18,12 +22,15 @@
 pub mod acks;
 pub mod bench;
 pub mod codec;
+pub mod index;
 pub mod log_store;
 pub mod meta_sm;
+pub mod snapshot;
 mod snapshot_slot;
 pub mod state_machine;
 pub mod types;
 
+pub use index::PartitionReader;
 pub use log_store::LogStore;
 pub use log_store::flush_signal;
 pub use meta_sm::MetaStateMachine;
@@ -31,3 +38,6 @@ pub use state_machine::StateMachine;
 pub use types::Request;
 pub use types::Response;
 pub use types::TypeConfig;
+
+#[cfg(test)]
+mod tests;

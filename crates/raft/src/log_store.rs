@@ -8,7 +8,9 @@
 //! - `append`: entries are written unsynced (readable at once), and the
 //!   flush callback fires from the group-commit syncer after the WAL fsync.
 //! - `save_vote`: a durable write; returns after the fsync.
-//! - `truncate_after`, `purge`, `save_committed`: buffered writes. They need
+//! - `truncate_after`, `purge`, `save_committed`: buffered writes. `purge`
+//!   moves openraft's purge marker but keeps the entries that still hold a
+//!   partition's retained batches (see [`crate::state_machine::log_floor`]). They need
 //!   no fsync of their own: the WAL is ordered, so they become durable with
 //!   the next append or vote of any group, and until then losing them only
 //!   rolls the group back to a state it was in before (longer log, fewer
@@ -25,6 +27,7 @@ use ferrolog_storage::Cf;
 use ferrolog_storage::Storage;
 use ferrolog_storage::keys;
 use ferrolog_types::GroupId;
+use ferrolog_types::limits::MAX_APPEND_ENTRIES_BYTES;
 use openraft::EntryPayload;
 use openraft::RaftLogReader;
 use openraft::entry::RaftEntry;
@@ -161,6 +164,24 @@ impl RaftLogReader<TypeConfig> for LogStore {
         Ok(out)
     }
 
+    /// Replication reads through this: a prefix of `[start, end)` within
+    /// [`MAX_APPEND_ENTRIES_BYTES`], and always at least one entry (an empty
+    /// answer would stall replication). A follower any distance behind is
+    /// sent requests of bounded size that its decode limit accepts.
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> io::Result<Vec<Entry>> {
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for item in self.storage.scan(Cf::Log, self.group, start, end) {
+            let (index, raw) = item?;
+            if !out.is_empty() && bytes + raw.len() > MAX_APPEND_ENTRIES_BYTES {
+                break;
+            }
+            bytes += raw.len();
+            out.push(self.decode_entry(index, &raw)?);
+        }
+        Ok(out)
+    }
+
     async fn read_vote(&mut self) -> io::Result<Option<Vote>> {
         self.read_meta(META_VOTE, "vote")
     }
@@ -259,12 +280,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // The marker and the deletion are one atomic batch: after a crash
         // either both happened or neither, so no hole is ever visible.
         self.storage.put(&mut wb, Cf::RaftMeta, &keys::singleton(self.group, META_PURGED), &codec::encode(&log_id)?);
-        self.storage.delete_range(
-            &mut wb,
-            Cf::Log,
-            &keys::indexed(self.group, 0),
-            &keys::indexed(self.group, log_id.index + 1),
-        );
+        // A partition's log is its data: entries that hold retained batches
+        // stay (openraft no longer reads them; fetch does, through the
+        // index) until retention moves the log start past them.
+        let mut upto = log_id.index + 1;
+        if let Some(floor) = crate::state_machine::log_floor(&self.storage, self.group)? {
+            upto = upto.min(floor);
+        }
+        self.storage.delete_range(&mut wb, Cf::Log, &keys::indexed(self.group, 0), &keys::indexed(self.group, upto));
         self.storage.write_buffered(wb)?;
         Ok(())
     }

@@ -30,6 +30,7 @@ use crate::Request;
 use crate::Response;
 use crate::TypeConfig;
 use crate::codec;
+use crate::snapshot::SnapshotData;
 use crate::snapshot_slot::SnapshotSlot;
 use crate::types::alias::LogId;
 use crate::types::alias::Snapshot;
@@ -86,7 +87,7 @@ impl MetaStateMachine {
 }
 
 impl RaftStateMachine<TypeConfig> for MetaStateMachine {
-    type SnapshotData = Vec<u8>;
+    type SnapshotData = SnapshotData;
     type SnapshotBuilder = MetaSnapshotBuilder;
 
     async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
@@ -133,7 +134,13 @@ impl RaftStateMachine<TypeConfig> for MetaStateMachine {
         MetaSnapshotBuilder { storage: self.storage.clone(), state: self.state.clone() }
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Vec<u8>) -> io::Result<()> {
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> io::Result<()> {
+        let SnapshotData::Bytes(snapshot) = snapshot else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a partition snapshot cannot be installed in the metadata group",
+            ));
+        };
         let mut state: AppliedMeta = codec::decode("metadata snapshot", &snapshot)?;
         state.last_applied = meta.last_log_id;
         state.membership = meta.last_membership.clone();
@@ -152,7 +159,7 @@ impl RaftStateMachine<TypeConfig> for MetaStateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {
-        slot().load(&self.storage)
+        Ok(slot().load(&self.storage)?.map(|(meta, data)| Snapshot { meta, snapshot: SnapshotData::Bytes(data) }))
     }
 }
 
@@ -164,13 +171,13 @@ pub struct MetaSnapshotBuilder {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for MetaSnapshotBuilder {
-    type SnapshotData = Vec<u8>;
+    type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> io::Result<Snapshot> {
         let data = codec::encode(&self.state)?;
         let meta =
             SnapshotMeta { last_log_id: self.state.last_applied, last_membership: self.state.membership.clone() };
         slot().store(&self.storage, &meta, &data).await?;
-        Ok(Snapshot { meta, snapshot: data })
+        Ok(Snapshot { meta, snapshot: SnapshotData::Bytes(data) })
     }
 }

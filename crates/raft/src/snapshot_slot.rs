@@ -1,5 +1,6 @@
 //! Where a state machine keeps its current snapshot: one sealed value
-//! `(meta, data)` under a fixed key. Shared by the partition and metadata
+//! `(meta, data)` under a fixed key (for a partition, data is its applied
+//! state only). Shared by the partition and metadata
 //! state machines.
 
 use std::io;
@@ -9,7 +10,6 @@ use ferrolog_storage::Storage;
 use ferrolog_storage::WriteBatch;
 
 use crate::codec;
-use crate::types::alias::Snapshot;
 use crate::types::alias::SnapshotMeta;
 
 /// The current-snapshot slot of one state machine.
@@ -38,14 +38,11 @@ impl SnapshotSlot {
         Ok(())
     }
 
-    /// The current snapshot, if any.
-    pub fn load(&self, storage: &Storage) -> io::Result<Option<Snapshot>> {
+    /// The current snapshot's meta and stored bytes, if any.
+    pub fn load(&self, storage: &Storage) -> io::Result<Option<(SnapshotMeta, Vec<u8>)>> {
         match storage.get(self.cf, &self.key)? {
             None => Ok(None),
-            Some(v) => {
-                let (meta, snapshot): (SnapshotMeta, Vec<u8>) = codec::decode("current snapshot", &v)?;
-                Ok(Some(Snapshot { meta, snapshot }))
-            }
+            Some(v) => Ok(Some(codec::decode("current snapshot", &v)?)),
         }
     }
 }

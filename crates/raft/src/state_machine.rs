@@ -1,21 +1,27 @@
 //! [`StateMachine`]: openraft's state machine for one partition group.
 //!
 //! Applying a committed entry runs the sans-IO partition logic
-//! ([`ferrolog_partition::PartitionState::apply`]) and performs its effects:
-//! the batch is stored in the `Records` CF under `group ‖ base offset`, and
-//! the applied state (last applied log id, membership, partition state) in
-//! the `StateMachine` CF, both in one atomic write batch.
+//! ([`ferrolog_partition::PartitionState::apply`]) and performs its effects.
+//! A batch is written once, as the Raft log entry that carried it: apply
+//! only adds its offset index entry (see [`crate::index`]) and the applied
+//! state (last applied log id, membership, partition state), in one atomic
+//! write batch.
 //!
 //! Applied state is written unsynced: it is derived from the log, whose
 //! entries were fsynced before they could commit. After a crash the state
 //! machine may be behind the log; openraft re-applies from `last_applied`
-//! (up to the persisted committed index), and because the records and the
+//! (up to the persisted committed index), and because the index and the
 //! applied state move in one batch they are never out of step.
 //!
-//! Snapshots hold the applied state and every stored batch. They are built
-//! in memory, which is fine for the sizes tests and the first releases use;
-//! large partitions will want snapshots that reference the records CF
-//! instead of copying it (noted in docs/architecture.md).
+//! Snapshots are not copies of the partition. Building one stores only the
+//! applied state; the batches are read from the store, in bounded chunks,
+//! when the snapshot is sent ([`crate::snapshot`]), and a receiving replica
+//! writes them to its `Records` CF chunk by chunk as they arrive. Memory
+//! during build, send and install is bounded by the chunk size.
+//!
+//! The Raft log of a partition is its data: openraft's purge (after a
+//! snapshot) deletes only entries below the oldest retained batch; retention
+//! decides what goes ([`crate::LogStore`] asks [`log_floor`]).
 
 use std::io;
 use std::sync::Arc;
@@ -26,7 +32,6 @@ use ferrolog_storage::Cf;
 use ferrolog_storage::Storage;
 use ferrolog_storage::WriteBatch;
 use ferrolog_storage::keys;
-use ferrolog_types::Batch;
 use ferrolog_types::GroupId;
 use ferrolog_types::Offset;
 use futures::Stream;
@@ -43,6 +48,13 @@ use crate::Request;
 use crate::Response;
 use crate::TypeConfig;
 use crate::codec;
+use crate::index::IndexEntry;
+use crate::index::Location;
+pub use crate::index::PartitionReader;
+use crate::snapshot::Batches;
+use crate::snapshot::PartitionSnapshot;
+use crate::snapshot::SnapshotData;
+use crate::snapshot::SnapshotReceiver;
 use crate::snapshot_slot::SnapshotSlot;
 use crate::types::alias::LogId;
 use crate::types::alias::Snapshot;
@@ -61,14 +73,9 @@ pub struct AppliedState {
     pub membership: StoredMembership,
     /// The partition's offsets.
     pub partition: PartitionState,
-}
-
-/// The contents of a snapshot.
-#[derive(Debug, Serialize, Deserialize)]
-struct SnapshotBody {
-    applied: AppliedState,
-    /// `(base offset, encoded batch)`, in offset order.
-    batches: Vec<(Offset, Vec<u8>)>,
+    /// This replica only: batches below this offset came in a snapshot and
+    /// live in the `Records` CF, not in the Raft log.
+    pub installed_until: Offset,
 }
 
 /// What readers of a partition need to know about its applied state: the
@@ -93,6 +100,25 @@ pub fn load_applied(storage: &Storage, group: GroupId) -> io::Result<AppliedStat
         Some(v) => codec::decode("applied state", &v)?,
         None => AppliedState::default(),
     })
+}
+
+/// The lowest Raft log index of `group` that still holds retained data:
+/// a purge must leave it and everything after it in place. `None` when no
+/// retained batch lives in the log (groups without an index, such as the
+/// metadata group, or a partition whose batches all came by snapshot).
+pub fn log_floor(storage: &Arc<Storage>, group: GroupId) -> io::Result<Option<u64>> {
+    let applied = load_applied(storage, group)?;
+    let p = &applied.partition;
+    let from = p.log_start.max(applied.installed_until);
+    if from >= p.next_offset {
+        return Ok(None);
+    }
+    match PartitionReader::new(storage.clone(), group).locate(from)? {
+        Some((_, IndexEntry { location: Location::Log(index), .. })) => Ok(Some(index)),
+        // Not what a finished install leaves (a snapshot stream that never
+        // installed wrote here): keep the whole log rather than guess.
+        Some((_, IndexEntry { location: Location::Records, .. })) | None => Ok(Some(0)),
+    }
 }
 
 /// The state machine of one partition group.
@@ -132,31 +158,35 @@ impl StateMachine {
         &self.state
     }
 
-    fn write_effect(&self, wb: &mut WriteBatch, effect: Effect) -> io::Result<()> {
+    /// Carries out `effect` of the entry at `log_index` into `wb`. `round`
+    /// lists the batches indexed earlier in this apply round (not yet
+    /// readable from the store).
+    fn write_effect(
+        &self,
+        wb: &mut WriteBatch,
+        effect: Effect,
+        log_index: u64,
+        round: &mut Vec<(Offset, Offset)>,
+    ) -> io::Result<()> {
         match effect {
-            Effect::WriteBatch { base_offset, batch } => {
+            Effect::IndexBatch { base_offset, meta } => {
                 let key = keys::indexed(self.group, base_offset);
-                self.storage.put(wb, Cf::Records, &key, &codec::encode(&batch)?);
+                let entry = IndexEntry { location: Location::Log(log_index), meta };
+                self.storage.put(wb, Cf::Index, &key, &crate::index::encode_entry(&entry)?);
+                round.push((base_offset, entry.end(base_offset)));
             }
             Effect::DeleteBatchesBefore { before } => {
                 // Delete whole batches only: one that straddles `before` stays
                 // (its first records sit below the new log start, as in Kafka).
-                let reader = PartitionReader::new(self.storage.clone(), self.group);
-                if let Some(keep_from) = reader.batch_containing(before)? {
-                    self.storage.delete_range(
-                        wb,
-                        Cf::Records,
-                        &keys::indexed(self.group, 0),
-                        &keys::indexed(self.group, keep_from),
-                    );
-                } else {
-                    self.storage.delete_range(
-                        wb,
-                        Cf::Records,
-                        &keys::indexed(self.group, 0),
-                        &keys::indexed(self.group, before),
-                    );
-                }
+                let straddling = match round.iter().find(|(base, end)| *base <= before && before < *end) {
+                    Some((base, _)) => Some(*base),
+                    None => PartitionReader::new(self.storage.clone(), self.group).batch_containing(before)?,
+                };
+                let keep_from = straddling.unwrap_or(before);
+                let (lo, hi) = (keys::indexed(self.group, 0), keys::indexed(self.group, keep_from));
+                self.storage.delete_range(wb, Cf::Index, &lo, &hi);
+                self.storage.delete_range(wb, Cf::Records, &lo, &hi);
+                // The log entries go when openraft purges (bounded by log_floor).
             }
         }
         Ok(())
@@ -170,7 +200,7 @@ impl StateMachine {
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
-    type SnapshotData = Vec<u8>;
+    type SnapshotData = SnapshotData;
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
@@ -183,6 +213,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut wb = self.storage.batch();
         let mut replies = Vec::new();
+        let mut round = Vec::new();
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
             let log_id = entry.log_id();
@@ -191,7 +222,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Normal(Request::Partition { cmd, .. }) => {
                     let (outcome, effect) = self.state.partition.apply(cmd);
                     if let Some(effect) = effect {
-                        self.write_effect(&mut wb, effect)?;
+                        self.write_effect(&mut wb, effect, log_id.index, &mut round)?;
                     }
                     Response::Partition(outcome)
                 }
@@ -226,28 +257,64 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         SnapshotBuilder { group: self.group, storage: self.storage.clone(), applied: self.state.clone() }
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Vec<u8>) -> io::Result<()> {
-        let body: SnapshotBody = codec::decode("snapshot", &snapshot)?;
-        if body.applied.last_applied != meta.last_log_id {
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> io::Result<()> {
+        let SnapshotData::Partition(snap) = snapshot else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: a metadata snapshot cannot be installed in a partition group", self.group),
+            ));
+        };
+        let snap = match snap.batches {
+            // Not received over the network (a local copy, as openraft's
+            // storage suite does): stream it through the same receiver.
+            Batches::InStore { .. } => {
+                let mut rx = SnapshotReceiver::new(self.storage.clone(), self.group, snap.applied.clone());
+                let mut chunks = snap.chunks()?;
+                while let Some(chunk) = chunks.next_chunk()? {
+                    rx.chunk(&chunk)?;
+                }
+                rx.finish()?
+            }
+            Batches::Received { .. } => snap,
+        };
+        let Batches::Received { log_start, first, end } = snap.batches else { unreachable!("a received snapshot") };
+        if snap.applied.last_applied != meta.last_log_id {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!(
-                    "{}: snapshot body is at {:?} but its meta says {:?}",
-                    self.group, body.applied.last_applied, meta.last_log_id
+                    "{}: snapshot state is at {:?} but its meta says {:?}",
+                    self.group, snap.applied.last_applied, meta.last_log_id
                 ),
             ));
         }
-        let mut wb = self.storage.batch();
-        self.storage.delete_range(&mut wb, Cf::Records, &keys::indexed(self.group, 0), &keys::group_end(self.group));
-        for (base, bytes) in &body.batches {
-            // Check every batch before it replaces our state.
-            let batch: Batch = codec::decode("snapshot batch", bytes)?;
-            batch.verify().map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-            self.storage.put(&mut wb, Cf::Records, &keys::indexed(self.group, *base), bytes);
+        let mut state = snap.applied;
+        let next = state.partition.next_offset;
+        state.partition.log_start = state.partition.log_start.max(log_start).min(next);
+        // Every batch from the one holding the log start to the end must
+        // have arrived, densely (the receiver checked density).
+        let complete = match first {
+            Some(first) => first <= state.partition.log_start && end == next,
+            None => state.partition.log_start == next,
+        };
+        if !complete {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{}: snapshot holds batches [{first:?}, {end}) but its state needs [{}, {next})",
+                    self.group, state.partition.log_start
+                ),
+            ));
         }
-        let mut state = body.applied;
         state.membership = meta.last_membership.clone();
-        slot(self.group).put(&self.storage, &mut wb, meta, &snapshot)?;
+        state.installed_until = next;
+        let mut wb = self.storage.batch();
+        // Drop what lies below the snapshot's first batch; the index entries
+        // of the batches it holds were written as they arrived.
+        let keep_from = first.unwrap_or(next);
+        let (lo, hi) = (keys::indexed(self.group, 0), keys::indexed(self.group, keep_from));
+        self.storage.delete_range(&mut wb, Cf::Index, &lo, &hi);
+        self.storage.delete_range(&mut wb, Cf::Records, &lo, &hi);
+        slot(self.group).put(&self.storage, &mut wb, meta, &codec::encode(&state)?)?;
         let previous = std::mem::replace(&mut self.state, state);
         if let Err(e) = self.put_state(&mut wb) {
             self.state = previous;
@@ -255,7 +322,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         // durability: installing a snapshot replaces the replica's state and
         // openraft purges the log behind it next; sync it so that a crash
-        // cannot leave a purged log with the old state.
+        // cannot leave a purged log with the old state. (The batches written
+        // while the snapshot streamed in precede this write in the WAL, so
+        // this sync covers them too.)
         if let Err(e) = self.storage.write_durable(wb).await {
             self.state = previous;
             return Err(e.into());
@@ -275,7 +344,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {
-        slot(self.group).load(&self.storage)
+        let Some((meta, bytes)) = slot(self.group).load(&self.storage)? else { return Ok(None) };
+        let applied: AppliedState = codec::decode("snapshot state", &bytes)?;
+        Ok(Some(Snapshot { meta, snapshot: PartitionSnapshot::in_store(applied, self.storage.clone(), self.group) }))
     }
 }
 
@@ -303,82 +374,18 @@ pub struct SnapshotBuilder {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
-    type SnapshotData = Vec<u8>;
+    type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> io::Result<Snapshot> {
-        // Records only grow at the end and the applied state caps what we
-        // take, so batches applied after the builder was made are left out.
-        let end = self.applied.partition.next_offset;
-        let mut batches = Vec::new();
-        for item in self.storage.scan(Cf::Records, self.group, 0, end) {
-            let (base, bytes) = item?;
-            batches.push((base, bytes));
-        }
-        let body = SnapshotBody { applied: self.applied.clone(), batches };
-        let data = codec::encode(&body)?;
+        // Only the state is stored: the batches stay where they are and are
+        // read when the snapshot is sent (bounded by its next offset, so
+        // batches applied after the builder was made are left out).
         let meta =
             SnapshotMeta { last_log_id: self.applied.last_applied, last_membership: self.applied.membership.clone() };
-        slot(self.group).store(&self.storage, &meta, &data).await?;
-        Ok(Snapshot { meta, snapshot: data })
+        slot(self.group).store(&self.storage, &meta, &codec::encode(&self.applied)?).await?;
+        Ok(Snapshot {
+            meta,
+            snapshot: PartitionSnapshot::in_store(self.applied.clone(), self.storage.clone(), self.group),
+        })
     }
-}
-
-/// Reads applied record batches of one partition (the fetch path).
-#[derive(Debug, Clone)]
-pub struct PartitionReader {
-    storage: Arc<Storage>,
-    group: GroupId,
-}
-
-impl PartitionReader {
-    /// A reader of `group`'s records.
-    pub fn new(storage: Arc<Storage>, group: GroupId) -> Self {
-        PartitionReader { storage, group }
-    }
-
-    /// Base offset of the stored batch that holds `offset`, if any.
-    pub fn batch_containing(&self, offset: Offset) -> io::Result<Option<Offset>> {
-        // The batch holding `offset` is the last one whose base is <= offset.
-        let mut found = None;
-        for item in self.storage.scan(Cf::Records, self.group, 0, offset.saturating_add(1)) {
-            let (base, _) = item?;
-            found = Some(base);
-        }
-        let Some(base) = found else { return Ok(None) };
-        let batch = self.read_one(base)?;
-        let last = base + u64::from(batch.header.record_count) - 1;
-        Ok((offset <= last).then_some(base))
-    }
-
-    fn read_one(&self, base: Offset) -> io::Result<Batch> {
-        let key = keys::indexed(self.group, base);
-        let bytes = self
-            .storage
-            .get(Cf::Records, &key)?
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{}: no batch at {base}", self.group)))?;
-        decode_batch(self.group, base, &bytes)
-    }
-
-    /// Up to `max_batches` batches starting with the one holding `from`, each
-    /// checked against its CRC32C. A damaged batch is an error, never data.
-    pub fn read(&self, from: Offset, max_batches: usize) -> io::Result<Vec<(Offset, Batch)>> {
-        let start = self.batch_containing(from)?.unwrap_or(from);
-        let mut out = Vec::new();
-        for item in self.storage.scan(Cf::Records, self.group, start, u64::MAX) {
-            if out.len() >= max_batches {
-                break;
-            }
-            let (base, bytes) = item?;
-            out.push((base, decode_batch(self.group, base, &bytes)?));
-        }
-        Ok(out)
-    }
-}
-
-fn decode_batch(group: GroupId, base: Offset, bytes: &[u8]) -> io::Result<Batch> {
-    let batch: Batch = codec::decode("record batch", bytes)?;
-    batch
-        .verify()
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{group}: batch at offset {base}: {e}")))?;
-    Ok(batch)
 }

@@ -80,8 +80,8 @@ pub mod alias {
     pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<TypeConfig>;
     /// Snapshot metadata.
     pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>;
-    /// A snapshot whose data is a byte vector.
-    pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, Vec<u8>>;
+    /// A snapshot of either group kind.
+    pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, crate::snapshot::SnapshotData>;
 }
 
 /// The log id of entry `index` proposed by `node` in `term`.

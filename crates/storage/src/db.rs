@@ -36,15 +36,21 @@ pub enum Cf {
     RaftMeta,
     /// Partition state machines: applied state and snapshots (`group ‖ kind`).
     StateMachine,
-    /// Applied record batches: `group ‖ base offset` → sealed batch.
+    /// Record batches a replica received in a snapshot (it has no log
+    /// entries for them): `group ‖ base offset` → sealed batch. Batches that
+    /// arrive through replication are never copied here: they stay in `Log`.
     Records,
+    /// The offset index of every partition: `group ‖ base offset` → where
+    /// the batch lives (a `Log` index or `Records`) and its size, record
+    /// count and timestamps. Small (tens of bytes per batch).
+    Index,
     /// The metadata group's state machine (brokers, topics, consumer groups).
     Metadata,
 }
 
 impl Cf {
     /// Every column family, in creation order.
-    pub const ALL: [Cf; 5] = [Cf::Log, Cf::RaftMeta, Cf::StateMachine, Cf::Records, Cf::Metadata];
+    pub const ALL: [Cf; 6] = [Cf::Log, Cf::RaftMeta, Cf::StateMachine, Cf::Records, Cf::Index, Cf::Metadata];
 
     /// The RocksDB name.
     pub fn name(self) -> &'static str {
@@ -53,10 +59,21 @@ impl Cf {
             Cf::RaftMeta => "raft_meta",
             Cf::StateMachine => "sm",
             Cf::Records => "records",
+            Cf::Index => "batch_index",
             Cf::Metadata => "metadata",
         }
     }
 }
+
+/// The on-disk format this build reads and writes. Format 2 (write-once):
+/// batches live in the Raft log and an offset index points at them; format
+/// 1 stored a second copy of every batch. A store of another format is
+/// refused at open, naming both, rather than misread.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// Where the format version is kept (`RaftMeta` CF). No group key has this
+/// shape: group keys are 9 or 16 bytes.
+const FORMAT_KEY: &[u8] = b"ferrolog.format";
 
 /// How the store is opened.
 #[derive(Debug, Clone)]
@@ -144,7 +161,37 @@ impl Storage {
         } else {
             None
         };
-        Ok(Storage { db, syncer, failed, stats, path: config.path.clone() })
+        let storage = Storage { db, syncer, failed, stats, path: config.path.clone() };
+        storage.check_format()?;
+        Ok(storage)
+    }
+
+    /// Refuses a store written in another on-disk format; stamps a new one.
+    fn check_format(&self) -> Result<(), StorageError> {
+        match self.get(Cf::RaftMeta, FORMAT_KEY)? {
+            Some(v) => {
+                let found = v.as_slice().try_into().map(u32::from_be_bytes).unwrap_or(0);
+                if found != FORMAT_VERSION {
+                    return Err(StorageError::Format { found, expected: FORMAT_VERSION });
+                }
+            }
+            None => {
+                let used =
+                    Cf::ALL.iter().any(|cf| self.db.iterator_cf(self.cf(*cf), IteratorMode::Start).next().is_some());
+                if used {
+                    // Written before the format was stamped: format 1.
+                    return Err(StorageError::Format { found: 1, expected: FORMAT_VERSION });
+                }
+                let mut wb = self.batch();
+                self.put(&mut wb, Cf::RaftMeta, FORMAT_KEY, &FORMAT_VERSION.to_be_bytes());
+                let mut wo = WriteOptions::default();
+                // durability: the stamp of a new store; synced so that a store
+                // is never found with data but without its format.
+                wo.set_sync(true);
+                self.db.write_opt(wb, &wo)?;
+            }
+        }
+        Ok(())
     }
 
     /// The directory of the database.
@@ -290,6 +337,29 @@ impl Storage {
         })
     }
 
+    /// The entry of `group` with the highest index at or below `index`, if
+    /// any: one seek, whatever the number of entries.
+    pub fn seek_prev(&self, cf: Cf, group: GroupId, index: u64) -> Result<Option<(u64, Vec<u8>)>, StorageError> {
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(keys::group_start(group).to_vec());
+        let target = keys::indexed(group, index);
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(cf), ro);
+        it.seek_for_prev(target);
+        if !it.valid() {
+            it.status()?;
+            return Ok(None);
+        }
+        let (Some(k), Some(v)) = (it.key(), it.value()) else { return Ok(None) };
+        // Only for column families of indexed keys (`group ‖ index`).
+        let Some((g, found)) = keys::split_indexed(k) else {
+            return Err(StorageError::corrupt(cf.name(), k, "malformed key"));
+        };
+        if g != group {
+            return Ok(None);
+        }
+        Ok(Some((found, value::open(cf.name(), k, v)?.to_vec())))
+    }
+
     /// The entry of `group` with the highest index, if any.
     pub fn last(&self, cf: Cf, group: GroupId) -> Result<Option<(u64, Vec<u8>)>, StorageError> {
         let mut ro = ReadOptions::default();
@@ -336,7 +406,7 @@ fn cf_options(cf: Cf) -> Options {
     let mut t = BlockBasedOptions::default();
     // Block checksums are on by default; keep them and verify on reads
     // (ReadOptions::verify_checksums defaults to true).
-    t.set_block_size(if cf == Cf::Records { 64 << 10 } else { 16 << 10 });
+    t.set_block_size(if matches!(cf, Cf::Log | Cf::Records) { 64 << 10 } else { 16 << 10 });
     o.set_block_based_table_factory(&t);
     if matches!(cf, Cf::Log | Cf::Records) {
         // Entries arrive in key order per group and are deleted in ranges.

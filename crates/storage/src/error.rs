@@ -21,6 +21,17 @@ pub enum StorageError {
     /// An earlier WAL fsync failed: the store stopped accepting writes.
     #[error("storage is stopped after a failed WAL sync: {0}")]
     Stopped(String),
+    /// The data directory was written in another on-disk format.
+    #[error(
+        "the data directory is in on-disk format {found}, this broker reads format {expected}; \
+         start it on an empty directory (format 1 stores are not converted)"
+    )]
+    Format {
+        /// The format found.
+        found: u32,
+        /// The format this build reads.
+        expected: u32,
+    },
     /// The store is shutting down.
     #[error("storage is closed")]
     Closed,

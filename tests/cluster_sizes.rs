@@ -1,0 +1,188 @@
+//! Real sizes on real clusters: a follower far behind catches up (in
+//! byte-bounded AppendEntries its decode limit accepts), and a follower
+//! installs a snapshot of a large retained partition with bounded memory
+//! (snapshots stream from the store in chunks, never built whole).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferrolog_proto::v1;
+use ferrolog_tests::client::TestClient;
+use ferrolog_tests::client::make_batch;
+use ferrolog_tests::cluster::Cluster;
+use ferrolog_tests::eventually;
+
+const START: Duration = Duration::from_secs(60);
+const OP: Duration = Duration::from_secs(30);
+/// SIGSTOP / SIGCONT / SIGKILL.
+const STOP: i32 = 19;
+const CONT: i32 = 18;
+
+/// A batch of 4 records of 16 KiB (64 KiB of payload), tagged `i`.
+fn big_batch(i: usize) -> v1::RecordBatch {
+    let values: Vec<Vec<u8>> = (0..4).map(|r| vec![((i * 4 + r) % 251) as u8; 16 << 10]).collect();
+    make_batch(&values)
+}
+
+async fn create(client: &TestClient, name: &str, config: v1::TopicConfig) -> anyhow::Result<()> {
+    let req = v1::CreateTopicRequest { name: name.into(), partitions: 1, replication_factor: 3, config: Some(config) };
+    client
+        .admin(OP, |mut c| {
+            let req = req.clone();
+            async move { c.create_topic(req).await }
+        })
+        .await?;
+    Ok(())
+}
+
+/// Produces `n` 64 KiB batches with acks=all, `concurrency` at a time.
+async fn produce_big(client: &TestClient, topic: &str, n: usize, concurrency: usize) -> anyhow::Result<()> {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (c, next, topic) = (client.client().clone(), next.clone(), topic.to_string());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= n {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                c.produce(&topic, 0, v1::Acks::All, big_batch(i), OP).await?;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
+}
+
+async fn describe(client: &TestClient, topic: &str) -> Result<v1::PartitionDescription, String> {
+    let req = v1::DescribeTopicRequest { name: topic.into(), local_only: false };
+    let d = client
+        .admin(OP, |mut c| {
+            let req = req.clone();
+            async move { c.describe_topic(req).await }
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    d.topic.and_then(|t| t.partitions.into_iter().next()).ok_or_else(|| "no partition described".to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_far_behind_catches_up_and_then_carries_acks_all() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(3)?;
+    cluster.wait_serving(START).await?;
+    let client = TestClient::new(cluster.addrs());
+    create(&client, "big", v1::TopicConfig::default()).await?;
+    let leader = client.wait_leaders("big", START).await?[0];
+    let others: Vec<u64> = cluster.nodes.iter().map(|n| n.id).filter(|id| *id != leader).collect();
+    let (lagging, other) = (others[0], others[1]);
+
+    // 64 MiB in 64 KiB batches while one follower is stopped: it comes back
+    // ~1,000 entries (far more than 4 MiB) behind.
+    cluster.signal(lagging, STOP)?;
+    let batches = 1024;
+    produce_big(&client, "big", batches, 4).await?;
+    let hw = describe(&client, "big").await.map_err(anyhow::Error::msg)?.high_watermark;
+    assert_eq!(hw, batches as i64 * 4);
+    cluster.signal(lagging, CONT)?;
+
+    // It catches up: describe shows no lag on any replica.
+    let t0 = std::time::Instant::now();
+    eventually("the stopped follower to catch up (lag 0)", Duration::from_secs(180), || async {
+        let p = describe(&client, "big").await?;
+        let lag: Vec<(u64, i64)> = p.replicas.iter().map(|r| (r.broker_id, r.lag)).collect();
+        if p.replicas.len() == 3 && lag.iter().all(|(_, l)| *l == 0) { Ok(()) } else { Err(format!("{lag:?}")) }
+    })
+    .await?;
+    eprintln!("follower {lagging} caught up on 64 MiB in {:?}", t0.elapsed());
+
+    // It serves the tail exactly as the leader does.
+    let from = hw as u64 - 8;
+    let (want, _) = client.fetch_from(&cluster.node(leader).addr, "big", 0, from).await?;
+    let (got, _) = client.fetch_from(&cluster.node(lagging).addr, "big", 0, from).await?;
+    assert_eq!(want.len(), 8);
+    assert_eq!(got, want);
+
+    // With the other follower dead, the caught-up one is the quorum.
+    cluster.kill(other)?;
+    let r = client.client().produce("big", 0, v1::Acks::All, big_batch(batches), OP).await?;
+    assert_eq!(r.base_offset, hw);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_installs_a_large_snapshot_with_bounded_memory() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(3)?;
+    cluster.wait_serving(START).await?;
+    let client = TestClient::new(cluster.addrs());
+    // 256 MiB produced; retention keeps the newest 160 MiB.
+    let keep: i64 = 160 << 20;
+    create(&client, "huge", v1::TopicConfig { retention_bytes: Some(keep), ..Default::default() }).await?;
+    let leader = client.wait_leaders("huge", START).await?[0];
+    let follower = cluster.nodes.iter().map(|n| n.id).find(|id| *id != leader).expect("a follower");
+    cluster.kill(follower)?;
+    let batches = 4096;
+    produce_big(&client, "huge", batches, 4).await?;
+    let hw = batches as i64 * 4;
+
+    // The leader trims, snapshots and purges its log behind the trim.
+    let p = eventually("retention to trim the partition", OP, || async {
+        let p = describe(&client, "huge").await?;
+        if p.log_start_offset > 0 { Ok(p) } else { Err(format!("log start {}", p.log_start_offset)) }
+    })
+    .await?;
+    let retained = (hw - p.log_start_offset) as u64 * (16 << 10);
+    eprintln!("retained {} MiB of {} MiB produced", retained >> 20, (hw as u64 * (16 << 10)) >> 20);
+    assert!(retained >= 150 << 20, "retention kept {retained} bytes");
+    eventually("the leader to purge its Raft log", OP, || async {
+        let m = ferrolog_tests::cluster::scrape(&cluster.node(leader).metrics_addr).map_err(|e| e.to_string())?;
+        let purged = ferrolog_tests::cluster::sample(&m, "ferrolog_raft_purged_entries").unwrap_or(0.0);
+        if purged > 0.0 { Ok(()) } else { Err("nothing purged".into()) }
+    })
+    .await?;
+
+    // The follower can only catch up by snapshot; its memory is sampled
+    // while it installs one of ~160 MiB.
+    cluster.restart(follower)?;
+    cluster.wait_serving(START).await?;
+    let base_rss = cluster.rss_bytes(follower)?;
+    let mut peak = base_rss;
+    let follower_addr = cluster.node(follower).addr.clone();
+    let t0 = std::time::Instant::now();
+    loop {
+        peak = peak.max(cluster.rss_bytes(follower)?);
+        let caught_up = ferrolog_tests::client::fetch_replica(&follower_addr, "huge", 0, hw - 1)
+            .await
+            .map(|r| r.high_watermark == hw)
+            .unwrap_or(false);
+        if caught_up {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(180), "follower {follower} did not catch up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "snapshot of {} MiB installed in {:?}: follower RSS {} MiB before, {} MiB peak",
+        retained >> 20,
+        t0.elapsed(),
+        base_rss >> 20,
+        peak >> 20
+    );
+    assert!(cluster.log_contains(follower, "installed snapshot"), "caught up without a snapshot?");
+    // Bounded by chunks and RocksDB's write buffers, not by the snapshot:
+    // well under the snapshot's own size.
+    assert!(
+        peak < base_rss + retained / 2,
+        "RSS grew from {} MiB to {} MiB installing a {} MiB snapshot",
+        base_rss >> 20,
+        peak >> 20,
+        retained >> 20
+    );
+    // And it serves the retained data as the leader does.
+    let (want, _) = client.fetch_from(&cluster.node(leader).addr, "huge", 0, hw as u64 - 16).await?;
+    let (got, _) = client.fetch_from(&follower_addr, "huge", 0, hw as u64 - 16).await?;
+    assert_eq!(got, want);
+    Ok(())
+}
