@@ -40,7 +40,7 @@ async fn produce_big(client: &TestClient, topic: &str, n: usize, concurrency: us
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
-        let (c, next, topic) = (client.client().clone(), next.clone(), topic.to_string());
+        let (c, next, topic) = (client.shared(), next.clone(), topic.to_string());
         tasks.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -66,7 +66,7 @@ async fn describe(client: &TestClient, topic: &str) -> Result<v1::PartitionDescr
         })
         .await
         .map_err(|e| e.to_string())?;
-    d.topic.and_then(|t| t.partitions.into_iter().next()).ok_or_else(|| "no partition described".to_string())
+    d.partitions.into_iter().next().ok_or_else(|| "no partition described".to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,10 +171,10 @@ async fn a_follower_installs_a_large_snapshot_with_bounded_memory() -> anyhow::R
         peak >> 20
     );
     assert!(cluster.log_contains(follower, "installed snapshot"), "caught up without a snapshot?");
-    // Bounded by chunks and RocksDB's write buffers, not by the snapshot:
-    // well under the snapshot's own size.
+    // Bounded by the chunks in flight and the Records CF's two 16 MiB
+    // memtables, not by the snapshot: a constant well under its size.
     assert!(
-        peak < base_rss + retained / 2,
+        peak < base_rss + (64 << 20) && peak < base_rss + retained / 2,
         "RSS grew from {} MiB to {} MiB installing a {} MiB snapshot",
         base_rss >> 20,
         peak >> 20,

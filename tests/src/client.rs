@@ -38,6 +38,11 @@ impl TestClient {
         &self.inner
     }
 
+    /// The underlying client, shared (for spawned tasks).
+    pub fn shared(&self) -> Arc<Client> {
+        self.inner.clone()
+    }
+
     /// See [`Client::admin`].
     pub async fn admin<T, F, Fut>(&self, timeout: Duration, call: F) -> Result<T, Status>
     where

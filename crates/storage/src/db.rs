@@ -401,6 +401,9 @@ impl Storage {
     }
 }
 
+/// Memtable size of the `Records` CF (two may be in memory at once).
+const RECORDS_WRITE_BUFFER_BYTES: usize = 16 << 20;
+
 fn cf_options(cf: Cf) -> Options {
     let mut o = Options::default();
     let mut t = BlockBasedOptions::default();
@@ -411,6 +414,12 @@ fn cf_options(cf: Cf) -> Options {
     if matches!(cf, Cf::Log | Cf::Records) {
         // Entries arrive in key order per group and are deleted in ranges.
         o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    }
+    if cf == Cf::Records {
+        // Written only while a snapshot streams in: small memtables keep a
+        // multi-GB install's memory to a few of them (RocksDB's default is
+        // 64 MiB each).
+        o.set_write_buffer_size(RECORDS_WRITE_BUFFER_BYTES);
     }
     o
 }
