@@ -6,6 +6,7 @@
 
 mod bench_consume;
 mod bench_coordinator;
+mod bench_fetch;
 mod bench_produce;
 mod commands;
 mod dev;
@@ -114,6 +115,11 @@ enum Bench {
     ///
     /// Example: ferrolog bench consume --topic bench --records 100000
     Consume(bench_consume::ConsumeArgs),
+    /// Latency of single fetches at the head and tail of a partition, and of
+    /// ListOffsets by timestamp (compare across partition sizes).
+    ///
+    /// Example: ferrolog bench fetch --topic sizes --samples 500
+    Fetch(bench_fetch::FetchArgs),
     /// The consumer-group coordinator's cost per heartbeat and per rebalance.
     ///
     /// Example: ferrolog bench coordinator --members 100 --partitions 1000
@@ -192,6 +198,7 @@ fn real_main() -> anyhow::Result<()> {
         Command::Bench(Bench::Produce(args)) => rt.block_on(bench_produce::run(args)),
         Command::Bench(Bench::Coordinator(args)) => bench_coordinator::run(args),
         Command::Bench(Bench::Consume(args)) => rt.block_on(bench_consume::run(args)),
+        Command::Bench(Bench::Fetch(args)) => rt.block_on(bench_fetch::run(args)),
     }
 }
 
