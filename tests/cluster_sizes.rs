@@ -186,3 +186,99 @@ async fn a_follower_installs_a_large_snapshot_with_bounded_memory() -> anyhow::R
     assert_eq!(got, want);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_limits_agree_and_are_clear_errors() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(3)?;
+    cluster.wait_serving(START).await?;
+    let client = TestClient::new(cluster.addrs());
+
+    // A topic may not ask for more than the broker can decode.
+    let req = v1::CreateTopicRequest {
+        name: "huge-messages".into(),
+        partitions: 1,
+        replication_factor: 3,
+        config: Some(v1::TopicConfig { max_message_bytes: Some(64 << 20), ..Default::default() }),
+    };
+    let err = client
+        .admin(OP, |mut c| {
+            let req = req.clone();
+            async move { c.create_topic(req).await }
+        })
+        .await
+        .expect_err("64 MiB max.message.bytes is over the limit");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    assert!(err.message().contains(&(16u32 << 20).to_string()), "names the limit: {}", err.message());
+
+    // 12 MiB batches are accepted where the topic allows them (tonic's
+    // default 4 MiB decode limit refused them before), replicated to every
+    // replica (one entry per AppendEntries, over the 4 MiB budget), and
+    // fetched back whatever max_bytes the client asks.
+    create(&client, "large", v1::TopicConfig { max_message_bytes: Some(13 << 20), ..Default::default() }).await?;
+    let leader = client.wait_leaders("large", START).await?[0];
+    let big = make_batch(&[vec![7u8; 12 << 20]]);
+    for _ in 0..3 {
+        client.client().produce("large", 0, v1::Acks::All, big.clone(), OP).await?;
+    }
+    eventually("every replica to hold the three 12 MiB batches", OP, || async {
+        let p = describe(&client, "large").await?;
+        let lag: Vec<i64> = p.replicas.iter().map(|r| r.lag).collect();
+        if p.high_watermark == 3 && lag.iter().all(|l| *l == 0) { Ok(()) } else { Err(format!("{p:?}")) }
+    })
+    .await?;
+    for node in cluster.nodes.iter().map(|n| n.id) {
+        let mut c = v1::broker_client::BrokerClient::connect(format!("http://{}", cluster.node(node).addr))
+            .await?
+            .max_decoding_message_size(ferrolog_types::limits::API_MESSAGE_LIMIT);
+        let r = c
+            .fetch(v1::FetchRequest {
+                topic: "large".into(),
+                partition: 0,
+                offset: 0,
+                max_bytes: u32::MAX,
+                max_wait_ms: 0,
+                min_bytes: 0,
+            })
+            .await?
+            .into_inner();
+        // The broker caps the answer (8 MiB, but always one batch).
+        assert_eq!(r.batches.len(), 1, "broker {node} (leader {leader}) capped a u32::MAX fetch");
+        assert_eq!(r.batches[0].records.len(), big.records.len());
+    }
+
+    // Over the topic's limit: INVALID_ARGUMENT naming it, nothing appended.
+    let over = make_batch(&[vec![1u8; 14 << 20]]);
+    let err = client.client().produce("large", 0, v1::Acks::All, over, OP).await.expect_err("over max.message.bytes");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    assert!(err.message().contains("max.message.bytes"), "{}", err.message());
+    // Over every topic's limit: refused by the client before sending.
+    let way_over = make_batch(&[vec![1u8; 17 << 20]]);
+    let err = client.client().produce("large", 0, v1::Acks::All, way_over, OP).await.expect_err("over the ceiling");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    assert!(err.message().contains(&(16u32 << 20).to_string()), "{}", err.message());
+    assert_eq!(describe(&client, "large").await.map_err(anyhow::Error::msg)?.high_watermark, 3);
+
+    // Commit metadata is bounded (it lives in the replicated metadata state).
+    let commit = v1::CommitOffsetsRequest {
+        group: "g".into(),
+        member_id: String::new(),
+        member_epoch: -1,
+        offsets: vec![v1::OffsetCommit {
+            topic: "large".into(),
+            partition: 0,
+            offset: 1,
+            metadata: "m".repeat(5000),
+        }],
+    };
+    let err = client
+        .client()
+        .on_coordinator(OP, |ch| {
+            let commit = commit.clone();
+            async move { v1::groups_client::GroupsClient::new(ch).commit_offsets(commit).await }
+        })
+        .await
+        .expect_err("5,000 bytes of commit metadata");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    assert!(err.message().contains("4096"), "{}", err.message());
+    Ok(())
+}

@@ -306,7 +306,7 @@ pub enum Assembler {
     /// [`MAX_METADATA_SNAPSHOT_BYTES`].
     Bytes(Vec<u8>),
     /// A partition snapshot, written to the store as it arrives.
-    Partition(SnapshotReceiver),
+    Partition(Box<SnapshotReceiver>),
 }
 
 impl Assembler {
@@ -314,7 +314,9 @@ impl Assembler {
     pub fn new(header: SnapshotHeader, storage: Arc<Storage>, group: GroupId) -> Self {
         match header {
             SnapshotHeader::Bytes => Assembler::Bytes(Vec::new()),
-            SnapshotHeader::Partition(applied) => Assembler::Partition(SnapshotReceiver::new(storage, group, *applied)),
+            SnapshotHeader::Partition(applied) => {
+                Assembler::Partition(Box::new(SnapshotReceiver::new(storage, group, *applied)))
+            }
         }
     }
 

@@ -47,20 +47,15 @@ const fn max(a: usize, b: usize) -> usize {
     if a > b { a } else { b }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_limits_fit_what_they_carry() {
-        // The largest produce request and fetch answer decode.
-        assert!(MAX_MESSAGE_BYTES_LIMIT as usize + ENVELOPE_BYTES <= API_MESSAGE_LIMIT);
-        assert!(MAX_FETCH_BYTES + ENVELOPE_BYTES <= API_MESSAGE_LIMIT);
-        // One entry of the largest batch, or a full budget of smaller ones,
-        // or a snapshot chunk (1 MiB + one batch) decodes on the Raft side.
-        assert!(MAX_MESSAGE_BYTES_LIMIT as usize + ENVELOPE_BYTES < RAFT_MESSAGE_LIMIT);
-        assert!(MAX_APPEND_ENTRIES_BYTES + ENVELOPE_BYTES < RAFT_MESSAGE_LIMIT);
-        assert!((1 << 20) + MAX_MESSAGE_BYTES_LIMIT as usize + ENVELOPE_BYTES <= RAFT_MESSAGE_LIMIT);
-        assert!(DEFAULT_MAX_MESSAGE_BYTES <= MAX_MESSAGE_BYTES_LIMIT);
-    }
-}
+// The limits fit what they carry, checked when the crate compiles:
+const _: () = {
+    // The largest produce request and fetch answer decode.
+    assert!(MAX_MESSAGE_BYTES_LIMIT as usize + ENVELOPE_BYTES <= API_MESSAGE_LIMIT);
+    assert!(MAX_FETCH_BYTES + ENVELOPE_BYTES <= API_MESSAGE_LIMIT);
+    // One entry of the largest batch, a full budget of smaller ones, or a
+    // snapshot chunk (1 MiB + one batch) decodes on the Raft side.
+    assert!(MAX_MESSAGE_BYTES_LIMIT as usize + ENVELOPE_BYTES < RAFT_MESSAGE_LIMIT);
+    assert!(MAX_APPEND_ENTRIES_BYTES + ENVELOPE_BYTES < RAFT_MESSAGE_LIMIT);
+    assert!((1 << 20) + MAX_MESSAGE_BYTES_LIMIT as usize + ENVELOPE_BYTES <= RAFT_MESSAGE_LIMIT);
+    assert!(DEFAULT_MAX_MESSAGE_BYTES <= MAX_MESSAGE_BYTES_LIMIT);
+};
