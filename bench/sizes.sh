@@ -42,6 +42,15 @@ for mb in "${SIZES[@]}"; do
       [[ $(describe "$topic" | field 'max(p["lag"])') == 0 ]] && break
       sleep 1
     done
+  else
+    # Retention trims to 80 %: wait until the log start stops moving.
+    prev=-1
+    for _ in $(seq 120); do
+      ls=$(describe "$topic" | field 'p["log_start_offset"]')
+      ((ls > 0 && ls == prev)) && break
+      prev=$ls
+      sleep 2
+    done
   fi
   "$BIN" bench fetch --brokers "$B1" --topic "$topic" --samples 300 --seed 42
 done
@@ -51,11 +60,6 @@ echo "== $topic front to back"
 "$BIN" bench fetch --brokers "$B1" --topic "$topic" --sweep
 
 echo "== broker 3 catches up on $topic"
-for _ in $(seq 120); do
-  [[ $(describe "$topic" | field 'p["log_start_offset"]') -gt 0 ]] && break
-  sleep 1
-done
-sleep 3 # one more retention pass: snapshot and purge after the trim
 ports=(${BROKERS//,/ })
 RUST_LOG=info "$BIN" server --node-id 3 --listen "${ports[2]}" \
   --peers "1=${ports[0]},2=${ports[1]},3=${ports[2]}" --data-dir "$DIR/n3" $SERVER_ARGS >>"$DIR/n3.log" 2>&1 &

@@ -263,12 +263,7 @@ async fn message_limits_agree_and_are_clear_errors() -> anyhow::Result<()> {
         group: "g".into(),
         member_id: String::new(),
         member_epoch: -1,
-        offsets: vec![v1::OffsetCommit {
-            topic: "large".into(),
-            partition: 0,
-            offset: 1,
-            metadata: "m".repeat(5000),
-        }],
+        offsets: vec![v1::OffsetCommit { topic: "large".into(), partition: 0, offset: 1, metadata: "m".repeat(5000) }],
     };
     let err = client
         .client()
@@ -280,5 +275,23 @@ async fn message_limits_agree_and_are_clear_errors() -> anyhow::Result<()> {
         .expect_err("5,000 bytes of commit metadata");
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
     assert!(err.message().contains("4096"), "{}", err.message());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_from_the_future_is_refused() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(3)?;
+    cluster.wait_serving(START).await?;
+    let client = TestClient::new(cluster.addrs());
+    create(&client, "clock", v1::TopicConfig::default()).await?;
+    client.wait_leaders("clock", START).await?;
+    // A day ahead (a client clock off, or microseconds sent as ms) would pin
+    // the index's running maximum timestamp for every later batch.
+    let ahead = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64 + 86_400_000;
+    let b = ferrolog_client::make_batch(&[(None, b"from the future".to_vec())], ahead);
+    let err = client.client().produce("clock", 0, v1::Acks::All, b, OP).await.expect_err("a day ahead");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    assert!(err.message().contains("ahead of the broker's clock"), "{}", err.message());
+    assert_eq!(describe(&client, "clock").await.map_err(anyhow::Error::msg)?.high_watermark, 0);
     Ok(())
 }

@@ -70,6 +70,11 @@ pub fn partition_raft_config() -> Arc<Config> {
         election_timeout_min: ELECTION_MIN_MS,
         election_timeout_max: ELECTION_MAX_MS,
         snapshot_policy: SnapshotPolicy::Never,
+        // A partition's log is its data: openraft never purges it on its
+        // own after a snapshot; retention purges up to the oldest retained
+        // batch, so followers behind only by retained data catch up by
+        // AppendEntries, not by a snapshot of the whole partition.
+        max_in_snapshot_log_to_keep: u64::MAX,
         ..Default::default()
     };
     Arc::new(c.validate().expect("valid partition raft config"))

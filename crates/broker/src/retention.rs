@@ -100,9 +100,19 @@ async fn check(groups: &Groups, r: &Replica, topic: &Topic) -> anyhow::Result<()
     let applied = metrics.last_applied.map(|l| l.index);
     let snapshot = metrics.snapshot.map(|l| l.index);
     let purged = metrics.purged.map(|l| l.index);
+    // openraft's log keeps every entry that holds a retained batch: purge
+    // only below the oldest one (and never past the snapshot).
+    let floor = ferrolog_raft::state_machine::log_floor(groups.storage(), r.group)?;
+    let purge_to = |s: u64| match floor {
+        None => Some(s),
+        Some(0) => None,
+        Some(f) => Some(s.min(f - 1)),
+    };
     match (snapshot, applied) {
-        (Some(s), _) if purged < Some(s) => {
-            r.raft.trigger().purge_log(s).await?;
+        (Some(s), _) if purge_to(s).is_some_and(|p| purged < Some(p)) => {
+            if let Some(p) = purge_to(s) {
+                r.raft.trigger().purge_log(p).await?;
+            }
         }
         (s, Some(a)) if s < Some(a) && trimmed_since_snapshot(r, s) => {
             r.raft.trigger().snapshot().await?;

@@ -47,6 +47,8 @@ pub const REMOTE_DESCRIBE_TIMEOUT: Duration = Duration::from_millis(500);
 pub const FENCE_PROPAGATION_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default fetch size limit when the request names none.
 pub const DEFAULT_FETCH_MAX_BYTES: usize = 4 << 20;
+/// How far ahead of the broker's clock a batch's timestamps may be.
+const MAX_TIMESTAMP_AHEAD_MS: i64 = 3_600_000;
 /// Most batches in one fetch answer (besides the byte cap).
 const MAX_FETCH_BATCHES: usize = 4096;
 
@@ -152,6 +154,16 @@ fn batch_from_proto(b: v1::RecordBatch, max_bytes: u32) -> Result<Batch, BrokerE
     };
     if v1::Compression::try_from(b.compression).is_err() {
         return Err(BrokerError::InvalidArgument(format!("unknown compression {}", b.compression)));
+    }
+    // Kafka's log.message.timestamp.after.max.ms (1 hour): a batch from the
+    // future would hold up the index's running maximum timestamp, which
+    // ListOffsets by time and retention.ms bisect on, for every later batch.
+    let horizon = now_ms() + MAX_TIMESTAMP_AHEAD_MS;
+    if header.max_timestamp_ms > horizon {
+        return Err(BrokerError::InvalidArgument(format!(
+            "record batch max timestamp {} ms is more than {MAX_TIMESTAMP_AHEAD_MS} ms ahead of the broker's clock",
+            header.max_timestamp_ms
+        )));
     }
     let batch = Batch { header, records: b.records, crc32c: b.crc32c };
     if batch.size_bytes() > max_bytes as usize {
@@ -339,8 +351,18 @@ impl Services {
         let end = p.next_offset;
         let read = tokio::task::spawn_blocking(move || reader.read(offset, end, MAX_FETCH_BATCHES, max_bytes))
             .await
-            .map_err(|e| BrokerError::Internal(format!("fetch read task: {e}")))?
-            .map_err(|e| BrokerError::Internal(format!("read {}/{}: {e}", req.topic, req.partition)))?;
+            .map_err(|e| BrokerError::Internal(format!("fetch read task: {e}")))?;
+        let read = match read {
+            Ok(r) => r,
+            // Retention trimmed the offset away after the bounds check above.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && offset < replica.progress.borrow().log_start => {
+                let p = *replica.progress.borrow();
+                return Err(
+                    BrokerError::OutOfRange { offset: req.offset, start: p.log_start, end: p.next_offset }.into()
+                );
+            }
+            Err(e) => return Err(BrokerError::Internal(format!("read {}/{}: {e}", req.topic, req.partition)).into()),
+        };
         let batches: Vec<v1::RecordBatch> = read.iter().map(|(base, b)| batch_to_proto(*base, b)).collect();
         Ok(TResp::new(v1::FetchResponse {
             batches,

@@ -297,8 +297,20 @@ impl RaftNetworkV2<TypeConfig> for GroupClient {
                     return;
                 }
             };
+            // The header (the partition's applied state, with its producer
+            // table) travels alone, so no message exceeds a chunk plus a batch.
+            let head = SnapshotChunk {
+                group_id: group,
+                from_node: from,
+                to_node: to,
+                header: header.clone(),
+                data: bytes::Bytes::new(),
+                done: false,
+            };
+            if tx.blocking_send(head).is_err() {
+                return;
+            }
             let mut current = chunks.next_chunk();
-            let mut first = true;
             loop {
                 let chunk = match current {
                     Ok(Some(c)) => c,
@@ -316,11 +328,10 @@ impl RaftNetworkV2<TypeConfig> for GroupClient {
                     group_id: group,
                     from_node: from,
                     to_node: to,
-                    header: if first { header.clone() } else { bytes::Bytes::new() },
+                    header: bytes::Bytes::new(),
                     data: bytes::Bytes::from(chunk),
                     done,
                 };
-                first = false;
                 if tx.blocking_send(msg).is_err() || done {
                     break;
                 }
@@ -482,6 +493,13 @@ impl ferrolog_proto::internal::raft_server::Raft for RaftService {
                 self.groups.transport().heard_from(chunk.from_node);
                 if chunk.to_node != self.groups.node_id() {
                     return Ok(tonic::Response::new(err_reply(group, "snapshot for another broker")));
+                }
+                // Nothing is written for a group this broker does not run.
+                if self.groups.raft(GroupId(group)).is_none() {
+                    return Ok(tonic::Response::new(err_reply(
+                        group,
+                        format!("group {group} is not running on this broker"),
+                    )));
                 }
                 match decode::<(Vote, SnapshotMeta, SnapshotHeader)>(&chunk.header) {
                     Ok((vote, meta, kind)) => {

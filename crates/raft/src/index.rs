@@ -114,7 +114,18 @@ impl PartitionReader {
         max_batches: usize,
         max_bytes: usize,
     ) -> io::Result<Vec<(Offset, Batch)>> {
-        let start = self.batch_containing(from)?.unwrap_or(from);
+        let start = match self.batch_containing(from)? {
+            Some(base) => base,
+            // Never skip ahead to the next stored batch: the caller must
+            // learn that `from` is gone (a trim raced its bounds check).
+            None if from < end => {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("{}: no stored batch holds offset {from}", self.group),
+                ));
+            }
+            None => return Ok(Vec::new()),
+        };
         let mut out = Vec::new();
         let mut bytes = 0usize;
         for item in self.entries(start, end) {

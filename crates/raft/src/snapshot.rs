@@ -40,6 +40,10 @@ use crate::state_machine::load_applied;
 /// so a larger batch makes a chunk of its own).
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 
+/// What a chunk spends on each batch besides its bytes (base, index meta,
+/// encoding), counted so a chunk of many small batches stays in bounds.
+const PER_BATCH_BYTES: usize = 64;
+
 /// Largest metadata snapshot a broker accepts over the network (the cluster
 /// state of 10,000s of partitions and groups is a few MiB).
 pub const MAX_METADATA_SNAPSHOT_BYTES: usize = 256 << 20;
@@ -203,7 +207,7 @@ impl ChunkReader {
         }
         let mut batches = Vec::new();
         let mut bytes = 0usize;
-        while self.next < self.end && (batches.is_empty() || bytes < SNAPSHOT_CHUNK_BYTES) {
+        while self.next < self.end {
             let (base, entry) = self.reader.locate(self.next)?.ok_or_else(|| {
                 io::Error::new(
                     io::ErrorKind::NotFound,
@@ -219,9 +223,16 @@ impl ChunkReader {
                     format!("{}: index is not dense at offset {} (batch starts at {base})", self.group, self.next),
                 ));
             }
+            // Stop before a batch that would overflow the chunk (a chunk
+            // holds at least one batch): a chunk is at most
+            // SNAPSHOT_CHUNK_BYTES or one batch, plus the per-batch fields.
+            let cost = entry.meta.size as usize + PER_BATCH_BYTES;
+            if !batches.is_empty() && bytes + cost > SNAPSHOT_CHUNK_BYTES {
+                break;
+            }
             let batch = self.reader.load(base, &entry)?;
             let encoded = codec::encode(&batch)?;
-            bytes += encoded.len();
+            bytes += encoded.len() + PER_BATCH_BYTES;
             batches.push((base, entry.meta, encoded));
             self.next = entry.end(base);
         }
@@ -249,8 +260,12 @@ impl SnapshotReceiver {
     }
 
     /// Checks and stores one chunk (buffered: the install's synced write
-    /// makes them durable).
+    /// makes them durable). An empty message (the stream's header travels
+    /// alone) carries no chunk.
     pub fn chunk(&mut self, data: &[u8]) -> io::Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
         let chunk: Chunk = codec::decode("snapshot chunk", data)?;
         if *self.log_start.get_or_insert(chunk.log_start) != chunk.log_start {
             return Err(io::Error::new(
@@ -292,10 +307,44 @@ impl SnapshotReceiver {
             io::Error::new(io::ErrorKind::InvalidData, format!("{}: snapshot stream without chunks", self.group))
         })?;
         let end = if self.first.is_some() { self.next } else { log_start };
-        Ok(PartitionSnapshot {
+        let snap = PartitionSnapshot {
             applied: self.applied,
             batches: Batches::Received { log_start, first: self.first, end },
-        })
+        };
+        // Checked here too, so that an incomplete stream is an error reply
+        // to the sender rather than a failed install (fatal to the group).
+        snap.check_complete()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", self.group)))?;
+        Ok(snap)
+    }
+}
+
+impl PartitionSnapshot {
+    /// The log start the installed state will have: the snapshot's, or the
+    /// sender's if retention moved it since.
+    pub fn effective_log_start(&self) -> Offset {
+        let next = self.applied.partition.next_offset;
+        match &self.batches {
+            Batches::Received { log_start, .. } => self.applied.partition.log_start.max(*log_start).min(next),
+            Batches::InStore { .. } => self.applied.partition.log_start,
+        }
+    }
+
+    /// For a received snapshot: every batch from the one holding the log
+    /// start to the end arrived (the receiver checked density).
+    pub fn check_complete(&self) -> Result<(), String> {
+        let Batches::Received { first, end, .. } = &self.batches else { return Ok(()) };
+        let next = self.applied.partition.next_offset;
+        let log_start = self.effective_log_start();
+        let complete = match first {
+            Some(first) => *first <= log_start && *end == next,
+            None => log_start == next,
+        };
+        if complete {
+            Ok(())
+        } else {
+            Err(format!("snapshot holds batches [{first:?}, {end}) but its state needs [{log_start}, {next})"))
+        }
     }
 }
 

@@ -277,7 +277,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             Batches::Received { .. } => snap,
         };
-        let Batches::Received { log_start, first, end } = snap.batches else { unreachable!("a received snapshot") };
+        let Batches::Received { first, .. } = snap.batches else {
+            return Err(io::Error::other(format!("{}: snapshot not received", self.group)));
+        };
         if snap.applied.last_applied != meta.last_log_id {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -287,24 +289,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 ),
             ));
         }
+        snap.check_complete()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", self.group)))?;
+        let log_start_now = snap.effective_log_start();
         let mut state = snap.applied;
         let next = state.partition.next_offset;
-        state.partition.log_start = state.partition.log_start.max(log_start).min(next);
-        // Every batch from the one holding the log start to the end must
-        // have arrived, densely (the receiver checked density).
-        let complete = match first {
-            Some(first) => first <= state.partition.log_start && end == next,
-            None => state.partition.log_start == next,
-        };
-        if !complete {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "{}: snapshot holds batches [{first:?}, {end}) but its state needs [{}, {next})",
-                    self.group, state.partition.log_start
-                ),
-            ));
-        }
+        state.partition.log_start = log_start_now;
         state.membership = meta.last_membership.clone();
         state.installed_until = next;
         let mut wb = self.storage.batch();

@@ -211,7 +211,17 @@ async fn a_snapshot_with_a_gap_or_cut_short_is_refused() {
     let mut rx = Assembler::new(header, follower.clone(), G);
     rx.chunk(&chunks.next_chunk().expect("chunk").expect("first")).expect("first chunk");
     let mut fsm = StateMachine::open(follower.clone(), G).expect("sm");
-    let err = fsm.install_snapshot(&snap.meta, rx.finish().expect("finish")).await.expect_err("partial snapshot");
+    let err = rx.finish().expect_err("a partial snapshot is refused before it reaches the install");
+    assert!(err.to_string().contains("needs"), "{err}");
+    // And the install refuses it too, should one get there.
+    let partial = crate::snapshot::PartitionSnapshot {
+        applied: sm.state().clone(),
+        batches: crate::snapshot::Batches::Received { log_start: 0, first: Some(0), end: 3 },
+    };
+    let err = fsm
+        .install_snapshot(&snap.meta, crate::snapshot::SnapshotData::Partition(partial))
+        .await
+        .expect_err("partial snapshot");
     assert!(err.to_string().contains("needs"), "{err}");
     assert_eq!(fsm.state().partition.next_offset, 0, "the state is unchanged");
     assert_eq!(StateMachine::open(follower.clone(), G).expect("reopen").state().partition.next_offset, 0);
