@@ -34,7 +34,7 @@ use crate::index::Location;
 use crate::index::PartitionReader;
 use crate::index::decode_batch;
 use crate::state_machine::AppliedState;
-use crate::state_machine::load_applied;
+use crate::state_machine::load_head;
 
 /// Bytes of batches per snapshot chunk (a chunk holds at least one batch,
 /// so a larger batch makes a chunk of its own).
@@ -118,7 +118,7 @@ impl PartitionSnapshot {
         let Batches::InStore { storage, group } = &self.batches else {
             return Err(io::Error::other("a received snapshot cannot be sent on"));
         };
-        let now = load_applied(storage, *group)?.partition.log_start;
+        let now = load_head(storage, *group)?.partition.log_start;
         let log_start = self.applied.partition.log_start.max(now);
         let end = self.applied.partition.next_offset;
         let reader = PartitionReader::new(storage.clone(), *group);

@@ -23,17 +23,21 @@
 //! snapshot) deletes only entries below the oldest retained batch; retention
 //! decides what goes ([`crate::LogStore`] asks [`log_floor`]).
 
+use std::collections::BTreeSet;
 use std::io;
 use std::sync::Arc;
 
+use ferrolog_partition::Command;
 use ferrolog_partition::Effect;
 use ferrolog_partition::PartitionState;
+use ferrolog_partition::producers::ProducerEntry;
 use ferrolog_storage::Cf;
 use ferrolog_storage::Storage;
 use ferrolog_storage::WriteBatch;
 use ferrolog_storage::keys;
 use ferrolog_types::GroupId;
 use ferrolog_types::Offset;
+use ferrolog_types::batch::NO_PRODUCER_ID;
 use futures::Stream;
 use futures::StreamExt;
 use openraft::EntryPayload;
@@ -63,6 +67,10 @@ use crate::types::alias::StoredMembership;
 
 const SM_APPLIED: u8 = 1;
 const SM_SNAPSHOT: u8 = 2;
+/// `group ‖ 3 ‖ producer id`: one idempotent producer's entry. The table is
+/// stored per producer so that an apply round writes only the producers it
+/// touched, not the whole table.
+const SM_PRODUCER: u8 = 3;
 
 /// Everything a replica has applied, persisted after every apply round.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -94,8 +102,28 @@ pub struct Progress {
     pub clock_ms: i64,
 }
 
-/// Loads the persisted applied state of `group` (default when none).
+/// Loads the persisted applied state of `group` (default when none), its
+/// producer table included.
 pub fn load_applied(storage: &Storage, group: GroupId) -> io::Result<AppliedState> {
+    let mut state = load_head(storage, group)?;
+    let (lo, hi) = producer_range(group);
+    for item in storage.scan_keys(Cf::StateMachine, &lo, &hi) {
+        let (key, bytes) = item?;
+        let pid = keys::keyed_id(&key).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "producer key"))?;
+        let entry: ProducerEntry = codec::decode("producer entry", &bytes)?;
+        state.partition.producers.insert(pid as i64, entry);
+    }
+    Ok(state)
+}
+
+/// Every producer key of `group`: `[group ‖ 3 ‖ 0, group ‖ 4)`.
+fn producer_range(group: GroupId) -> ([u8; 17], [u8; 9]) {
+    (keys::keyed(group, SM_PRODUCER, 0), keys::singleton(group, SM_PRODUCER + 1))
+}
+
+/// The persisted applied state of `group` without its producer table (one
+/// small value: offsets, membership).
+pub fn load_head(storage: &Storage, group: GroupId) -> io::Result<AppliedState> {
     Ok(match storage.get(Cf::StateMachine, &keys::singleton(group, SM_APPLIED))? {
         Some(v) => codec::decode("applied state", &v)?,
         None => AppliedState::default(),
@@ -107,7 +135,7 @@ pub fn load_applied(storage: &Storage, group: GroupId) -> io::Result<AppliedStat
 /// retained batch lives in the log (groups without an index, such as the
 /// metadata group, or a partition whose batches all came by snapshot).
 pub fn log_floor(storage: &Arc<Storage>, group: GroupId) -> io::Result<Option<u64>> {
-    let applied = load_applied(storage, group)?;
+    let applied = load_head(storage, group)?;
     let p = &applied.partition;
     let from = p.log_start.max(applied.installed_until);
     if from >= p.next_offset {
@@ -192,9 +220,22 @@ impl StateMachine {
         Ok(())
     }
 
-    fn put_state(&self, wb: &mut WriteBatch) -> io::Result<()> {
+    /// Adds the applied state to `wb`: its head (offsets, membership) and
+    /// the entries of the producers in `dirty` (written, or deleted when
+    /// gone): O(what changed), not O(producer table).
+    fn put_state(&mut self, wb: &mut WriteBatch, dirty: &BTreeSet<i64>) -> io::Result<()> {
         let key = keys::singleton(self.group, SM_APPLIED);
-        self.storage.put(wb, Cf::StateMachine, &key, &codec::encode(&self.state)?);
+        let producers = std::mem::take(&mut self.state.partition.producers);
+        let head = codec::encode(&self.state);
+        self.state.partition.producers = producers;
+        self.storage.put(wb, Cf::StateMachine, &key, &head?);
+        for pid in dirty {
+            let key = keys::keyed(self.group, SM_PRODUCER, *pid as u64);
+            match self.state.partition.producers.get(pid) {
+                Some(entry) => self.storage.put(wb, Cf::StateMachine, &key, &codec::encode(entry)?),
+                None => self.storage.delete(wb, Cf::StateMachine, &key),
+            }
+        }
         Ok(())
     }
 }
@@ -214,13 +255,28 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut wb = self.storage.batch();
         let mut replies = Vec::new();
         let mut round = Vec::new();
+        let mut dirty = BTreeSet::new();
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
             let log_id = entry.log_id();
             let response = match entry.payload {
                 EntryPayload::Blank => Response::None,
                 EntryPayload::Normal(Request::Partition { cmd, .. }) => {
+                    match &cmd {
+                        Command::Append(b) if b.header.producer_id != NO_PRODUCER_ID => {
+                            dirty.insert(b.header.producer_id);
+                        }
+                        // A clock tick may touch every producer (start idle
+                        // clocks, expire): rare (at most once a minute), so
+                        // it rewrites the table, before and after.
+                        Command::Clock { .. } => dirty.extend(self.state.partition.producers.keys().copied()),
+                        _ => {}
+                    }
+                    let clock = matches!(cmd, Command::Clock { .. });
                     let (outcome, effect) = self.state.partition.apply(cmd);
+                    if clock {
+                        dirty.extend(self.state.partition.producers.keys().copied());
+                    }
                     if let Some(effect) = effect {
                         self.write_effect(&mut wb, effect, log_id.index, &mut round)?;
                     }
@@ -242,7 +298,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 replies.push((r, response));
             }
         }
-        self.put_state(&mut wb)?;
+        self.put_state(&mut wb, &dirty)?;
         // Not synced: see the module docs (the state is derived from the
         // fsynced log and replayed after a crash).
         self.storage.write_buffered(wb)?;
@@ -305,8 +361,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.storage.delete_range(&mut wb, Cf::Index, &lo, &hi);
         self.storage.delete_range(&mut wb, Cf::Records, &lo, &hi);
         slot(self.group).put(&self.storage, &mut wb, meta, &codec::encode(&state)?)?;
+        // The producer table is replaced whole: drop ours, write theirs.
+        let (plo, phi) = producer_range(self.group);
+        self.storage.delete_range(&mut wb, Cf::StateMachine, &plo, &phi);
+        let all: BTreeSet<i64> = state.partition.producers.keys().copied().collect();
         let previous = std::mem::replace(&mut self.state, state);
-        if let Err(e) = self.put_state(&mut wb) {
+        if let Err(e) = self.put_state(&mut wb, &all) {
             self.state = previous;
             return Err(e);
         }

@@ -250,3 +250,81 @@ async fn replication_reads_are_bounded_in_bytes_but_never_empty() {
     // The full-range reader (used outside replication) is not limited.
     assert_eq!(log.try_get_log_entries(1..41).await.expect("read").len(), 40);
 }
+
+fn idempotent(pid: i64, seq: i32) -> Batch {
+    let mut h = BatchHeader::plain(1, 5);
+    h.producer_id = pid;
+    h.producer_epoch = 0;
+    h.base_sequence = seq;
+    Batch::seal(h, vec![1u8; 10].into())
+}
+
+fn producer_keys(storage: &Storage) -> usize {
+    let (lo, hi) = (ferrolog_storage::keys::keyed(G, 3, 0), ferrolog_storage::keys::singleton(G, 4));
+    storage.scan_keys(Cf::StateMachine, &lo, &hi).count()
+}
+
+#[tokio::test]
+async fn the_producer_table_is_stored_per_producer_and_survives_a_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let storage = store(&dir);
+    let mut log = LogStore::new(storage.clone(), G);
+    let mut sm = StateMachine::open(storage.clone(), G).expect("sm");
+    // 1,000 idempotent producers, one batch each.
+    let entries = (1..=1000u64).map(|i| entry(i, Command::Append(idempotent(i as i64, 0)))).collect();
+    append_and_apply(&mut log, &mut sm, entries).await;
+    assert_eq!(sm.state().partition.producers.len(), 1000);
+    assert_eq!(producer_keys(&storage), 1000);
+    // The applied-state value does not hold the table: an apply round
+    // writes it plus the producers it touched, not 1,000 entries.
+    let head = storage.get(Cf::StateMachine, &ferrolog_storage::keys::singleton(G, 1)).expect("get").expect("head");
+    assert!(head.len() < 512, "applied state is {} bytes", head.len());
+
+    // Reopened, the table is whole: a retry of producer 7's batch appends nothing.
+    drop(sm);
+    let mut sm = StateMachine::open(storage.clone(), G).expect("reopen");
+    assert_eq!(sm.state().partition.producers.len(), 1000);
+    append_and_apply(&mut log, &mut sm, vec![entry(1001, Command::Append(idempotent(7, 0)))]).await;
+    assert_eq!(sm.state().partition.next_offset, 1000, "the retry was a duplicate");
+    append_and_apply(&mut log, &mut sm, vec![entry(1002, Command::Append(idempotent(7, 1)))]).await;
+    assert_eq!(sm.state().partition.next_offset, 1001, "the next sequence appends");
+
+    // A first clock tick starts every producer's idle time (and is stored:
+    // a reopened replica must expire them when its peers do)...
+    let tick = |now_ms| Command::Clock { now_ms, producer_idle_ms: 1000 };
+    append_and_apply(&mut log, &mut sm, vec![entry(1003, tick(1 << 40))]).await;
+    assert_eq!(sm.state().partition.producers.len(), 1000);
+    drop(sm);
+    let mut sm = StateMachine::open(storage.clone(), G).expect("reopen");
+    assert!(sm.state().partition.producers.values().all(|p| p.last_seen_ms > 0), "idle clocks were stored");
+    // ...and one past the idle time expires them and deletes their entries.
+    append_and_apply(&mut log, &mut sm, vec![entry(1004, tick((1 << 40) + 5000))]).await;
+    assert!(sm.state().partition.producers.is_empty());
+    assert_eq!(producer_keys(&storage), 0);
+    assert!(StateMachine::open(storage.clone(), G).expect("reopen").state().partition.producers.is_empty());
+}
+
+#[tokio::test]
+async fn an_installed_snapshot_replaces_the_producer_table() {
+    let (dir_a, dir_b) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+    let (leader, follower) = (store(&dir_a), store(&dir_b));
+    let mut log = LogStore::new(leader.clone(), G);
+    let mut sm = StateMachine::open(leader.clone(), G).expect("sm");
+    let entries = (1..=10u64).map(|i| entry(i, Command::Append(idempotent(100 + i as i64, 0)))).collect();
+    append_and_apply(&mut log, &mut sm, entries).await;
+    // The follower knew other producers (its own stale history).
+    let mut flog = LogStore::new(follower.clone(), G);
+    let mut fsm = StateMachine::open(follower.clone(), G).expect("sm");
+    append_and_apply(&mut flog, &mut fsm, vec![entry(1, Command::Append(idempotent(5, 0)))]).await;
+    let snap = sm.get_snapshot_builder().await.build_snapshot().await.expect("build");
+    let header = snap.snapshot.header();
+    let mut chunks = snap.snapshot.into_chunks().expect("chunks");
+    let mut rx = Assembler::new(header, follower.clone(), G);
+    while let Some(c) = chunks.next_chunk().expect("chunk") {
+        rx.chunk(&c).expect("chunk");
+    }
+    fsm.install_snapshot(&snap.meta, rx.finish().expect("finish")).await.expect("install");
+    let reopened = StateMachine::open(follower.clone(), G).expect("reopen");
+    assert_eq!(reopened.state().partition.producers, sm.state().partition.producers);
+    assert_eq!(producer_keys(&follower), 10);
+}

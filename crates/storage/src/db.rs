@@ -337,6 +337,24 @@ impl Storage {
         })
     }
 
+    /// Checked `(key, value)` pairs with keys in `[from, to)`, in key order
+    /// (for keys that are not `group ‖ index`).
+    pub fn scan_keys(
+        &self,
+        cf: Cf,
+        from: &[u8],
+        to: &[u8],
+    ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StorageError>> + '_ {
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(from.to_vec());
+        ro.set_iterate_upper_bound(to.to_vec());
+        self.db.iterator_cf_opt(self.cf(cf), ro, IteratorMode::From(from, Direction::Forward)).map(move |item| {
+            let (k, v) = item?;
+            let payload = value::open(cf.name(), &k, &v)?.to_vec();
+            Ok((k.to_vec(), payload))
+        })
+    }
+
     /// The entry of `group` with the highest index at or below `index`, if
     /// any: one seek, whatever the number of entries.
     pub fn seek_prev(&self, cf: Cf, group: GroupId, index: u64) -> Result<Option<(u64, Vec<u8>)>, StorageError> {

@@ -20,6 +20,22 @@ pub fn singleton(group: GroupId, kind: u8) -> [u8; 9] {
     k
 }
 
+/// `group ‖ kind ‖ id`: one value per id of a kind (a partition's
+/// producers). Sorts after `singleton(group, kind)` and before the next kind.
+pub fn keyed(group: GroupId, kind: u8, id: u64) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[..8].copy_from_slice(&group.to_be_bytes());
+    k[8] = kind;
+    k[9..].copy_from_slice(&id.to_be_bytes());
+    k
+}
+
+/// The id of a [`keyed`] key; `None` if it is not 17 bytes.
+pub fn keyed_id(key: &[u8]) -> Option<u64> {
+    let id: [u8; 8] = key.get(9..17)?.try_into().ok()?;
+    (key.len() == 17).then(|| u64::from_be_bytes(id))
+}
+
 /// The lower bound (inclusive) of every key of `group`.
 pub fn group_start(group: GroupId) -> [u8; 8] {
     group.to_be_bytes()
