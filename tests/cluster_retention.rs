@@ -17,14 +17,7 @@ const START: Duration = Duration::from_secs(60);
 const OP: Duration = Duration::from_secs(20);
 
 async fn create(client: &TestClient, name: &str, config: v1::TopicConfig) -> anyhow::Result<()> {
-    let req = v1::CreateTopicRequest { name: name.into(), partitions: 1, replication_factor: 3, config: Some(config) };
-    client
-        .admin(OP, |mut c| {
-            let req = req.clone();
-            async move { c.create_topic(req).await }
-        })
-        .await?;
-    Ok(())
+    Ok(client.create_with_config(name, config, OP).await?)
 }
 
 async fn fetch_meta(addr: &str, topic: &str, offset: i64) -> Result<v1::FetchResponse, tonic::Status> {

@@ -25,14 +25,7 @@ fn big_batch(i: usize) -> v1::RecordBatch {
 }
 
 async fn create(client: &TestClient, name: &str, config: v1::TopicConfig) -> anyhow::Result<()> {
-    let req = v1::CreateTopicRequest { name: name.into(), partitions: 1, replication_factor: 3, config: Some(config) };
-    client
-        .admin(OP, |mut c| {
-            let req = req.clone();
-            async move { c.create_topic(req).await }
-        })
-        .await?;
-    Ok(())
+    Ok(client.create_with_config(name, config, OP).await?)
 }
 
 /// Produces `n` 64 KiB batches with acks=all, `concurrency` at a time.

@@ -57,6 +57,23 @@ impl TestClient {
         self.inner.create_topic(name, partitions, rf).await
     }
 
+    /// Creates a one-partition topic with three replicas and `config`.
+    pub async fn create_with_config(
+        &self,
+        name: &str,
+        config: v1::TopicConfig,
+        timeout: Duration,
+    ) -> Result<(), Status> {
+        let req =
+            v1::CreateTopicRequest { name: name.into(), partitions: 1, replication_factor: 3, config: Some(config) };
+        self.admin(timeout, |mut c| {
+            let req = req.clone();
+            async move { c.create_topic(req).await }
+        })
+        .await?;
+        Ok(())
+    }
+
     /// The leader of every partition, once each has one.
     pub async fn wait_leaders(&self, topic: &str, timeout: Duration) -> anyhow::Result<Vec<u64>> {
         let d = self.inner.wait_leaders(topic, timeout).await?;
