@@ -232,13 +232,20 @@ impl Cluster {
 
     /// Resident memory of broker `id`'s process, in bytes (`VmRSS`).
     pub fn rss_bytes(&self, id: u64) -> anyhow::Result<u64> {
+        self.status_bytes(id, "VmRSS")
+    }
+
+    /// A size field of broker `id`'s `/proc/PID/status` (`VmRSS`,
+    /// `RssAnon`: the memory it allocated, without file-backed pages such
+    /// as its own code), in bytes.
+    pub fn status_bytes(&self, id: u64, field: &str) -> anyhow::Result<u64> {
         let c = self.nodes[id as usize - 1].child.as_ref().context("broker is not running")?;
         let status = std::fs::read_to_string(format!("/proc/{}/status", c.id()))?;
         let kb = status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field).and_then(|l| l.strip_prefix(':')))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .context("no VmRSS in /proc/PID/status")?;
+            .with_context(|| format!("no {field} in /proc/PID/status"))?;
         Ok(kb * 1024)
     }
 

@@ -12,6 +12,7 @@
 //! starts every member's session afresh, so a failover causes no removals
 //! and no rebalance, only a grace period.
 
+use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -110,11 +111,16 @@ impl Services {
         }
     }
 
-    /// The applied state of `group` (default when it does not exist).
-    fn group_state(&self, group: &str) -> Result<ferrolog_metadata::groups::Group, BrokerError> {
+    /// The applied state of `group` (default when it does not exist),
+    /// with its committed offsets only if `offsets`.
+    fn group_state(&self, group: &str, offsets: bool) -> Result<ferrolog_metadata::groups::Group, BrokerError> {
         let meta = self.groups().meta().ok_or_else(|| BrokerError::Unavailable("broker is starting".into()))?;
         let state = meta.state.borrow();
-        Ok(state.cluster.groups.get(group).cloned().unwrap_or_default())
+        Ok(match state.cluster.groups.get(group) {
+            None => Default::default(),
+            Some(g) if offsets => g.clone(),
+            Some(g) => g.without_offsets(),
+        })
     }
 
     /// High watermark and log start of a partition (from its leader).
@@ -166,8 +172,9 @@ impl v1::groups_server::Groups for Services {
             },
             session_timeout_ms: session.as_millis() as u32,
         };
-        // Apply to a copy first: the steady state needs no Raft write.
-        let current = self.group_state(&req.group)?;
+        // Apply to a copy first: the steady state needs no Raft write. A
+        // heartbeat neither reads nor changes offsets: not copied.
+        let current = self.group_state(&req.group, false)?;
         let mut copy = current.clone();
         // Partition counts of just the topics this group subscribes to (not
         // a copy of every topic).
@@ -242,20 +249,20 @@ impl v1::groups_server::Groups for Services {
     ) -> Result<TResp<v1::FetchOffsetsResponse>, Status> {
         let req = request.into_inner();
         // On the leader: it has applied every acknowledged commit.
-        self.meta_leader().await?;
-        let g = self.group_state(&req.group)?;
+        let meta = self.meta_leader().await?;
         let wanted = tps(&req.partitions);
-        let offsets = g
-            .offsets
-            .iter()
-            .filter(|(tp, _)| wanted.is_empty() || wanted.contains(*tp))
-            .map(|((t, p), c)| v1::OffsetCommit {
-                topic: t.clone(),
-                partition: *p,
-                offset: c.offset,
-                metadata: c.metadata.clone(),
-            })
-            .collect();
+        let offset = |((t, p), c): (&Tp, &ferrolog_metadata::groups::Committed)| v1::OffsetCommit {
+            topic: t.clone(),
+            partition: *p,
+            offset: c.offset,
+            metadata: c.metadata.clone(),
+        };
+        // Looked up under the read lock: no copy of the group.
+        let offsets = match meta.state.borrow().cluster.groups.get(&req.group) {
+            None => Vec::new(),
+            Some(g) if wanted.is_empty() => g.offsets.iter().map(offset).collect(),
+            Some(g) => wanted.iter().filter_map(|tp| g.offsets.get_key_value(tp)).map(offset).collect(),
+        };
         Ok(TResp::new(v1::FetchOffsetsResponse { offsets }))
     }
 
@@ -278,7 +285,7 @@ impl v1::groups_server::Groups for Services {
         if !exists {
             return Err(Status::not_found(format!("unknown group {:?}", req.group)));
         }
-        let g = self.group_state(&req.group)?;
+        let g = self.group_state(&req.group, true)?;
         let members = g
             .members
             .iter()
@@ -422,22 +429,27 @@ pub async fn run_expiry(services: Services, shutdown: CancellationToken) {
             continue;
         }
         was_leader = true;
-        let groups = meta.state.borrow().cluster.groups.clone();
+        // Every member's session, taken under the read lock (members only,
+        // not the groups' offsets); the liveness lock is taken after.
+        let sessions: BTreeMap<(String, String), u32> = meta
+            .state
+            .borrow()
+            .cluster
+            .groups
+            .iter()
+            .flat_map(|(name, g)| {
+                g.members.iter().map(move |(id, m)| ((name.clone(), id.clone()), m.session_timeout_ms))
+            })
+            .collect();
         let now = Instant::now();
-        let mut expired: Vec<(String, Vec<String>)> = Vec::new();
+        let mut expired: BTreeMap<String, Vec<String>> = BTreeMap::new();
         {
             let mut seen = services.liveness().seen.lock().expect("liveness lock");
-            seen.retain(|(g, m), _| groups.get(g).is_some_and(|g| g.members.contains_key(m)));
-            for (name, g) in &groups {
-                let mut gone = Vec::new();
-                for (id, m) in &g.members {
-                    let last = *seen.entry((name.clone(), id.clone())).or_insert(now);
-                    if now.duration_since(last) > session_of(m.session_timeout_ms) {
-                        gone.push(id.clone());
-                    }
-                }
-                if !gone.is_empty() {
-                    expired.push((name.clone(), gone));
+            seen.retain(|key, _| sessions.contains_key(key));
+            for ((name, id), session_ms) in &sessions {
+                let last = *seen.entry((name.clone(), id.clone())).or_insert(now);
+                if now.duration_since(last) > session_of(*session_ms) {
+                    expired.entry(name.clone()).or_default().push(id.clone());
                 }
             }
         }

@@ -22,6 +22,7 @@ use ferrolog_raft::StateMachine;
 use ferrolog_raft::TypeConfig;
 use ferrolog_raft::acks::AckTracker;
 use ferrolog_raft::meta_sm::AppliedMeta;
+use ferrolog_raft::meta_sm::MetaView;
 use ferrolog_raft::state_machine::PartitionReader;
 use ferrolog_raft::state_machine::Progress;
 use ferrolog_raft::types::alias::Snapshot;
@@ -222,7 +223,29 @@ pub struct Meta {
     /// Its Raft.
     pub raft: MetaRaft,
     /// Its applied state.
-    pub state: watch::Receiver<Arc<AppliedMeta>>,
+    pub state: MetaView,
+}
+
+/// What the reconciler needs of the metadata state: the partition groups
+/// placed on one broker and every broker's address. Taken under the
+/// state's read lock, so that reconciling holds no lock.
+#[derive(Debug, Clone, Default)]
+pub struct Placement {
+    nodes: BTreeMap<NodeId, BasicNode>,
+    wanted: HashMap<GroupId, (String, u32, Vec<NodeId>)>,
+}
+
+impl Placement {
+    /// The placement of `node`'s replicas in `meta`.
+    pub fn of(meta: &AppliedMeta, node: NodeId) -> Self {
+        let nodes = meta.membership.membership().nodes().map(|(id, n)| (*id, n.clone())).collect();
+        let wanted = meta
+            .cluster
+            .groups_on(node)
+            .map(|(topic, partition, a)| (a.group, (topic.name.clone(), partition, a.replicas.clone())))
+            .collect();
+        Placement { nodes, wanted }
+    }
 }
 
 /// Registry of the Raft groups running on this broker.
@@ -284,16 +307,11 @@ impl Groups {
         self.partitions.read().expect("partitions lock").values().cloned().collect()
     }
 
-    /// Brings the running partition groups in line with `meta`.
-    pub async fn reconcile(&self, meta: &AppliedMeta) -> anyhow::Result<()> {
-        let nodes: BTreeMap<NodeId, BasicNode> =
-            meta.membership.membership().nodes().map(|(id, n)| (*id, n.clone())).collect();
-        let mut wanted = HashMap::new();
-        for (topic, partition, a) in meta.cluster.groups_on(self.node_id) {
-            wanted.insert(a.group, (topic.name.clone(), partition, a.replicas.clone()));
-        }
+    /// Brings the running partition groups in line with `placement`.
+    pub async fn reconcile(&self, placement: &Placement) -> anyhow::Result<()> {
+        let Placement { nodes, wanted } = placement;
         // Create what is missing.
-        for (group, (topic, partition, replicas)) in &wanted {
+        for (group, (topic, partition, replicas)) in wanted {
             if self.replica(*group).is_some() {
                 continue;
             }

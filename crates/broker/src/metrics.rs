@@ -143,6 +143,12 @@ impl Metrics {
             "RocksDB's delayed write rate in bytes/s; non-zero while writes are slowed down.",
             storage.property_sum("rocksdb.actual-delayed-write-rate"),
         );
+        gauge(
+            &mut out,
+            "rocksdb_memtable_bytes",
+            "Bytes of RocksDB memtables (active, unflushed and pinned), over column families.",
+            storage.property_sum("rocksdb.cur-size-all-mem-tables"),
+        );
         out
     }
 }

@@ -146,8 +146,8 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> anyhow::R
             let mut serving = false;
             let mut ready = false;
             loop {
-                let snapshot = state.borrow_and_update().clone();
-                if let Err(e) = groups.reconcile(&snapshot).await {
+                let placement = crate::groups::Placement::of(&state.borrow(), node_id);
+                if let Err(e) = groups.reconcile(&placement).await {
                     tracing::error!(node = node_id, error = %e, "reconciling partitions failed; retrying");
                 }
                 // Caught up: a leader is known and this broker has applied
@@ -176,7 +176,9 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> anyhow::R
                 }
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    r = state.changed() => if r.is_err() { break },
+                    // Placement only: offset commits and group changes
+                    // do not wake the reconciler.
+                    r = state.placement_changed() => if r.is_err() { break },
                     _ = tokio::time::sleep(RECONCILE_INTERVAL) => {}
                 }
             }

@@ -695,7 +695,6 @@ impl v1::admin_server::Admin for Services {
         // Liveness is known on the metadata leader (last heartbeat acked by
         // each broker), so the question is answered there.
         let meta = self.meta_leader().await?;
-        let state = meta.state.borrow().clone();
         let metrics = meta.raft.metrics().borrow_watched().clone();
         let me = self.groups.node_id();
         let alive = |id: NodeId| {
@@ -706,23 +705,25 @@ impl v1::admin_server::Admin for Services {
                     .and_then(|hb| hb.get(&id).cloned().flatten())
                     .is_some_and(|t| openraft::Instant::elapsed(&*t) < LIVENESS_TIMEOUT)
         };
+        let mut led: std::collections::BTreeMap<NodeId, u32> = Default::default();
+        for r in self.groups.replicas() {
+            if let Some(l) = r.raft.metrics().borrow_watched().current_leader {
+                *led.entry(l).or_default() += 1;
+            }
+        }
+        // Counted under the state's read lock, without copying the state.
+        let state = meta.state.borrow();
         let m = state.membership.membership();
         let voters: std::collections::BTreeSet<NodeId> = m.voter_ids().collect();
         let mut brokers = Vec::new();
         for (id, node) in m.nodes() {
             let replicas = state.cluster.groups_on(*id).count() as u32;
-            let led = self
-                .groups
-                .replicas()
-                .iter()
-                .filter(|r| r.raft.metrics().borrow_watched().current_leader == Some(*id))
-                .count() as u32;
             brokers.push(v1::BrokerDescription {
                 id: *id,
                 address: node.addr.clone(),
                 alive: alive(*id),
                 metadata_voter: voters.contains(id),
-                partitions_led: led,
+                partitions_led: led.get(id).copied().unwrap_or(0),
                 replicas,
             });
         }
@@ -734,6 +735,7 @@ impl v1::admin_server::Admin for Services {
             .flat_map(|t| t.partitions.iter())
             .filter(|a| a.replicas.iter().any(|id| !alive(*id)))
             .count() as u32;
+        drop(state);
         Ok(TResp::new(v1::DescribeClusterResponse {
             brokers,
             metadata_leader_id: me,

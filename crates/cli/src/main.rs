@@ -4,6 +4,7 @@
 //! Subcommands: `server`, `dev`, `topic`, `produce`, `consume`, `group`,
 //! `cluster status`, `bench storage|produce|consume|coordinator`.
 
+mod bench_commit;
 mod bench_consume;
 mod bench_coordinator;
 mod bench_fetch;
@@ -124,6 +125,10 @@ enum Bench {
     ///
     /// Example: ferrolog bench coordinator --members 100 --partitions 1000
     Coordinator(bench_coordinator::CoordinatorArgs),
+    /// Latency of one offset commit with 1 consumer group present vs many.
+    ///
+    /// Example: ferrolog bench commit --groups 1,1000 --partitions 100 --commits 1000
+    Commit(bench_commit::CommitArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -185,6 +190,9 @@ fn real_main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into()))
         .with_writer(std::io::stderr)
         .init();
+    if matches!(cli.command, Command::Server(_) | Command::Dev(_)) {
+        server::tune_allocator();
+    }
     let rt = tokio::runtime::Runtime::new().context("start the tokio runtime")?;
     match cli.command {
         Command::Server(args) => rt.block_on(server::run(args)),
@@ -199,6 +207,7 @@ fn real_main() -> anyhow::Result<()> {
         Command::Bench(Bench::Coordinator(args)) => bench_coordinator::run(args),
         Command::Bench(Bench::Consume(args)) => rt.block_on(bench_consume::run(args)),
         Command::Bench(Bench::Fetch(args)) => rt.block_on(bench_fetch::run(args)),
+        Command::Bench(Bench::Commit(args)) => rt.block_on(bench_commit::run(args)),
     }
 }
 

@@ -178,8 +178,20 @@ pub struct HeartbeatReply {
 }
 
 impl Group {
+    /// A copy of the group without its committed offsets (what heartbeats
+    /// and membership need; offsets may be many).
+    pub fn without_offsets(&self) -> Group {
+        Group {
+            group_epoch: self.group_epoch,
+            assignor: self.assignor,
+            members: self.members.clone(),
+            subscribed_partitions: self.subscribed_partitions.clone(),
+            offsets: BTreeMap::new(),
+        }
+    }
+
     /// Applies `cmd`; `partitions` gives the partition count of a topic
-    /// (None: no such topic).
+    /// (None: no such topic). A refused command changes nothing.
     pub fn apply(
         &mut self,
         cmd: GroupCommand,
@@ -215,10 +227,12 @@ impl Group {
                         return Err(GroupError::NotOwner { member: member_id, topic: tp.0.clone(), partition: tp.1 });
                     }
                 }
+                // Checked before anything changes: a refused command
+                // changes nothing.
+                if let Some((_, offset, _)) = offsets.iter().find(|(_, o, _)| *o < 0) {
+                    return Err(GroupError::Invalid(format!("negative offset {offset}")));
+                }
                 for (tp, offset, metadata) in offsets {
-                    if offset < 0 {
-                        return Err(GroupError::Invalid(format!("negative offset {offset}")));
-                    }
                     let e = self.offsets.entry(tp).or_insert(Committed { offset, metadata: String::new() });
                     // Never backwards: a late commit of an older position
                     // keeps the newer one.

@@ -23,6 +23,7 @@
 pub mod groups;
 
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 
 use ferrolog_types::GroupId;
 use ferrolog_types::NodeId;
@@ -225,15 +226,64 @@ pub fn validate_create(name: &str, partitions: u32, replication_factor: u32, bro
     Ok(())
 }
 
+/// One separately persisted part of the [`ClusterState`]: the store keeps
+/// a value per key, so that applying a command rewrites only what it
+/// changed (an offset commit writes one small value, not the cluster).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum StateKey {
+    /// `next_group_id` and `next_producer_id`.
+    Counters,
+    /// A topic (its config and placement).
+    Topic(String),
+    /// A named producer's id and epoch.
+    NamedProducer(String),
+    /// The current epoch of a producer id.
+    ProducerEpoch(i64),
+    /// A consumer group's members and epochs, without its offsets.
+    Group(String),
+    /// One committed offset of a group.
+    Offset(String, groups::Tp),
+}
+
+/// What applying commands changed: the keys to rewrite (a key whose part
+/// is gone is to be deleted), the groups removed whole (their offsets with
+/// them), and which kind of reader to wake.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Keys whose value changed or disappeared.
+    pub keys: BTreeSet<StateKey>,
+    /// Groups removed (every offset of theirs is gone), in the order they
+    /// were removed; a group may be created again after its removal.
+    pub removed_groups: Vec<String>,
+    /// Topics or placement changed: the reconciler must look.
+    pub placement: bool,
+    /// Consumer groups or offsets changed.
+    pub groups: bool,
+}
+
+impl Changes {
+    /// Nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty() && self.removed_groups.is_empty() && !self.placement && !self.groups
+    }
+}
+
 impl ClusterState {
-    fn allocate_producer_id(&mut self) -> i64 {
+    fn allocate_producer_id(&mut self, changes: &mut Changes) -> i64 {
         let id = self.next_producer_id;
         self.next_producer_id += 1;
+        changes.keys.insert(StateKey::Counters);
         id
     }
 
     /// Applies one committed command.
     pub fn apply(&mut self, cmd: MetaCommand) -> MetaOutcome {
+        self.apply_tracked(cmd, &mut Changes::default())
+    }
+
+    /// Applies one committed command, adding what it changed to `changes`.
+    /// A refused command changes nothing and adds nothing.
+    pub fn apply_tracked(&mut self, cmd: MetaCommand, changes: &mut Changes) -> MetaOutcome {
         match cmd {
             MetaCommand::CreateTopic { name, partitions, replication_factor, config, brokers } => {
                 if let Err(e) = validate_create(&name, partitions, replication_factor, brokers.len()) {
@@ -244,10 +294,17 @@ impl ClusterState {
                 }
                 let topic = self.place(name, partitions, replication_factor, config, brokers);
                 self.topics.insert(topic.name.clone(), topic.clone());
+                changes.keys.insert(StateKey::Counters);
+                changes.keys.insert(StateKey::Topic(topic.name.clone()));
+                changes.placement = true;
                 MetaOutcome::TopicCreated(topic)
             }
             MetaCommand::DeleteTopic { name } => match self.topics.remove(&name) {
-                Some(_) => MetaOutcome::TopicDeleted(name),
+                Some(_) => {
+                    changes.keys.insert(StateKey::Topic(name.clone()));
+                    changes.placement = true;
+                    MetaOutcome::TopicDeleted(name)
+                }
                 None => MetaOutcome::Rejected(MetaError::UnknownTopic(name)),
             },
             MetaCommand::Group { group, cmd } => {
@@ -258,15 +315,34 @@ impl ClusterState {
                 }
                 let topics = &self.topics;
                 let partitions = |t: &str| topics.get(t).map(|t| t.partitions.len() as u32);
+                // The offsets a command may change: the only ones rewritten.
+                let offsets: Vec<groups::Tp> = match &cmd {
+                    groups::GroupCommand::Commit { offsets, .. } => {
+                        offsets.iter().map(|(tp, _, _)| tp.clone()).collect()
+                    }
+                    groups::GroupCommand::ResetOffsets(offsets) => offsets.iter().map(|(tp, _)| tp.clone()).collect(),
+                    groups::GroupCommand::Heartbeat(_) | groups::GroupCommand::RemoveMembers(_) => Vec::new(),
+                };
+                let members_change = offsets.is_empty();
+                let existed = self.groups.contains_key(&group);
                 let g = self.groups.entry(group.clone()).or_default();
-                let before = g.clone();
+                // Group::apply changes nothing when it refuses a command.
                 let r = g.apply(cmd, &partitions);
-                if r.is_err() {
-                    // Refused commands change nothing.
-                    *g = before;
-                }
-                if g.members.is_empty() && g.offsets.is_empty() {
+                let now_empty = g.members.is_empty() && g.offsets.is_empty();
+                if now_empty {
                     self.groups.remove(&group);
+                }
+                if r.is_ok() {
+                    changes.groups = true;
+                    if members_change || !existed {
+                        changes.keys.insert(StateKey::Group(group.clone()));
+                    }
+                    for tp in offsets {
+                        changes.keys.insert(StateKey::Offset(group.clone(), tp));
+                    }
+                    if now_empty && existed {
+                        changes.removed_groups.push(group);
+                    }
                 }
                 MetaOutcome::Group(r)
             }
@@ -277,12 +353,15 @@ impl ClusterState {
                 }
                 Some(_) => {
                     self.groups.remove(&group);
+                    changes.keys.insert(StateKey::Group(group.clone()));
+                    changes.removed_groups.push(group);
+                    changes.groups = true;
                     MetaOutcome::Group(Ok(None))
                 }
             },
             MetaCommand::InitProducer { name } => {
                 let Some(name) = name else {
-                    let id = self.allocate_producer_id();
+                    let id = self.allocate_producer_id(changes);
                     return MetaOutcome::ProducerInitialized { id, epoch: 0 };
                 };
                 if name.is_empty() || name.len() > MAX_TOPIC_NAME_LEN {
@@ -297,10 +376,13 @@ impl ClusterState {
                     Some((old, _)) => {
                         let old = *old;
                         self.producer_epochs.remove(&old);
-                        (self.allocate_producer_id(), 0)
+                        changes.keys.insert(StateKey::ProducerEpoch(old));
+                        (self.allocate_producer_id(changes), 0)
                     }
-                    None => (self.allocate_producer_id(), 0),
+                    None => (self.allocate_producer_id(changes), 0),
                 };
+                changes.keys.insert(StateKey::NamedProducer(name.clone()));
+                changes.keys.insert(StateKey::ProducerEpoch(id));
                 self.named_producers.insert(name, (id, epoch));
                 self.producer_epochs.insert(id, epoch);
                 MetaOutcome::ProducerInitialized { id, epoch }

@@ -40,4 +40,6 @@ pub use types::Response;
 pub use types::TypeConfig;
 
 #[cfg(test)]
+mod meta_tests;
+#[cfg(test)]
 mod tests;

@@ -148,8 +148,17 @@ impl Storage {
         opts.set_max_background_jobs(2);
         // Bound the WAL: past this, RocksDB flushes the oldest memtables.
         opts.set_max_total_wal_size(256 << 20);
+        // One memtable budget for the whole store, whatever the column
+        // families and however fast data arrives (a snapshot install or a
+        // follower catching up writes as fast as the disk takes it): past
+        // it RocksDB flushes, and writes stall until a flush frees room.
+        let budget = rocksdb::WriteBufferManager::new_write_buffer_manager(MEMTABLE_BUDGET_BYTES, true);
+        opts.set_write_buffer_manager(&budget);
 
-        let cfs = Cf::ALL.iter().map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(*cf)));
+        // One block cache for every column family (RocksDB would give each
+        // its own 32 MiB), so read-cache memory is one named bound.
+        let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES);
+        let cfs = Cf::ALL.iter().map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(*cf, &cache)));
         let db = Arc::new(DB::open_cf_descriptors(&opts, &config.path, cfs)?);
         let failed = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(SyncStats::default());
@@ -421,10 +430,25 @@ impl Storage {
 
 /// Memtable size of the `Records` CF (two may be in memory at once).
 const RECORDS_WRITE_BUFFER_BYTES: usize = 16 << 20;
+/// Memtable size of the `Log` CF: Raft entries, i.e. every produced batch
+/// (RocksDB's default is 64 MiB); two fit in the store's budget.
+const LOG_WRITE_BUFFER_BYTES: usize = 32 << 20;
+/// Most bytes all memtables of the store may hold together. When full,
+/// RocksDB flushes the largest and stalls writes (produce, replication,
+/// snapshot installs: backpressure) until the flush frees room, so a
+/// broker's memtable memory never grows with how fast or how much it is
+/// written.
+pub const MEMTABLE_BUDGET_BYTES: usize = 64 << 20;
+/// The store's block cache (uncompressed SST blocks), shared by every
+/// column family; when full, least recently used blocks are evicted.
+/// Consumers reading old data mostly miss it and read through the OS
+/// page cache, as Kafka's do.
+pub const BLOCK_CACHE_BYTES: usize = 64 << 20;
 
-fn cf_options(cf: Cf) -> Options {
+fn cf_options(cf: Cf, cache: &rocksdb::Cache) -> Options {
     let mut o = Options::default();
     let mut t = BlockBasedOptions::default();
+    t.set_block_cache(cache);
     // Block checksums are on by default; keep them and verify on reads
     // (ReadOptions::verify_checksums defaults to true).
     t.set_block_size(if matches!(cf, Cf::Log | Cf::Records) { 64 << 10 } else { 16 << 10 });
@@ -438,6 +462,9 @@ fn cf_options(cf: Cf) -> Options {
         // multi-GB install's memory to a few of them (RocksDB's default is
         // 64 MiB each).
         o.set_write_buffer_size(RECORDS_WRITE_BUFFER_BYTES);
+    }
+    if cf == Cf::Log {
+        o.set_write_buffer_size(LOG_WRITE_BUFFER_BYTES);
     }
     o
 }

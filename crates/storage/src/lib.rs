@@ -26,6 +26,7 @@ pub mod syncer;
 pub mod value;
 
 pub use db::Cf;
+pub use db::MEMTABLE_BUDGET_BYTES;
 pub use db::Storage;
 pub use db::StorageConfig;
 pub use error::StorageError;
