@@ -1,7 +1,9 @@
 # Shared by the bench scripts: a local 3-broker cluster on free loopback
 # ports in a temp dir, stopped when the calling script exits.
 # After `start_cluster`: $BIN, $DIR, $BROKERS and the PIDS array are set.
-# $SERVER_ARGS, if set, is added to every broker's command line.
+# $SERVER_ARGS, if set, is added to every broker's command line;
+# $FERROLOG_SERVER_BIN, if set, runs the brokers from another build (to
+# compare builds side by side; clients stay $BIN).
 
 BIN=${FERROLOG_BIN:-target/debug/ferrolog}
 [[ -x $BIN ]] || cargo build -q --workspace --all-targets
@@ -15,7 +17,7 @@ start_cluster() {
   local peers="1=127.0.0.1:${ports[0]},2=127.0.0.1:${ports[1]},3=127.0.0.1:${ports[2]}"
   PIDS=()
   for i in 1 2 3; do
-    RUST_LOG=warn "$BIN" server --node-id "$i" --listen "127.0.0.1:${ports[$((i - 1))]}" --peers "$peers" \
+    RUST_LOG=warn "${FERROLOG_SERVER_BIN:-$BIN}" server --node-id "$i" --listen "127.0.0.1:${ports[$((i - 1))]}" --peers "$peers" \
       --data-dir "$DIR/n$i" ${SERVER_ARGS:-} >>"$DIR/n$i.log" 2>&1 &
     PIDS+=($!)
   done

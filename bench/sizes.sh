@@ -6,7 +6,8 @@
 #  - reading the largest partition front to back: MB/s per fifth (flat,
 #    not decaying);
 #  - the RSS of a follower that was down while the largest partition was
-#    written and retention trimmed it, while it catches up by snapshot.
+#    written and retention trimmed it, while it catches up by snapshot;
+#  - one offset commit's latency with 1 consumer group present vs 1,000.
 # Usage: bench/sizes.sh [MB ...]            (default: 10 1000 5000)
 # Disk: about 3 x (sum of sizes) in all, plus RocksDB's compaction room.
 set -euo pipefail
@@ -79,3 +80,6 @@ how="replication"
 grep -q "installed snapshot" "$DIR/n3.log" && how="snapshot"
 printf 'broker 3 caught up on %s (%s records retained) by %s in %.1f s; RSS %s MiB at start, %s MiB peak\n' \
   "$topic" "$hw" "$how" "$(echo "$t1 - $t0" | bc)" "$base" "$peak"
+
+echo "== offset commits: 1 group present vs 1000 (100 offsets each)"
+"$BIN" bench commit --brokers "$BROKERS" --groups 1,1000 --partitions 100 --commits 1000
