@@ -185,6 +185,38 @@ impl RaftLogReader<TypeConfig> for LogStore {
     async fn read_vote(&mut self) -> io::Result<Option<Vote>> {
         self.read_meta(META_VOTE, "vote")
     }
+
+    /// What the state machine applies from: read in chunks of at most
+    /// [`MAX_APPEND_ENTRIES_BYTES`] as the apply consumes them (openraft's
+    /// default reads the whole range into memory first; a range can be a
+    /// follower's whole catch-up).
+    async fn entries_stream<RB>(
+        &mut self,
+        range: RB,
+    ) -> impl futures::Stream<Item = io::Result<Entry>> + openraft::OptionalSend
+    where
+        RB: RangeBounds<u64> + Clone + Debug + openraft::OptionalSend,
+    {
+        use futures::StreamExt;
+        let (start, end) = bounds(&range);
+        let chunks = futures::stream::unfold((self.clone(), start), move |(mut reader, next)| async move {
+            if next >= end {
+                return None;
+            }
+            match reader.limited_get_log_entries(next, end).await {
+                Ok(chunk) => {
+                    // An empty chunk: the log holds nothing more of the range.
+                    let after = chunk.last()?.index() + 1;
+                    Some((Ok(chunk), (reader, after)))
+                }
+                Err(e) => Some((Err(e), (reader, end))),
+            }
+        });
+        chunks.flat_map(|chunk| match chunk {
+            Ok(entries) => futures::stream::iter(entries.into_iter().map(Ok)).left_stream(),
+            Err(e) => futures::stream::iter([Err(e)]).right_stream(),
+        })
+    }
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {

@@ -249,6 +249,14 @@ async fn replication_reads_are_bounded_in_bytes_but_never_empty() {
     assert_eq!(log2.limited_get_log_entries(1, 2).await.expect("read").len(), 1);
     // The full-range reader (used outside replication) is not limited.
     assert_eq!(log.try_get_log_entries(1..41).await.expect("read").len(), 40);
+    // The apply stream reads in bounded chunks but yields the whole range,
+    // in order, once.
+    use futures::StreamExt;
+    let streamed: Vec<u64> = log.entries_stream(3..41).await.map(|e| e.expect("entry").log_id().index).collect().await;
+    assert_eq!(streamed, (3..41).collect::<Vec<u64>>());
+    let past_the_end: Vec<u64> =
+        log.entries_stream(39..100).await.map(|e| e.expect("entry").log_id().index).collect().await;
+    assert_eq!(past_the_end, vec![39, 40]);
 }
 
 fn idempotent(pid: i64, seq: i32) -> Batch {
