@@ -48,6 +48,7 @@ def main() -> int:
     need(csc.get("allowPrivilegeEscalation") is False, "no privilege escalation")
     need(csc.get("capabilities", {}).get("drop") == ["ALL"], "all capabilities dropped")
     need(pod.get("automountServiceAccountToken") is False, "no service account token")
+    need(cm["data"].get("FERROLOG_LOG_FORMAT") == "json", "JSON logs")
     for p in ("startupProbe", "readinessProbe", "livenessProbe"):
         need(p in c, p)
     need(c.get("readinessProbe", {}).get("grpc", {}).get("service") == "ferrolog.ready", "readiness = caught up")

@@ -32,6 +32,9 @@ pub struct BrokerConfig {
     pub quiesce: bool,
     /// Where to serve Prometheus metrics (`/metrics`), if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// Most (group, topic, partition) consumer-lag series the coordinator
+    /// exports (see [`crate::lag`]).
+    pub lag_metrics_max_partitions: usize,
     /// Initial voters of the metadata group, this broker included when it
     /// is one: `id → address`.
     pub peers: BTreeMap<NodeId, String>,

@@ -129,6 +129,12 @@ impl Services {
         let d = self.describe(&t).await;
         Ok(d.partitions.iter().map(|p| (p.log_start_offset, p.high_watermark)).collect())
     }
+
+    /// The description of `topic` (leaders, offsets), `None` if unknown.
+    pub(crate) async fn describe_named(&self, topic: &str) -> Option<v1::TopicDescription> {
+        let t = self.topic(topic).ok()?;
+        Some(self.describe(&t).await)
+    }
 }
 
 #[tonic::async_trait]
@@ -301,20 +307,35 @@ impl v1::groups_server::Groups for Services {
         let mut topics: BTreeSet<String> = g.members.values().flat_map(|m| m.subscribed.iter().cloned()).collect();
         topics.extend(g.offsets.keys().map(|(t, _)| t.clone()));
         let mut offsets = Vec::new();
+        let mut committed = Vec::new();
         for t in topics {
             let Ok(parts) = self.partition_offsets(&t).await else { continue };
             for (p, (_, hw)) in parts.iter().enumerate() {
-                let committed = g.offsets.get(&(t.clone(), p as u32)).map(|c| c.offset).unwrap_or(-1);
-                let lag = if committed < 0 || *hw < 0 { -1 } else { (hw - committed).max(0) };
-                offsets.push(v1::PartitionLag {
-                    topic: t.clone(),
-                    partition: p as u32,
-                    committed_offset: committed,
-                    high_watermark: *hw,
-                    lag,
-                });
+                match g.offsets.get(&(t.clone(), p as u32)) {
+                    Some(c) => committed.push((req.group.clone(), (t.clone(), p as u32), c.offset)),
+                    None => offsets.push(v1::PartitionLag {
+                        topic: t.clone(),
+                        partition: p as u32,
+                        committed_offset: -1,
+                        high_watermark: *hw,
+                        lag: -1,
+                        lag_seconds: 0.0,
+                    }),
+                }
             }
         }
+        // Lag in records and seconds as the metrics compute it.
+        for row in crate::lag::lag_of(self, committed).await {
+            offsets.push(v1::PartitionLag {
+                topic: row.topic,
+                partition: row.partition,
+                committed_offset: row.committed,
+                high_watermark: row.high_watermark,
+                lag: if row.high_watermark < 0 { -1 } else { row.lag_records },
+                lag_seconds: row.lag_seconds,
+            });
+        }
+        offsets.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
         Ok(TResp::new(v1::DescribeGroupResponse {
             group: req.group,
             state: g.state().to_string(),

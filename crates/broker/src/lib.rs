@@ -11,6 +11,8 @@
 //! - [`coordinator`]: the consumer-group coordinator (`Groups` service) on
 //!   the metadata leader.
 //! - [`metrics`]: Prometheus metrics on `--metrics-listen`.
+//! - [`lag`]: consumer lag in records and seconds, refreshed on the
+//!   coordinator for the metrics and `group describe`.
 //! - [`join`]: admitting brokers that join a running cluster.
 //! - [`retention`]: deleting old data and purging Raft logs.
 //! - [`quiesce`]: broker heartbeats, parking idle groups' Raft tickers, and
@@ -26,6 +28,7 @@ pub mod error;
 pub mod failpoints;
 pub mod groups;
 pub mod join;
+pub mod lag;
 pub mod metrics;
 pub mod quiesce;
 pub mod retention;

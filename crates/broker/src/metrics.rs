@@ -1,155 +1,389 @@
-//! Prometheus metrics, served as text on `--metrics-listen` at `/metrics`.
+//! Prometheus metrics, served on `--metrics-listen` at `/metrics` in the
+//! OpenMetrics text format, encoded by the `prometheus-client` crate (the
+//! Prometheus project's own Rust client: exposition format, label escaping
+//! and histogram conventions are its, none rendered here).
 //!
 //! Request counters and latency histograms are updated by the handlers
-//! (lock-free atomics). Gauges about Raft groups and RocksDB are computed
-//! when scraped, from openraft's metrics and RocksDB properties, so they cost
-//! nothing between scrapes.
+//! (atomics). Gauges about Raft groups and RocksDB are set when scraped,
+//! from openraft's metrics and RocksDB properties, so they cost nothing
+//! between scrapes. Consumer lag comes from [`crate::lag`]'s cache, which
+//! the metadata leader refreshes in the background (never a scan per
+//! scrape). docs/metrics.md lists every metric.
 
-use std::fmt::Write;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ferrolog_storage::Storage;
 use openraft::async_runtime::watch::WatchReceiver;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
 use crate::groups::Groups;
+use crate::lag::LagCache;
 
-/// Upper bounds of the latency buckets, in seconds.
-const BUCKETS: [f64; 14] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+/// Upper bounds of the request latency buckets, in seconds.
+const LATENCY_BUCKETS: [f64; 14] =
+    [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+/// Upper bounds of the fsync latency buckets, in seconds.
+const FSYNC_BUCKETS: [f64; 12] = [0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0];
+/// Upper bounds of the group-commit batch size buckets, in writes.
+const BATCH_BUCKETS: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
+/// Label sets: `(name, value)` pairs.
+type Labels = Vec<(&'static str, String)>;
+/// A gauge of a float value.
+type FGauge = Gauge<f64, AtomicU64>;
 
 /// Counters and a latency histogram of one kind of request.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone)]
 pub struct RequestStats {
-    requests: AtomicU64,
-    errors: AtomicU64,
-    records: AtomicU64,
-    buckets: [AtomicU64; BUCKETS.len()],
-    sum_micros: AtomicU64,
+    requests: Counter,
+    errors: Counter,
+    records: Counter,
+    latency: Histogram,
 }
 
 impl RequestStats {
     /// Records one request.
     pub fn observe(&self, latency: Duration, records: u64, ok: bool) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.requests.inc();
         if !ok {
-            self.errors.fetch_add(1, Ordering::Relaxed);
+            self.errors.inc();
         }
-        self.records.fetch_add(records, Ordering::Relaxed);
-        self.sum_micros.fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
-        let s = latency.as_secs_f64();
-        if let Some(i) = BUCKETS.iter().position(|b| s <= *b) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let l = |extra: &str| {
-            let all: Vec<&str> = [labels, extra].into_iter().filter(|s| !s.is_empty()).collect();
-            if all.is_empty() { String::new() } else { format!("{{{}}}", all.join(",")) }
-        };
-        let requests = self.requests.load(Ordering::Relaxed);
-        let _ = writeln!(out, "ferrolog_{name}_requests_total{} {requests}", l(""));
-        let _ = writeln!(out, "ferrolog_{name}_errors_total{} {}", l(""), self.errors.load(Ordering::Relaxed));
-        let _ = writeln!(out, "ferrolog_{name}_records_total{} {}", l(""), self.records.load(Ordering::Relaxed));
-        let mut cumulative = 0;
-        for (i, b) in BUCKETS.iter().enumerate() {
-            cumulative += self.buckets[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "ferrolog_{name}_latency_seconds_bucket{} {cumulative}", l(&format!("le=\"{b}\"")));
-        }
-        let _ = writeln!(out, "ferrolog_{name}_latency_seconds_bucket{} {requests}", l("le=\"+Inf\""));
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "ferrolog_{name}_latency_seconds_sum{} {sum}", l(""));
-        let _ = writeln!(out, "ferrolog_{name}_latency_seconds_count{} {requests}", l(""));
+        self.records.inc_by(records);
+        self.latency.observe(latency.as_secs_f64());
     }
 }
 
-/// Every metric of a broker.
+/// The families of one kind of request, by label set.
+#[derive(Debug)]
+struct RequestFamilies {
+    requests: Family<Labels, Counter>,
+    errors: Family<Labels, Counter>,
+    records: Family<Labels, Counter>,
+    latency: Family<Labels, Histogram, fn() -> Histogram>,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+impl RequestFamilies {
+    fn new() -> Self {
+        RequestFamilies {
+            requests: Family::default(),
+            errors: Family::default(),
+            records: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+        }
+    }
+
+    fn register(&self, registry: &mut Registry, kind: &str) {
+        registry.register(format!("{kind}_requests"), format!("{kind} requests answered."), self.requests.clone());
+        registry.register(
+            format!("{kind}_errors"),
+            format!("{kind} requests answered with an error."),
+            self.errors.clone(),
+        );
+        registry.register(
+            format!("{kind}_records"),
+            format!("Records in successful {kind} requests."),
+            self.records.clone(),
+        );
+        registry.register(
+            format!("{kind}_latency_seconds"),
+            format!("{kind} latency, from request to answer."),
+            self.latency.clone(),
+        );
+    }
+
+    fn stats(&self, labels: Labels) -> RequestStats {
+        RequestStats {
+            requests: self.requests.get_or_create(&labels).clone(),
+            errors: self.errors.get_or_create(&labels).clone(),
+            records: self.records.get_or_create(&labels).clone(),
+            latency: self.latency.get_or_create(&labels).clone(),
+        }
+    }
+}
+
+/// Values set at every scrape.
 #[derive(Debug, Default)]
+struct Scraped {
+    replicas: Gauge,
+    led: Gauge,
+    quiesced: Gauge,
+    under_replicated: Gauge,
+    leaderless: Gauge,
+    terms: Gauge,
+    metadata_term: Gauge,
+    metadata_leader: Gauge,
+    purged: Gauge,
+    commit_lag: Gauge,
+    metadata_apply_bytes: Gauge,
+    write_stopped: Gauge,
+    delayed_write_rate: Gauge,
+    memtable_bytes: Gauge,
+    pending_compaction_bytes: Gauge,
+    l0_files: Gauge,
+    wal_syncs: Gauge,
+    lag_records: Family<Labels, Gauge>,
+    lag_seconds: Family<Labels, FGauge>,
+    lag_partitions: Gauge,
+    lag_dropped: Gauge,
+    lag_age: FGauge,
+}
+
+/// Every metric of a broker.
+#[derive(Debug)]
 pub struct Metrics {
+    registry: Registry,
     /// Produce, by acks level: all, 1, 0.
     pub produce: [RequestStats; 3],
     /// Fetch.
     pub fetch: RequestStats,
+    produce_bytes: Family<Labels, Counter>,
+    fetch_bytes: Family<Labels, Counter>,
+    request_errors: Family<Labels, Counter>,
+    fsync: Histogram,
+    group_commit: Histogram,
+    scraped: Scraped,
+    /// Consumer lag, refreshed by the metadata leader.
+    pub lag: Arc<LagCache>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Metrics {
-    /// The Prometheus text exposition.
-    pub fn render(&self, groups: &Groups, storage: &Storage) -> String {
-        let mut out = String::new();
-        out.push_str("# TYPE ferrolog_produce_latency_seconds histogram\n");
-        for (i, acks) in ["all", "1", "0"].iter().enumerate() {
-            self.produce[i].render(&mut out, "produce", &format!("acks=\"{acks}\""));
+    /// Every metric, registered, at zero.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("ferrolog");
+        let produce = RequestFamilies::new();
+        produce.register(&mut registry, "produce");
+        let fetch = RequestFamilies::new();
+        fetch.register(&mut registry, "fetch");
+        let produce_bytes = Family::<Labels, Counter>::default();
+        registry.register("produce_bytes", "Record batch bytes appended, by topic.", produce_bytes.clone());
+        let fetch_bytes = Family::<Labels, Counter>::default();
+        registry.register("fetch_bytes", "Record batch bytes served to consumers, by topic.", fetch_bytes.clone());
+        let request_errors = Family::<Labels, Counter>::default();
+        registry.register(
+            "request_errors",
+            "Client requests answered with an error, by API, gRPC code and Ferrolog reason (\"\" when none).",
+            request_errors.clone(),
+        );
+        let fsync = Histogram::new(FSYNC_BUCKETS);
+        registry.register("wal_fsync_seconds", "Duration of each group-commit WAL fsync.", fsync.clone());
+        let group_commit = Histogram::new(BATCH_BUCKETS);
+        registry.register(
+            "wal_group_commit_writes",
+            "Writes made durable by each group-commit fsync (batch size).",
+            group_commit.clone(),
+        );
+        let s = Scraped::default();
+        let gauges: [(&str, &str, &Gauge); 17] = [
+            ("partition_replicas", "Partition replicas on this broker.", &s.replicas),
+            ("partitions_led", "Partitions this broker leads.", &s.led),
+            ("partitions_quiesced", "Local partition replicas whose Raft ticker is parked (idle).", &s.quiesced),
+            (
+                "under_replicated_partitions",
+                "Led partitions whose followers lag the leader's log.",
+                &s.under_replicated,
+            ),
+            ("leaderless_partitions", "Local partition replicas that know no leader.", &s.leaderless),
+            ("raft_terms_sum", "Sum of Raft terms of local partition groups (grows by one per election).", &s.terms),
+            ("metadata_raft_term", "Raft term of the metadata group (grows by one per election).", &s.metadata_term),
+            (
+                "metadata_leader",
+                "1 on the broker leading the metadata group (the group coordinator).",
+                &s.metadata_leader,
+            ),
+            ("raft_purged_entries", "Raft log entries purged behind snapshots, over local groups.", &s.purged),
+            ("commit_lag_entries", "Log entries appended but not yet applied, over local groups.", &s.commit_lag),
+            (
+                "metadata_apply_bytes",
+                "Bytes the metadata state machine wrote since the broker started.",
+                &s.metadata_apply_bytes,
+            ),
+            ("rocksdb_write_stopped", "1 while RocksDB stops writes (stall).", &s.write_stopped),
+            (
+                "rocksdb_delayed_write_rate",
+                "RocksDB's delayed write rate in bytes/s; non-zero while writes are slowed down.",
+                &s.delayed_write_rate,
+            ),
+            (
+                "rocksdb_memtable_bytes",
+                "Bytes of RocksDB memtables (active, unflushed and pinned), over column families.",
+                &s.memtable_bytes,
+            ),
+            (
+                "rocksdb_pending_compaction_bytes",
+                "RocksDB's estimate of bytes compaction must rewrite to settle (compaction debt).",
+                &s.pending_compaction_bytes,
+            ),
+            (
+                "rocksdb_l0_files",
+                "SST files in level 0, over column families (many: compaction is behind).",
+                &s.l0_files,
+            ),
+            ("wal_fsyncs", "Group-commit WAL fsyncs since the broker started.", &s.wal_syncs),
+        ];
+        for (name, help, g) in gauges {
+            registry.register(name, help, g.clone());
         }
-        out.push_str("# TYPE ferrolog_fetch_latency_seconds histogram\n");
-        self.fetch.render(&mut out, "fetch", "");
+        registry.register(
+            "consumer_group_lag_records",
+            "Records between a group's committed offset and the partition's high watermark (on the coordinator).",
+            s.lag_records.clone(),
+        );
+        registry.register(
+            "consumer_group_lag_seconds",
+            "Age of a group's oldest unconsumed record in a partition: now minus its batch's timestamp; 0 when caught up (on the coordinator).",
+            s.lag_seconds.clone(),
+        );
+        registry.register(
+            "consumer_group_lag_partitions",
+            "Group partitions whose lag is exported (at most --lag-metrics-max-partitions).",
+            s.lag_partitions.clone(),
+        );
+        registry.register(
+            "consumer_group_lag_dropped_partitions",
+            "Group partitions with a committed offset left out of the lag metrics by the cardinality bound.",
+            s.lag_dropped.clone(),
+        );
+        registry.register(
+            "consumer_group_lag_age_seconds",
+            "Seconds since the lag figures were computed (-1: never, e.g. not the coordinator).",
+            s.lag_age.clone(),
+        );
+        Metrics {
+            produce: ["all", "1", "0"].map(|a| produce.stats(vec![("acks", a.to_string())])),
+            fetch: fetch.stats(Vec::new()),
+            registry,
+            produce_bytes,
+            fetch_bytes,
+            request_errors,
+            fsync,
+            group_commit,
+            scraped: s,
+            lag: Arc::new(LagCache::default()),
+        }
+    }
 
+    /// Bytes appended to `topic`.
+    pub fn produced_bytes(&self, topic: &str, bytes: u64) {
+        self.produce_bytes.get_or_create(&vec![("topic", topic.to_string())]).inc_by(bytes);
+    }
+
+    /// Bytes served from `topic`.
+    pub fn fetched_bytes(&self, topic: &str, bytes: u64) {
+        self.fetch_bytes.get_or_create(&vec![("topic", topic.to_string())]).inc_by(bytes);
+    }
+
+    /// A request of `api` answered with `status`.
+    pub fn request_error(&self, api: &'static str, status: &tonic::Status) {
+        let reason = ferrolog_proto::errors::reason_of(status).map(|(r, _)| r.as_str()).unwrap_or("");
+        let code = format!("{:?}", status.code());
+        self.request_errors
+            .get_or_create(&vec![("api", api.to_string()), ("code", code), ("reason", reason.to_string())])
+            .inc();
+    }
+
+    /// Feeds the fsync histograms from `storage`'s group-commit thread.
+    pub fn observe_syncs(self: &Arc<Self>, storage: &Storage) {
+        let (fsync, batch) = (self.fsync.clone(), self.group_commit.clone());
+        let _ = storage.sync_stats().observer.set(Box::new(move |took, writes| {
+            fsync.observe(took.as_secs_f64());
+            batch.observe(writes as f64);
+        }));
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn render(&self, groups: &Groups, storage: &Storage) -> String {
+        self.scrape(groups, storage);
+        let mut out = String::new();
+        if let Err(e) = encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+
+    fn scrape(&self, groups: &Groups, storage: &Storage) {
+        let s = &self.scraped;
         let me = groups.node_id();
-        let (mut replicas, mut led, mut under, mut terms, mut commit_lag, mut purged, mut quiesced) =
-            (0u64, 0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+        let (mut replicas, mut led, mut under, mut leaderless, mut terms, mut commit_lag, mut purged, mut quiesced) =
+            (0i64, 0i64, 0i64, 0i64, 0i64, 0i64, 0i64, 0i64);
         for r in groups.replicas() {
             replicas += 1;
-            quiesced += u64::from(r.is_quiesced());
+            quiesced += i64::from(r.is_quiesced());
             let m = r.raft.metrics().borrow_watched().clone();
-            terms += m.current_term;
-            purged += m.purged.map(|l| l.index + 1).unwrap_or(0);
-            commit_lag += m.last_log_index.unwrap_or(0).saturating_sub(m.last_applied.map(|l| l.index).unwrap_or(0));
-            if m.current_leader == Some(me) {
-                led += 1;
-                // Under-replicated: some replica has not acknowledged the leader's last entry.
-                let last = m.last_log_index;
-                if let Some(repl) = &m.replication
-                    && repl.values().any(|matched| matched.map(|l| l.index) != last)
-                {
-                    under += 1;
+            terms += m.current_term as i64;
+            purged += m.purged.map(|l| l.index as i64 + 1).unwrap_or(0);
+            commit_lag +=
+                m.last_log_index.unwrap_or(0).saturating_sub(m.last_applied.map(|l| l.index).unwrap_or(0)) as i64;
+            match m.current_leader {
+                None => leaderless += 1,
+                Some(l) if l == me => {
+                    led += 1;
+                    // Under-replicated: some replica has not acknowledged the leader's last entry.
+                    let last = m.last_log_index;
+                    if let Some(repl) = &m.replication
+                        && repl.values().any(|matched| matched.map(|l| l.index) != last)
+                    {
+                        under += 1;
+                    }
                 }
+                Some(_) => {}
             }
         }
-        let gauge = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(out, "# HELP ferrolog_{name} {help}\n# TYPE ferrolog_{name} gauge\nferrolog_{name} {v}");
-        };
-        gauge(&mut out, "partition_replicas", "Partition replicas on this broker.", replicas);
-        gauge(&mut out, "partitions_led", "Partitions this broker leads.", led);
-        gauge(
-            &mut out,
-            "partitions_quiesced",
-            "Local partition replicas whose Raft ticker is parked (idle).",
-            quiesced,
-        );
-        gauge(&mut out, "under_replicated_partitions", "Led partitions whose followers lag the leader's log.", under);
-        gauge(
-            &mut out,
-            "raft_terms_sum",
-            "Sum of Raft terms of local partition groups (grows by one per election).",
-            terms,
-        );
-        gauge(&mut out, "raft_purged_entries", "Raft log entries purged behind snapshots, over local groups.", purged);
-        gauge(
-            &mut out,
-            "commit_lag_entries",
-            "Log entries appended but not yet applied, over local groups.",
-            commit_lag,
-        );
-        gauge(
-            &mut out,
-            "rocksdb_write_stopped",
-            "1 while RocksDB stops writes (stall).",
-            storage.property_sum("rocksdb.is-write-stopped"),
-        );
-        gauge(
-            &mut out,
-            "rocksdb_delayed_write_rate",
-            "RocksDB's delayed write rate in bytes/s; non-zero while writes are slowed down.",
-            storage.property_sum("rocksdb.actual-delayed-write-rate"),
-        );
-        gauge(
-            &mut out,
-            "rocksdb_memtable_bytes",
-            "Bytes of RocksDB memtables (active, unflushed and pinned), over column families.",
-            storage.property_sum("rocksdb.cur-size-all-mem-tables"),
-        );
-        out
+        s.replicas.set(replicas);
+        s.led.set(led);
+        s.quiesced.set(quiesced);
+        s.under_replicated.set(under);
+        s.leaderless.set(leaderless);
+        s.terms.set(terms);
+        s.purged.set(purged);
+        s.commit_lag.set(commit_lag);
+        if let Some(meta) = groups.meta() {
+            let m = meta.raft.metrics().borrow_watched().clone();
+            s.metadata_term.set(m.current_term as i64);
+            s.metadata_leader.set(i64::from(m.current_leader == Some(me)));
+            s.metadata_apply_bytes.set(meta.state.apply_bytes() as i64);
+        }
+        let prop = |name: &str| storage.property_sum(name) as i64;
+        s.write_stopped.set(prop("rocksdb.is-write-stopped"));
+        s.delayed_write_rate.set(prop("rocksdb.actual-delayed-write-rate"));
+        s.memtable_bytes.set(prop("rocksdb.cur-size-all-mem-tables"));
+        s.pending_compaction_bytes.set(prop("rocksdb.estimate-pending-compaction-bytes"));
+        s.l0_files.set(prop("rocksdb.num-files-at-level0"));
+        s.wal_syncs.set(storage.sync_stats().syncs.load(std::sync::atomic::Ordering::Relaxed) as i64);
+
+        // Lag: the series of the last refresh only (a group or partition
+        // that went away disappears).
+        let lag = self.lag.snapshot();
+        s.lag_records.clear();
+        s.lag_seconds.clear();
+        for row in &lag.rows {
+            let labels: Labels = vec![
+                ("group", row.group.clone()),
+                ("topic", row.topic.clone()),
+                ("partition", row.partition.to_string()),
+            ];
+            s.lag_records.get_or_create(&labels).set(row.lag_records);
+            s.lag_seconds.get_or_create(&labels).set(row.lag_seconds);
+        }
+        s.lag_partitions.set(lag.rows.len() as i64);
+        s.lag_dropped.set(lag.dropped as i64);
+        s.lag_age.set(lag.at.map(|t| t.elapsed().as_secs_f64()).unwrap_or(-1.0));
     }
 }
 
@@ -165,7 +399,12 @@ pub async fn serve(
         "/metrics",
         axum::routing::get(move || {
             let (metrics, groups, storage) = (metrics.clone(), groups.clone(), storage.clone());
-            async move { metrics.render(&groups, &storage) }
+            async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                    metrics.render(&groups, &storage),
+                )
+            }
         }),
     );
     let listener = tokio::net::TcpListener::bind(listen).await?;

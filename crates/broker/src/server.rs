@@ -178,7 +178,7 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> anyhow::R
                     _ = shutdown.cancelled() => break,
                     // Placement only: offset commits and group changes
                     // do not wake the reconciler.
-                    r = state.placement_changed() => if r.is_err() { break },
+                    _ = state.placement_changed() => {}
                     _ = tokio::time::sleep(RECONCILE_INTERVAL) => {}
                 }
             }
@@ -190,8 +190,10 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> anyhow::R
         tracing::info!(node = node_id, %addr, "serving Prometheus metrics at /metrics");
         tokio::spawn(crate::metrics::serve(addr, metrics.clone(), groups.clone(), storage.clone(), shutdown.clone()))
     });
+    metrics.observe_syncs(&storage);
     let services = Services::new(groups.clone(), metrics);
     let expiry = tokio::spawn(crate::coordinator::run_expiry(services.clone(), shutdown.clone()));
+    let lag = tokio::spawn(crate::lag::run(services.clone(), config.lag_metrics_max_partitions, shutdown.clone()));
     let retention = tokio::spawn(crate::retention::run(
         groups.clone(),
         config.retention_check,
@@ -235,6 +237,7 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> anyhow::R
     let _ = retention.await;
     let _ = quiescer.await;
     let _ = expiry.await;
+    let _ = lag.await;
     let _ = reconciler.await;
     if let Some(m) = metrics_server {
         match m.await {

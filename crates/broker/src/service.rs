@@ -71,6 +71,21 @@ impl Services {
         &self.groups
     }
 
+    /// The consumer-lag cache behind the metrics.
+    pub(crate) fn lag_cache(&self) -> &crate::lag::LagCache {
+        &self.metrics.lag
+    }
+
+    /// Whether this broker holds a replica of `topic`/`partition`.
+    pub(crate) fn has_replica(&self, topic: &str, partition: u32) -> bool {
+        self.replica(topic, partition).is_ok()
+    }
+
+    /// A fetch served by this broker's replica (no RPC).
+    pub(crate) async fn fetch_local(&self, req: v1::FetchRequest) -> Result<v1::FetchResponse, Status> {
+        self.fetch_inner(req).await.map(TResp::into_inner)
+    }
+
     /// Consumer-group member liveness (meaningful on the coordinator).
     pub(crate) fn liveness(&self) -> &crate::coordinator::Liveness {
         &self.liveness
@@ -204,18 +219,34 @@ impl v1::broker_server::Broker for Services {
             Ok(v1::Acks::None) => 2,
         };
         let records = req.batch.as_ref().map(|b| u64::from(b.record_count)).unwrap_or(0);
+        let bytes = req.batch.as_ref().map(|b| b.records.len() as u64).unwrap_or(0);
+        let topic = req.topic.clone();
         let r = self.produce_inner(req).await;
         self.metrics.produce[slot].observe(t0.elapsed(), if r.is_ok() { records } else { 0 }, r.is_ok());
+        match &r {
+            Ok(_) => self.metrics.produced_bytes(&topic, bytes),
+            Err(s) => self.metrics.request_error("produce", s),
+        }
         r
     }
 
     #[tracing::instrument(skip_all, fields(node = self.groups.node_id(), topic = %request.get_ref().topic, partition = request.get_ref().partition))]
     async fn fetch(&self, request: TReq<v1::FetchRequest>) -> Result<TResp<v1::FetchResponse>, Status> {
         let t0 = std::time::Instant::now();
-        let r = self.fetch_inner(request.into_inner()).await;
+        let req = request.into_inner();
+        let topic = req.topic.clone();
+        let r = self.fetch_inner(req).await;
         let records =
             r.as_ref().map(|r| r.get_ref().batches.iter().map(|b| u64::from(b.record_count)).sum()).unwrap_or(0);
         self.metrics.fetch.observe(t0.elapsed(), records, r.is_ok());
+        match &r {
+            Ok(resp) => {
+                let bytes = resp.get_ref().batches.iter().map(|b| b.records.len() as u64).sum();
+                // Only a known topic gets a series (the label set stays bounded).
+                self.metrics.fetched_bytes(&topic, bytes);
+            }
+            Err(s) => self.metrics.request_error("fetch", s),
+        }
         r
     }
 

@@ -621,7 +621,7 @@ pub async fn group(brokers: &Brokers, output: Output, cmd: GroupCommand) -> anyh
                 })).collect::<Vec<_>>(),
                 "offsets": d.offsets.iter().map(|o| serde_json::json!({
                     "topic": o.topic, "partition": o.partition, "committed": o.committed_offset,
-                    "high_watermark": o.high_watermark, "lag": o.lag,
+                    "high_watermark": o.high_watermark, "lag": o.lag, "lag_seconds": o.lag_seconds,
                 })).collect::<Vec<_>>(),
             });
             print(output, json, || {
@@ -635,11 +635,11 @@ pub async fn group(brokers: &Brokers, output: Output, cmd: GroupCommand) -> anyh
                 for m in &d.members {
                     out.push_str(&format!("\n{:<34}  {:<5}  {}", m.member_id, m.member_epoch, assignment(m).join(",")));
                 }
-                out.push_str("\ntopic            partition  committed  high-watermark  lag");
+                out.push_str("\ntopic            partition  committed  high-watermark  lag        lag-seconds");
                 for o in &d.offsets {
                     out.push_str(&format!(
-                        "\n{:<15}  {:<9}  {:<9}  {:<14}  {}",
-                        o.topic, o.partition, o.committed_offset, o.high_watermark, o.lag
+                        "\n{:<15}  {:<9}  {:<9}  {:<14}  {:<9}  {:.1}",
+                        o.topic, o.partition, o.committed_offset, o.high_watermark, o.lag, o.lag_seconds
                     ));
                 }
                 out

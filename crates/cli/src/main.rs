@@ -186,10 +186,16 @@ fn real_main() -> anyhow::Result<()> {
         Command::Server(_) | Command::Dev(_) | Command::Bench(_) => "info,openraft=warn",
         _ => "warn",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into()))
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
+    let format = match &cli.command {
+        Command::Server(args) => args.log_format,
+        _ => server::LogFormat::Text,
+    };
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        server::LogFormat::Text => logs.init(),
+        server::LogFormat::Json => logs.json().with_current_span(true).with_span_list(true).init(),
+    }
     if matches!(cli.command, Command::Server(_) | Command::Dev(_)) {
         server::tune_allocator();
     }

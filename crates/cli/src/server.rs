@@ -54,6 +54,11 @@ pub struct ServerArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, env = "FERROLOG_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// Most consumer-lag series (group x topic x partition) the group
+    /// coordinator exports; the rest are counted in
+    /// ferrolog_consumer_group_lag_dropped_partitions.
+    #[arg(long, env = "FERROLOG_LAG_METRICS_MAX_PARTITIONS", default_value_t = ferrolog_broker::lag::DEFAULT_MAX_LAG_PARTITIONS)]
+    lag_metrics_max_partitions: usize,
     /// Initial metadata voters: ID=HOST:PORT,... (this broker included).
     #[arg(long, env = "FERROLOG_PEERS")]
     peers: Option<String>,
@@ -70,6 +75,10 @@ pub struct ServerArgs {
     /// and the node id rule.
     #[arg(long, env = "FERROLOG_POD_NAME")]
     pod_name: Option<String>,
+    /// Log lines as human text or as one JSON object per line (for log
+    /// shippers; the Kubernetes manifests use json).
+    #[arg(long, env = "FERROLOG_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
     /// Print the resolved configuration as JSON and exit (no data dir is
     /// created).
     #[arg(long)]
@@ -166,12 +175,23 @@ pub fn resolve(args: ServerArgs) -> anyhow::Result<BrokerConfig> {
         listen,
         advertise,
         metrics_listen,
+        lag_metrics_max_partitions: args.lag_metrics_max_partitions,
         join,
         retention_check,
         producer_expiry,
         quiesce: !args.no_quiesce,
         peers,
     })
+}
+
+/// How the broker writes its log lines (stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable text.
+    Text,
+    /// One JSON object per line, with the span fields (node, topic,
+    /// partition, group) of the line's context.
+    Json,
 }
 
 /// Allocations from this size up get their own mapping, returned to the
@@ -254,6 +274,8 @@ mod tests {
             pod_name: None,
             print_config: false,
             metrics_listen: None,
+            lag_metrics_max_partitions: 10,
+            log_format: LogFormat::Text,
             config: Some(dir.join("ferrolog.toml")),
         }
     }

@@ -294,8 +294,8 @@ impl MetaView {
     }
 
     /// Waits until topics, placement or membership change after the last
-    /// call (or since this view was made); an error once the state
-    /// machine is gone.
+    /// call (or since this view was made). (The signal lives as long as
+    /// any view: the error case of the watch never happens.)
     pub async fn placement_changed(&mut self) -> Result<(), watch::error::RecvError> {
         self.placement.changed().await
     }

@@ -65,11 +65,14 @@ impl Cf {
     }
 }
 
-/// The on-disk format this build reads and writes. Format 2 (write-once):
-/// batches live in the Raft log and an offset index points at them; format
-/// 1 stored a second copy of every batch. A store of another format is
-/// refused at open, naming both, rather than misread.
-pub const FORMAT_VERSION: u32 = 2;
+/// The on-disk format this build reads and writes. Format 3: batches live
+/// in the Raft log with an offset index pointing at them (write-once), and
+/// the metadata state is stored per key. Format 2 kept the metadata state
+/// as one value (a format-2 header would decode as a format-3 one and lose
+/// every topic: hence the bump); format 1 stored a second copy of every
+/// batch. A store of another format is refused at open, naming both,
+/// rather than misread.
+pub const FORMAT_VERSION: u32 = 3;
 
 /// Where the format version is kept (`RaftMeta` CF). No group key has this
 /// shape: group keys are 9 or 16 bytes.
@@ -151,8 +154,11 @@ impl Storage {
         // One memtable budget for the whole store, whatever the column
         // families and however fast data arrives (a snapshot install or a
         // follower catching up writes as fast as the disk takes it): past
-        // it RocksDB flushes, and writes stall until a flush frees room.
-        let budget = rocksdb::WriteBufferManager::new_write_buffer_manager(MEMTABLE_BUDGET_BYTES, true);
+        // it RocksDB flushes the oldest memtables early.
+        // Not stalling (allow_stall = false): with stalls, RocksDB may pick
+        // a CF to flush that frees too little and then wait forever; the
+        // per-CF caps below bound memory even while flushes catch up.
+        let budget = rocksdb::WriteBufferManager::new_write_buffer_manager(MEMTABLE_BUDGET_BYTES, false);
         opts.set_write_buffer_manager(&budget);
 
         // One block cache for every column family (RocksDB would give each
@@ -428,17 +434,24 @@ impl Storage {
     }
 }
 
-/// Memtable size of the `Records` CF (two may be in memory at once).
+/// Memtable size of the `Records` CF, written only while a snapshot
+/// streams in (two may be in memory at once).
 const RECORDS_WRITE_BUFFER_BYTES: usize = 16 << 20;
 /// Memtable size of the `Log` CF: Raft entries, i.e. every produced batch
 /// (RocksDB's default is 64 MiB); two fit in the store's budget.
 const LOG_WRITE_BUFFER_BYTES: usize = 32 << 20;
-/// Most bytes all memtables of the store may hold together. When full,
-/// RocksDB flushes the largest and stalls writes (produce, replication,
-/// snapshot installs: backpressure) until the flush frees room, so a
-/// broker's memtable memory never grows with how fast or how much it is
-/// written.
+/// Memtable size of the small column families (Raft metadata, applied
+/// state, offset index, cluster metadata; RocksDB's default is 64 MiB).
+const SMALL_WRITE_BUFFER_BYTES: usize = 4 << 20;
+/// Memtable bytes the store aims to stay under: past it RocksDB flushes
+/// the oldest memtables early. A soft bound; the hard one is each CF's
+/// two memtables (`log` 2 x 32, `records` 2 x 16, four small CFs 2 x 4:
+/// 128 MiB), so a broker's memtable memory never grows with how fast or
+/// how much it is written.
 pub const MEMTABLE_BUDGET_BYTES: usize = 64 << 20;
+/// The hard bound on memtable bytes (see [`MEMTABLE_BUDGET_BYTES`]).
+pub const MEMTABLE_LIMIT_BYTES: usize =
+    2 * (LOG_WRITE_BUFFER_BYTES + RECORDS_WRITE_BUFFER_BYTES + 4 * SMALL_WRITE_BUFFER_BYTES);
 /// The store's block cache (uncompressed SST blocks), shared by every
 /// column family; when full, least recently used blocks are evicted.
 /// Consumers reading old data mostly miss it and read through the OS
@@ -457,15 +470,14 @@ fn cf_options(cf: Cf, cache: &rocksdb::Cache) -> Options {
         // Entries arrive in key order per group and are deleted in ranges.
         o.set_compression_type(rocksdb::DBCompressionType::Lz4);
     }
-    if cf == Cf::Records {
-        // Written only while a snapshot streams in: small memtables keep a
-        // multi-GB install's memory to a few of them (RocksDB's default is
-        // 64 MiB each).
-        o.set_write_buffer_size(RECORDS_WRITE_BUFFER_BYTES);
-    }
-    if cf == Cf::Log {
-        o.set_write_buffer_size(LOG_WRITE_BUFFER_BYTES);
-    }
+    o.set_write_buffer_size(match cf {
+        Cf::Log => LOG_WRITE_BUFFER_BYTES,
+        Cf::Records => RECORDS_WRITE_BUFFER_BYTES,
+        _ => SMALL_WRITE_BUFFER_BYTES,
+    });
+    // Two memtables at most (the active one and one flushing), RocksDB's
+    // default, stated because MEMTABLE_LIMIT_BYTES counts on it.
+    o.set_max_write_buffer_number(2);
     o
 }
 

@@ -27,6 +27,7 @@ pub mod value;
 
 pub use db::Cf;
 pub use db::MEMTABLE_BUDGET_BYTES;
+pub use db::MEMTABLE_LIMIT_BYTES;
 pub use db::Storage;
 pub use db::StorageConfig;
 pub use error::StorageError;

@@ -43,13 +43,29 @@ pub(crate) fn wal_sync(db: Arc<DB>) -> SyncFn {
     Box::new(move || db.flush_wal(true).map_err(|e| e.to_string()))
 }
 
+/// Called after every group-commit fsync with its duration and the number
+/// of writes it made durable (the broker feeds its metrics from it).
+pub type SyncObserver = Box<dyn Fn(std::time::Duration, usize) + Send + Sync>;
+
 /// Counters of the syncer, for benchmarks and metrics.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct SyncStats {
     /// WAL fsyncs done.
     pub syncs: AtomicU64,
     /// Completions answered (writes made durable).
     pub completions: AtomicU64,
+    /// Set once, by whoever exports the syncer's latency.
+    pub observer: std::sync::OnceLock<SyncObserver>,
+}
+
+impl std::fmt::Debug for SyncStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncStats")
+            .field("syncs", &self.syncs)
+            .field("completions", &self.completions)
+            .field("observer", &self.observer.get().is_some())
+            .finish()
+    }
 }
 
 /// Handle to the syncer thread. Dropping it closes the queue; the thread
@@ -105,7 +121,12 @@ fn run(sync: SyncFn, mut rx: mpsc::Receiver<Completion>, failed: Arc<AtomicBool>
             // durability: the group-commit fsync. Every write whose completion
             // is in `round` finished before it was queued, so it is in the WAL
             // before this sync starts; after it returns Ok they are on disk.
-            match sync() {
+            let started = std::time::Instant::now();
+            let r = sync();
+            if let Some(observe) = stats.observer.get() {
+                observe(started.elapsed(), round.len());
+            }
+            match r {
                 Ok(()) => Ok(()),
                 Err(e) => {
                     // Fail-stop: after a failed fsync the kernel may have

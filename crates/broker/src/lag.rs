@@ -1,0 +1,173 @@
+//! Consumer lag per group, topic and partition, in records (high watermark
+//! minus committed offset) and in seconds (age of the oldest unconsumed
+//! record). The metadata leader (the group coordinator) refreshes a cache
+//! every [`LAG_REFRESH`]; `/metrics` reads the cache (no scan or RPC per
+//! scrape) and `group describe` computes the same figures with the same
+//! code ([`lag_of`]) for one group.
+//!
+//! Cost of a refresh: one describe per topic with committed offsets (high
+//! watermarks, answered by each partition's leader) and, per lagging
+//! partition, one single-batch fetch at the committed offset (local when a
+//! replica is here, else from the leader) for its timestamp. The number of
+//! exported partitions is bounded (`--lag-metrics-max-partitions`):
+//! beyond it, partitions are left out and counted.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+use std::time::Instant;
+
+use ferrolog_metadata::groups::Tp;
+use ferrolog_proto::v1;
+use openraft::async_runtime::watch::WatchReceiver;
+use tokio_util::sync::CancellationToken;
+
+use crate::service::Services;
+
+/// How often the coordinator recomputes lag.
+pub const LAG_REFRESH: Duration = Duration::from_secs(5);
+/// Default bound on exported (group, topic, partition) series.
+pub const DEFAULT_MAX_LAG_PARTITIONS: usize = 10_000;
+/// Longest wait for one batch timestamp from another broker.
+const TIMESTAMP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The lag of one group in one partition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LagRow {
+    /// Group.
+    pub group: String,
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: u32,
+    /// The group's committed offset (next to consume).
+    pub committed: i64,
+    /// The partition's high watermark (-1: unknown).
+    pub high_watermark: i64,
+    /// Records not yet consumed (0 when unknown).
+    pub lag_records: i64,
+    /// Now minus the timestamp of the batch holding the first unconsumed
+    /// record (a batch's first timestamp: at most the batch's span early);
+    /// 0 when caught up or unknown.
+    pub lag_seconds: f64,
+}
+
+/// The figures of the last refresh.
+#[derive(Debug, Clone, Default)]
+pub struct LagSnapshot {
+    /// When they were computed (`None`: never on this broker).
+    pub at: Option<Instant>,
+    /// Rows, by group, topic, partition.
+    pub rows: Vec<LagRow>,
+    /// Partitions with a committed offset left out by the bound.
+    pub dropped: u64,
+}
+
+/// The lag cache read by `/metrics`.
+#[derive(Debug, Default)]
+pub struct LagCache {
+    inner: Mutex<Arc<LagSnapshot>>,
+}
+
+impl LagCache {
+    /// The last refresh's figures.
+    pub fn snapshot(&self) -> Arc<LagSnapshot> {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    fn set(&self, s: LagSnapshot) {
+        *self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(s);
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// The lag of `committed` offsets: `(group, (topic, partition), offset)`.
+pub(crate) async fn lag_of(services: &Services, committed: Vec<(String, Tp, i64)>) -> Vec<LagRow> {
+    // Per topic: (log start, high watermark, leader) of each partition.
+    let mut topics: BTreeMap<String, Vec<(i64, i64, u64)>> = BTreeMap::new();
+    for (_, (t, _), _) in &committed {
+        if !topics.contains_key(t) {
+            let parts = match services.describe_named(t).await {
+                Some(d) => d.partitions.iter().map(|p| (p.log_start_offset, p.high_watermark, p.leader_id)).collect(),
+                None => Vec::new(),
+            };
+            topics.insert(t.clone(), parts);
+        }
+    }
+    let mut rows = Vec::with_capacity(committed.len());
+    for (group, (topic, partition), offset) in committed {
+        let (log_start, hw, leader) =
+            topics.get(&topic).and_then(|p| p.get(partition as usize)).copied().unwrap_or((-1, -1, 0));
+        let lag_records = if hw >= 0 { (hw - offset).max(0) } else { 0 };
+        let lag_seconds = if lag_records > 0 {
+            // A committed offset below the log start: the oldest record
+            // left is the first unconsumed one.
+            let at = offset.max(log_start.max(0));
+            match batch_timestamp(services, &topic, partition, at, leader).await {
+                Some(ts) => ((now_ms() - ts).max(0) as f64) / 1000.0,
+                None => 0.0,
+            }
+        } else {
+            0.0
+        };
+        rows.push(LagRow { group, topic, partition, committed: offset, high_watermark: hw, lag_records, lag_seconds });
+    }
+    rows
+}
+
+/// The first timestamp of the batch holding `offset`, from a local replica
+/// or the partition's leader.
+async fn batch_timestamp(services: &Services, topic: &str, partition: u32, offset: i64, leader: u64) -> Option<i64> {
+    let req =
+        v1::FetchRequest { topic: topic.to_string(), partition, offset, max_bytes: 1, max_wait_ms: 0, min_bytes: 0 };
+    let local = services.has_replica(topic, partition);
+    let answer = if local {
+        services.fetch_local(req).await.ok()
+    } else {
+        let leader = services.groups().address_of(leader)?;
+        let ch = services.groups().transport().channel(&leader).ok()?;
+        let mut c = v1::broker_client::BrokerClient::new(ch)
+            .max_decoding_message_size(ferrolog_types::limits::API_MESSAGE_LIMIT);
+        tokio::time::timeout(TIMESTAMP_TIMEOUT, c.fetch(req)).await.ok()?.ok().map(|r| r.into_inner())
+    };
+    answer?.batches.first().map(|b| b.first_timestamp_ms)
+}
+
+/// Refreshes the cache every [`LAG_REFRESH`] while this broker leads the
+/// metadata group; elsewhere the cache is empty.
+pub async fn run(services: Services, max_partitions: usize, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(LAG_REFRESH) => {}
+        }
+        let Some(meta) = services.groups().meta() else { continue };
+        let me = services.groups().node_id();
+        if meta.raft.metrics().borrow_watched().current_leader != Some(me) {
+            services.lag_cache().set(LagSnapshot::default());
+            continue;
+        }
+        // Every committed offset, in group/topic/partition order, bounded.
+        let (committed, dropped) = {
+            let state = meta.state.borrow();
+            let mut all = Vec::new();
+            let mut dropped = 0u64;
+            for (name, g) in &state.cluster.groups {
+                for (tp, c) in &g.offsets {
+                    if all.len() < max_partitions {
+                        all.push((name.clone(), tp.clone(), c.offset));
+                    } else {
+                        dropped += 1;
+                    }
+                }
+            }
+            (all, dropped)
+        };
+        let rows = lag_of(&services, committed).await;
+        services.lag_cache().set(LagSnapshot { at: Some(Instant::now()), rows, dropped });
+    }
+}
