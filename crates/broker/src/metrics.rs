@@ -84,20 +84,20 @@ impl RequestFamilies {
     }
 
     fn register(&self, registry: &mut Registry, kind: &str) {
-        registry.register(format!("{kind}_requests"), format!("{kind} requests answered."), self.requests.clone());
+        registry.register(format!("{kind}_requests"), format!("{kind} requests answered"), self.requests.clone());
         registry.register(
             format!("{kind}_errors"),
-            format!("{kind} requests answered with an error."),
+            format!("{kind} requests answered with an error"),
             self.errors.clone(),
         );
         registry.register(
             format!("{kind}_records"),
-            format!("Records in successful {kind} requests."),
+            format!("Records in successful {kind} requests"),
             self.records.clone(),
         );
         registry.register(
             format!("{kind}_latency_seconds"),
-            format!("{kind} latency, from request to answer."),
+            format!("{kind} latency, from request to answer"),
             self.latency.clone(),
         );
     }
@@ -125,13 +125,13 @@ struct Scraped {
     metadata_leader: Gauge,
     purged: Gauge,
     commit_lag: Gauge,
-    metadata_apply_bytes: Gauge,
+    metadata_apply_bytes: Counter,
+    metadata_apply_bytes_seen: AtomicU64,
     write_stopped: Gauge,
     delayed_write_rate: Gauge,
     memtable_bytes: Gauge,
     pending_compaction_bytes: Gauge,
     l0_files: Gauge,
-    wal_syncs: Gauge,
     lag_records: Family<Labels, Gauge>,
     lag_seconds: Family<Labels, FGauge>,
     lag_partitions: Gauge,
@@ -172,97 +172,96 @@ impl Metrics {
         let fetch = RequestFamilies::new();
         fetch.register(&mut registry, "fetch");
         let produce_bytes = Family::<Labels, Counter>::default();
-        registry.register("produce_bytes", "Record batch bytes appended, by topic.", produce_bytes.clone());
+        registry.register("produce_bytes", "Record batch bytes appended, by topic", produce_bytes.clone());
         let fetch_bytes = Family::<Labels, Counter>::default();
-        registry.register("fetch_bytes", "Record batch bytes served to consumers, by topic.", fetch_bytes.clone());
+        registry.register("fetch_bytes", "Record batch bytes served to consumers, by topic", fetch_bytes.clone());
         let request_errors = Family::<Labels, Counter>::default();
         registry.register(
             "request_errors",
-            "Client requests answered with an error, by API, gRPC code and Ferrolog reason (\"\" when none).",
+            "Client requests answered with an error, by API, gRPC code and Ferrolog reason (\"\" when none)",
             request_errors.clone(),
         );
         let fsync = Histogram::new(FSYNC_BUCKETS);
-        registry.register("wal_fsync_seconds", "Duration of each group-commit WAL fsync.", fsync.clone());
+        registry.register("wal_fsync_seconds", "Duration of each group-commit WAL fsync", fsync.clone());
         let group_commit = Histogram::new(BATCH_BUCKETS);
         registry.register(
             "wal_group_commit_writes",
-            "Writes made durable by each group-commit fsync (batch size).",
+            "Writes made durable by each group-commit fsync (batch size)",
             group_commit.clone(),
         );
         let s = Scraped::default();
-        let gauges: [(&str, &str, &Gauge); 17] = [
-            ("partition_replicas", "Partition replicas on this broker.", &s.replicas),
-            ("partitions_led", "Partitions this broker leads.", &s.led),
-            ("partitions_quiesced", "Local partition replicas whose Raft ticker is parked (idle).", &s.quiesced),
+        let gauges: [(&str, &str, &Gauge); 15] = [
+            ("partition_replicas", "Partition replicas on this broker", &s.replicas),
+            ("partitions_led", "Partitions this broker leads", &s.led),
+            ("partitions_quiesced", "Local partition replicas whose Raft ticker is parked (idle)", &s.quiesced),
             (
                 "under_replicated_partitions",
-                "Led partitions whose followers lag the leader's log.",
+                "Led partitions whose followers lag the leader's log",
                 &s.under_replicated,
             ),
-            ("leaderless_partitions", "Local partition replicas that know no leader.", &s.leaderless),
-            ("raft_terms_sum", "Sum of Raft terms of local partition groups (grows by one per election).", &s.terms),
-            ("metadata_raft_term", "Raft term of the metadata group (grows by one per election).", &s.metadata_term),
+            ("leaderless_partitions", "Local partition replicas that know no leader", &s.leaderless),
+            ("raft_terms_sum", "Sum of Raft terms of local partition groups (grows by one per election)", &s.terms),
+            ("metadata_raft_term", "Raft term of the metadata group (grows by one per election)", &s.metadata_term),
             (
                 "metadata_leader",
-                "1 on the broker leading the metadata group (the group coordinator).",
+                "1 on the broker leading the metadata group (the group coordinator)",
                 &s.metadata_leader,
             ),
-            ("raft_purged_entries", "Raft log entries purged behind snapshots, over local groups.", &s.purged),
-            ("commit_lag_entries", "Log entries appended but not yet applied, over local groups.", &s.commit_lag),
-            (
-                "metadata_apply_bytes",
-                "Bytes the metadata state machine wrote since the broker started.",
-                &s.metadata_apply_bytes,
-            ),
-            ("rocksdb_write_stopped", "1 while RocksDB stops writes (stall).", &s.write_stopped),
+            ("raft_purged_entries", "Raft log entries purged behind snapshots, over local groups", &s.purged),
+            ("commit_lag_entries", "Log entries appended but not yet applied, over local groups", &s.commit_lag),
+            ("rocksdb_write_stopped", "1 while RocksDB stops writes (stall)", &s.write_stopped),
             (
                 "rocksdb_delayed_write_rate",
-                "RocksDB's delayed write rate in bytes/s; non-zero while writes are slowed down.",
+                "RocksDB's delayed write rate in bytes/s; non-zero while writes are slowed down",
                 &s.delayed_write_rate,
             ),
             (
                 "rocksdb_memtable_bytes",
-                "Bytes of RocksDB memtables (active, unflushed and pinned), over column families.",
+                "Bytes of RocksDB memtables (active, unflushed and pinned), over column families",
                 &s.memtable_bytes,
             ),
             (
                 "rocksdb_pending_compaction_bytes",
-                "RocksDB's estimate of bytes compaction must rewrite to settle (compaction debt).",
+                "RocksDB's estimate of bytes compaction must rewrite to settle (compaction debt)",
                 &s.pending_compaction_bytes,
             ),
             (
                 "rocksdb_l0_files",
-                "SST files in level 0, over column families (many: compaction is behind).",
+                "SST files in level 0, over column families (many: compaction is behind)",
                 &s.l0_files,
             ),
-            ("wal_fsyncs", "Group-commit WAL fsyncs since the broker started.", &s.wal_syncs),
         ];
         for (name, help, g) in gauges {
             registry.register(name, help, g.clone());
         }
         registry.register(
+            "metadata_apply_bytes",
+            "Bytes the metadata state machine's apply rounds wrote (an offset commit: ~100)",
+            s.metadata_apply_bytes.clone(),
+        );
+        registry.register(
             "consumer_group_lag_records",
-            "Records between a group's committed offset and the partition's high watermark (on the coordinator).",
+            "Records between a group's committed offset and the partition's high watermark (on the coordinator)",
             s.lag_records.clone(),
         );
         registry.register(
             "consumer_group_lag_seconds",
-            "Age of a group's oldest unconsumed record in a partition: now minus its batch's timestamp; 0 when caught up (on the coordinator).",
+            "Age of a group's oldest unconsumed record in a partition: now minus its batch's timestamp; 0 when caught up (on the coordinator)",
             s.lag_seconds.clone(),
         );
         registry.register(
             "consumer_group_lag_partitions",
-            "Group partitions whose lag is exported (at most --lag-metrics-max-partitions).",
+            "Group partitions whose lag is exported (at most --lag-metrics-max-partitions)",
             s.lag_partitions.clone(),
         );
         registry.register(
             "consumer_group_lag_dropped_partitions",
-            "Group partitions with a committed offset left out of the lag metrics by the cardinality bound.",
+            "Group partitions with a committed offset left out of the lag metrics by the cardinality bound",
             s.lag_dropped.clone(),
         );
         registry.register(
             "consumer_group_lag_age_seconds",
-            "Seconds since the lag figures were computed (-1: never, e.g. not the coordinator).",
+            "Seconds since the lag figures were computed (-1: never, e.g. not the coordinator)",
             s.lag_age.clone(),
         );
         Metrics {
@@ -357,7 +356,9 @@ impl Metrics {
             let m = meta.raft.metrics().borrow_watched().clone();
             s.metadata_term.set(m.current_term as i64);
             s.metadata_leader.set(i64::from(m.current_leader == Some(me)));
-            s.metadata_apply_bytes.set(meta.state.apply_bytes() as i64);
+            let total = meta.state.apply_bytes();
+            let seen = s.metadata_apply_bytes_seen.swap(total, std::sync::atomic::Ordering::Relaxed);
+            s.metadata_apply_bytes.inc_by(total.saturating_sub(seen));
         }
         let prop = |name: &str| storage.property_sum(name) as i64;
         s.write_stopped.set(prop("rocksdb.is-write-stopped"));
@@ -365,7 +366,6 @@ impl Metrics {
         s.memtable_bytes.set(prop("rocksdb.cur-size-all-mem-tables"));
         s.pending_compaction_bytes.set(prop("rocksdb.estimate-pending-compaction-bytes"));
         s.l0_files.set(prop("rocksdb.num-files-at-level0"));
-        s.wal_syncs.set(storage.sync_stats().syncs.load(std::sync::atomic::Ordering::Relaxed) as i64);
 
         // Lag: the series of the last refresh only (a group or partition
         // that went away disappears).
