@@ -75,6 +75,12 @@ async fn consumer_lag_in_records_and_seconds_is_scraped_from_the_coordinator() -
     let age = AGE_MS as f64 / 1000.0;
     assert!(seconds >= age && seconds < age + START.as_secs_f64() * 2.0, "lag of {seconds} s for records {age} s old");
     assert_eq!(caught_up, Some(0.0), "an empty partition has no lag");
+    // Every broker counts its open connections: at least its two peers'.
+    for node in &cluster.nodes {
+        let text = scrape(&node.metrics_addr)?;
+        let open = sample(&text, "ferrolog_connections").unwrap_or(0.0);
+        assert!(open >= 2.0, "broker {} reports {open} open connections", node.id);
+    }
 
     // `group describe` reports the same figures.
     let d = client

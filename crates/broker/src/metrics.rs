@@ -112,6 +112,81 @@ impl RequestFamilies {
     }
 }
 
+/// A connection accepted on the broker's port, counted in
+/// `ferrolog_connections` while open.
+#[derive(Debug)]
+pub struct Counted {
+    inner: tokio::net::TcpStream,
+    open: Gauge,
+}
+
+impl Counted {
+    fn new(inner: tokio::net::TcpStream, open: Gauge) -> Self {
+        open.inc();
+        Counted { inner, open }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
+impl tokio::io::AsyncRead for Counted {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Counted {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+impl tonic::transport::server::Connected for Counted {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
 /// Values set at every scrape.
 #[derive(Debug, Default)]
 struct Scraped {
@@ -150,6 +225,8 @@ pub struct Metrics {
     produce_bytes: Family<Labels, Counter>,
     fetch_bytes: Family<Labels, Counter>,
     request_errors: Family<Labels, Counter>,
+    connections: Gauge,
+    connections_accepted: Counter,
     fsync: Histogram,
     group_commit: Histogram,
     scraped: Scraped,
@@ -181,6 +258,18 @@ impl Metrics {
             "Client requests answered with an error, by API, gRPC code and Ferrolog reason (\"\" when none)",
             request_errors.clone(),
         );
+        let connections = Gauge::default();
+        registry.register(
+            "connections",
+            "Open TCP connections on the broker's port (clients and peer brokers)",
+            connections.clone(),
+        );
+        let connections_accepted = Counter::default();
+        registry.register(
+            "connections_accepted",
+            "TCP connections accepted on the broker's port",
+            connections_accepted.clone(),
+        );
         let fsync = Histogram::new(FSYNC_BUCKETS);
         registry.register("wal_fsync_seconds", "Duration of each group-commit WAL fsync", fsync.clone());
         let group_commit = Histogram::new(BATCH_BUCKETS);
@@ -194,11 +283,7 @@ impl Metrics {
             ("partition_replicas", "Partition replicas on this broker", &s.replicas),
             ("partitions_led", "Partitions this broker leads", &s.led),
             ("partitions_quiesced", "Local partition replicas whose Raft ticker is parked (idle)", &s.quiesced),
-            (
-                "under_replicated_partitions",
-                "Led partitions whose followers lag the leader's log",
-                &s.under_replicated,
-            ),
+            ("under_replicated_partitions", "Led partitions whose followers lag the leader's log", &s.under_replicated),
             ("leaderless_partitions", "Local partition replicas that know no leader", &s.leaderless),
             ("raft_terms_sum", "Sum of Raft terms of local partition groups (grows by one per election)", &s.terms),
             ("metadata_raft_term", "Raft term of the metadata group (grows by one per election)", &s.metadata_term),
@@ -271,6 +356,8 @@ impl Metrics {
             produce_bytes,
             fetch_bytes,
             request_errors,
+            connections,
+            connections_accepted,
             fsync,
             group_commit,
             scraped: s,
@@ -295,6 +382,12 @@ impl Metrics {
         self.request_errors
             .get_or_create(&vec![("api", api.to_string()), ("code", code), ("reason", reason.to_string())])
             .inc();
+    }
+
+    /// `stream`, counted while open.
+    pub fn count_connection(&self, stream: tokio::net::TcpStream) -> Counted {
+        self.connections_accepted.inc();
+        Counted::new(stream, self.connections.clone())
     }
 
     /// Feeds the fsync histograms from `storage`'s group-commit thread.

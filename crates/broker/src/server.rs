@@ -203,8 +203,21 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> anyhow::R
     let quiescer = tokio::spawn(crate::quiesce::run(groups.clone(), config.quiesce, shutdown.clone()));
     let stop_serving = CancellationToken::new();
     tracing::info!(node = node_id, listen = %config.listen, advertise = config.advertise, "broker starting");
+    // Accepted here (not by tonic) so that open connections are counted.
+    let listener =
+        tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("listen on {}", config.listen))?;
+    let incoming = {
+        use tokio_stream::StreamExt;
+        let metrics = services.metrics().clone();
+        tokio_stream::wrappers::TcpListenerStream::new(listener).map(move |accepted| {
+            accepted.map(|stream| {
+                // Small Raft and produce messages must not wait for Nagle.
+                let _ = stream.set_nodelay(true);
+                metrics.count_connection(stream)
+            })
+        })
+    };
     let serve = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -216,7 +229,7 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> anyhow::R
         .add_service(ProducersServer::new(services.clone()).max_decoding_message_size(API_MESSAGE_LIMIT))
         .add_service(GroupsServer::new(services.clone()).max_decoding_message_size(API_MESSAGE_LIMIT))
         .add_service(AdminServer::new(services).max_decoding_message_size(API_MESSAGE_LIMIT))
-        .serve_with_shutdown(config.listen, stop_serving.clone().cancelled_owned());
+        .serve_with_incoming_shutdown(incoming, stop_serving.clone().cancelled_owned());
     // SIGTERM: first hand leadership away while still serving (the new
     // leaders need our votes and replies), then stop accepting.
     let handoff = {

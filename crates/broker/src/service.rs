@@ -71,6 +71,11 @@ impl Services {
         &self.groups
     }
 
+    /// The broker's metrics.
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// The consumer-lag cache behind the metrics.
     pub(crate) fn lag_cache(&self) -> &crate::lag::LagCache {
         &self.metrics.lag

@@ -187,19 +187,69 @@ fn real_main() -> anyhow::Result<()> {
         _ => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
-    let format = match &cli.command {
-        Command::Server(args) => args.log_format,
-        _ => server::LogFormat::Text,
+    let (format, otlp) = match &cli.command {
+        Command::Server(args) => (args.log_format, args.otlp_endpoint.clone()),
+        _ => (server::LogFormat::Text, None),
     };
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        server::LogFormat::Text => logs.init(),
-        server::LogFormat::Json => logs.json().with_current_span(true).with_span_list(true).init(),
-    }
     if matches!(cli.command, Command::Server(_) | Command::Dev(_)) {
         server::tune_allocator();
     }
     let rt = tokio::runtime::Runtime::new().context("start the tokio runtime")?;
+    let traces = {
+        // The OTLP exporter's gRPC channel is made inside the runtime.
+        let _in_runtime = rt.enter();
+        init_tracing(filter, format, otlp.as_deref())?
+    };
+    let result = run_command(cli, &rt);
+    if let Some(provider) = traces {
+        // Exports the spans still buffered.
+        if let Err(e) = provider.shutdown() {
+            eprintln!("warning: flushing traces failed: {e}");
+        }
+    }
+    result
+}
+
+/// Logs to stderr as text or JSON; with `otlp`, also exports spans to that
+/// OpenTelemetry collector (gRPC), batched in the background.
+fn init_tracing(
+    filter: tracing_subscriber::EnvFilter,
+    format: server::LogFormat,
+    otlp: Option<&str>,
+) -> anyhow::Result<Option<opentelemetry_sdk::trace::SdkTracerProvider>> {
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::WithExportConfig;
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = match format {
+        server::LogFormat::Text => logs.boxed(),
+        server::LogFormat::Json => logs.json().with_current_span(true).with_span_list(true).boxed(),
+    };
+    let provider = match otlp {
+        None => None,
+        Some(endpoint) => {
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .build()
+                .with_context(|| format!("OTLP trace exporter for {endpoint}"))?;
+            let resource = opentelemetry_sdk::Resource::builder().with_service_name("ferrolog").build();
+            Some(
+                opentelemetry_sdk::trace::SdkTracerProvider::builder()
+                    .with_batch_exporter(exporter)
+                    .with_resource(resource)
+                    .build(),
+            )
+        }
+    };
+    let traces = provider.as_ref().map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("ferrolog")));
+    tracing_subscriber::registry().with(filter).with(logs).with(traces).init();
+    Ok(provider)
+}
+
+fn run_command(cli: Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     match cli.command {
         Command::Server(args) => rt.block_on(server::run(args)),
         Command::Dev(args) => rt.block_on(dev::run(args)),

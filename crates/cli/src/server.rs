@@ -79,6 +79,11 @@ pub struct ServerArgs {
     /// shippers; the Kubernetes manifests use json).
     #[arg(long, env = "FERROLOG_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Export trace spans (produce, fetch, group coordination, with node,
+    /// topic, partition, group) to this OpenTelemetry collector over OTLP
+    /// gRPC, e.g. http://otel-collector:4317. Off by default.
+    #[arg(long, env = "FERROLOG_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// Print the resolved configuration as JSON and exit (no data dir is
     /// created).
     #[arg(long)]
@@ -276,6 +281,7 @@ mod tests {
             metrics_listen: None,
             lag_metrics_max_partitions: 10,
             log_format: LogFormat::Text,
+            otlp_endpoint: None,
             config: Some(dir.join("ferrolog.toml")),
         }
     }
