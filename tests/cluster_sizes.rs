@@ -77,8 +77,15 @@ async fn a_follower_far_behind_catches_up_and_then_carries_acks_all() -> anyhow:
     cluster.signal(lagging, STOP)?;
     let batches = 1024;
     produce_big(&client, "big", batches, 4).await?;
-    let hw = describe(&client, "big").await.map_err(anyhow::Error::msg)?.high_watermark;
+    let described = describe(&client, "big").await.map_err(anyhow::Error::msg)?;
+    let hw = described.high_watermark;
     assert_eq!(hw, batches as i64 * 4);
+    // Describe tells how far behind it is, in records and in seconds (the
+    // batches are stamped 1_700_000_000_000 ms: years ago).
+    let r = described.replicas.iter().find(|r| r.broker_id == lagging).expect("the stopped replica");
+    eprintln!("stopped follower: {} entries, {} records, {:.0} s behind", r.lag, r.lag_records, r.lag_seconds);
+    assert!(r.lag > 0 && r.lag_records > 0 && r.lag_records <= hw, "{r:?}");
+    assert!(r.lag_seconds > 3600.0, "{r:?}");
     cluster.signal(lagging, CONT)?;
 
     // It catches up: describe shows no lag on any replica.

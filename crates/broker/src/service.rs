@@ -570,7 +570,13 @@ impl Services {
                 replicas: a
                     .replicas
                     .iter()
-                    .map(|id| v1::ReplicaState { broker_id: *id, lag: -1, in_sync: false })
+                    .map(|id| v1::ReplicaState {
+                        broker_id: *id,
+                        lag: -1,
+                        in_sync: false,
+                        lag_records: 0,
+                        lag_seconds: 0.0,
+                    })
                     .collect(),
                 high_watermark: -1,
                 log_start_offset: -1,
@@ -585,11 +591,37 @@ impl Services {
                 // Lag in log entries, known on the leader only.
                 if let Some(repl) = &m.replication {
                     let last = m.last_log_index.unwrap_or(0);
-                    for rs in &mut d.replicas {
+                    let mut behind = Vec::new();
+                    for (i, rs) in d.replicas.iter_mut().enumerate() {
                         if let Some(matched) = repl.get(&rs.broker_id) {
                             let idx = matched.map(|l| l.index).unwrap_or(0);
                             rs.lag = last.saturating_sub(idx) as i64;
                             rs.in_sync = rs.lag == 0;
+                            if rs.lag > 0 {
+                                behind.push((i, idx));
+                            }
+                        }
+                    }
+                    // In records and seconds: which committed batch each
+                    // lagging replica lacks first (a bisection of the
+                    // offset index and one batch read, off the workers).
+                    if !behind.is_empty() {
+                        let reader = r.reader.clone();
+                        let (start, end) = (p.log_start, p.next_offset);
+                        let found = tokio::task::spawn_blocking(move || {
+                            behind
+                                .into_iter()
+                                .map(|(i, idx)| (i, reader.first_batch_after_log_index(start, end, idx)))
+                                .collect::<Vec<_>>()
+                        })
+                        .await
+                        .unwrap_or_default();
+                        let now = now_ms();
+                        for (i, first) in found {
+                            if let Ok(Some((base, ts))) = first {
+                                d.replicas[i].lag_records = (p.next_offset - base) as i64;
+                                d.replicas[i].lag_seconds = ((now - ts).max(0) as f64) / 1000.0;
+                            }
                         }
                     }
                 }

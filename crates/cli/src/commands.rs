@@ -187,6 +187,8 @@ fn topic_json(t: &v1::TopicDescription) -> serde_json::Value {
             "leader": p.leader_id,
             "replicas": p.replicas.iter().map(|r| r.broker_id).collect::<Vec<_>>(),
             "lag": p.replicas.iter().map(|r| r.lag).collect::<Vec<_>>(),
+            "lag_records": p.replicas.iter().map(|r| r.lag_records).collect::<Vec<_>>(),
+            "lag_seconds": p.replicas.iter().map(|r| r.lag_seconds).collect::<Vec<_>>(),
             "high_watermark": p.high_watermark,
             "log_start_offset": p.log_start_offset,
         })).collect::<Vec<_>>(),
@@ -196,19 +198,26 @@ fn topic_json(t: &v1::TopicDescription) -> serde_json::Value {
 fn topic_text(t: &v1::TopicDescription) -> String {
     let mut out =
         format!("topic {}  partitions {}  replication-factor {}\n", t.name, t.partitions.len(), t.replication_factor);
-    out.push_str("partition  leader  replicas      lag         log-start  high-watermark");
+    out.push_str("partition  leader  replicas      lag         log-start  high-watermark  behind (records/seconds)");
     for p in &t.partitions {
         let replicas: Vec<String> = p.replicas.iter().map(|r| r.broker_id.to_string()).collect();
         let lag: Vec<String> = p.replicas.iter().map(|r| r.lag.to_string()).collect();
+        let behind: Vec<String> = p
+            .replicas
+            .iter()
+            .filter(|r| r.lag_records > 0)
+            .map(|r| format!("{}:{}/{:.1}s", r.broker_id, r.lag_records, r.lag_seconds))
+            .collect();
         let leader = if p.leader_id == 0 { "none".to_string() } else { p.leader_id.to_string() };
         out.push_str(&format!(
-            "\n{:<9}  {:<6}  {:<12}  {:<10}  {:<9}  {}",
+            "\n{:<9}  {:<6}  {:<12}  {:<10}  {:<9}  {:<14}  {}",
             p.partition,
             leader,
             replicas.join(","),
             lag.join(","),
             p.log_start_offset,
-            p.high_watermark
+            p.high_watermark,
+            if behind.is_empty() { "-".to_string() } else { behind.join(" ") }
         ));
     }
     out

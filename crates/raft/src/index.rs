@@ -205,6 +205,24 @@ impl PartitionReader {
         self.bisect(start, end, |e| total_end - e.meta.bytes_before <= limit)
     }
 
+    /// What a follower that matched the leader's log up to Raft index
+    /// `matched` lacks of the applied batches in `[start, end)`: the base
+    /// offset and first timestamp of the first such batch (by bisection:
+    /// log indexes grow with offsets; batches received in a snapshot have
+    /// none and precede every logged one). `None` when it lacks none.
+    pub fn first_batch_after_log_index(
+        &self,
+        start: Offset,
+        end: Offset,
+        matched: u64,
+    ) -> io::Result<Option<(Offset, i64)>> {
+        let after = |e: &IndexEntry| matches!(e.location, Location::Log(i) if i > matched);
+        let Some(base) = self.bisect(start, end, after)? else { return Ok(None) };
+        let Some((base, entry)) = self.locate(base)? else { return Ok(None) };
+        let batch = self.load(base, &entry)?;
+        Ok(Some((base, batch.header.first_timestamp_ms)))
+    }
+
     /// The base of the first batch in `[start, end)` whose entry satisfies
     /// `pred`, where `pred` is monotonic in offset (false, then true).
     fn bisect(&self, start: Offset, end: Offset, pred: impl Fn(&IndexEntry) -> bool) -> io::Result<Option<Offset>> {
