@@ -256,7 +256,10 @@ async fn bad_input_gets_clear_errors_and_loses_nothing() -> anyhow::Result<()> {
     for addr in cluster.addrs() {
         loop {
             let mut a = v1::admin_client::AdminClient::connect(format!("http://{addr}")).await?;
-            match a.describe_topic(v1::DescribeTopicRequest { name: "t1".into(), local_only: false }).await {
+            match a
+                .describe_topic(v1::DescribeTopicRequest { name: "t1".into(), local_only: false, replica_lag: false })
+                .await
+            {
                 Err(e) if e.code() == Code::NotFound => break,
                 other => assert!(std::time::Instant::now() < deadline, "{addr} still describes t1: {other:?}"),
             }
@@ -265,7 +268,8 @@ async fn bad_input_gets_clear_errors_and_loses_nothing() -> anyhow::Result<()> {
     }
     let e = client
         .admin(OP, |mut c| async move {
-            c.describe_topic(v1::DescribeTopicRequest { name: "t1".into(), local_only: false }).await
+            c.describe_topic(v1::DescribeTopicRequest { name: "t1".into(), local_only: false, replica_lag: false })
+                .await
         })
         .await
         .expect_err("deleted");

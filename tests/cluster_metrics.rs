@@ -98,3 +98,39 @@ async fn consumer_lag_in_records_and_seconds_is_scraped_from_the_coordinator() -
     assert_eq!((p1.lag, p1.lag_seconds), (0, 0.0));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_follower_makes_its_partitions_under_replicated_until_it_catches_up() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(3)?;
+    cluster.wait_serving(START).await?;
+    let client = TestClient::new(cluster.addrs());
+    client.create_topic("watched", 1, 3).await?;
+    let leader = client.wait_leaders("watched", START).await?[0];
+    let follower = cluster.nodes.iter().map(|n| n.id).find(|id| *id != leader).expect("a follower");
+    let leader_metrics = cluster.node(leader).metrics_addr.clone();
+    let under = || -> anyhow::Result<f64> {
+        Ok(sample(&scrape(&leader_metrics)?, "ferrolog_under_replicated_partitions").unwrap_or(-1.0))
+    };
+    // Replicating normally: not under-replicated (the first scrape takes
+    // the reference, later ones compare).
+    client.produce("watched", 0, v1::Acks::All, &[b"a".to_vec()], OP).await?;
+    assert_eq!(under()?, 0.0);
+    cluster.signal(follower, 19)?; // SIGSTOP
+    client.produce("watched", 0, v1::Acks::All, &[b"b".to_vec()], OP).await?;
+    eventually("the leader to report the partition under-replicated", START, || async {
+        match under() {
+            Ok(v) if v >= 1.0 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await?;
+    cluster.signal(follower, 18)?; // SIGCONT
+    eventually("the partition to be fully replicated again", START, || async {
+        match under() {
+            Ok(v) if v == 0.0 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await?;
+    Ok(())
+}

@@ -51,7 +51,7 @@ async fn produce_big(client: &TestClient, topic: &str, n: usize, concurrency: us
 }
 
 async fn describe(client: &TestClient, topic: &str) -> Result<v1::PartitionDescription, String> {
-    let req = v1::DescribeTopicRequest { name: topic.into(), local_only: false };
+    let req = v1::DescribeTopicRequest { name: topic.into(), local_only: false, replica_lag: true };
     let d = client
         .admin(OP, |mut c| {
             let req = req.clone();

@@ -219,6 +219,7 @@ impl v1::groups_server::Groups for Services {
         }))
     }
 
+    #[tracing::instrument(skip_all, fields(node = self.groups().node_id(), group = %request.get_ref().group))]
     async fn leave_group(&self, request: TReq<v1::LeaveGroupRequest>) -> Result<TResp<v1::LeaveGroupResponse>, Status> {
         let req = request.into_inner();
         self.group_write(&req.group, GroupCommand::RemoveMembers(vec![req.member_id.clone()])).await?;
@@ -226,6 +227,7 @@ impl v1::groups_server::Groups for Services {
         Ok(TResp::new(v1::LeaveGroupResponse {}))
     }
 
+    #[tracing::instrument(skip_all, fields(node = self.groups().node_id(), group = %request.get_ref().group))]
     async fn commit_offsets(
         &self,
         request: TReq<v1::CommitOffsetsRequest>,
@@ -249,6 +251,7 @@ impl v1::groups_server::Groups for Services {
         Ok(TResp::new(v1::CommitOffsetsResponse {}))
     }
 
+    #[tracing::instrument(skip_all, fields(node = self.groups().node_id(), group = %request.get_ref().group))]
     async fn fetch_offsets(
         &self,
         request: TReq<v1::FetchOffsetsRequest>,
@@ -281,6 +284,7 @@ impl v1::groups_server::Groups for Services {
         Ok(TResp::new(v1::ListGroupsResponse { groups }))
     }
 
+    #[tracing::instrument(skip_all, fields(node = self.groups().node_id(), group = %request.get_ref().group))]
     async fn describe_group(
         &self,
         request: TReq<v1::DescribeGroupRequest>,
@@ -349,6 +353,7 @@ impl v1::groups_server::Groups for Services {
         }))
     }
 
+    #[tracing::instrument(skip_all, fields(node = self.groups().node_id(), group = %request.get_ref().group))]
     async fn reset_offsets(
         &self,
         request: TReq<v1::ResetOffsetsRequest>,
@@ -381,6 +386,7 @@ impl v1::groups_server::Groups for Services {
         }))
     }
 
+    #[tracing::instrument(skip_all, fields(node = self.groups().node_id(), group = %request.get_ref().group))]
     async fn delete_group(
         &self,
         request: TReq<v1::DeleteGroupRequest>,

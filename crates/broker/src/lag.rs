@@ -20,6 +20,7 @@ use std::time::Instant;
 
 use ferrolog_metadata::groups::Tp;
 use ferrolog_proto::v1;
+use futures::StreamExt;
 use openraft::async_runtime::watch::WatchReceiver;
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +32,11 @@ pub const LAG_REFRESH: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_LAG_PARTITIONS: usize = 10_000;
 /// Longest wait for one batch timestamp from another broker.
 const TIMESTAMP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Batch timestamps looked up at once during a refresh.
+const TIMESTAMP_CONCURRENCY: usize = 16;
+/// Longest a refresh may take; past it, the previous figures stay (their
+/// age is exported) and the next refresh starts over.
+const REFRESH_DEADLINE: Duration = Duration::from_secs(30);
 
 /// The lag of one group in one partition.
 #[derive(Debug, Clone, PartialEq)]
@@ -98,25 +104,27 @@ pub(crate) async fn lag_of(services: &Services, committed: Vec<(String, Tp, i64)
             topics.insert(t.clone(), parts);
         }
     }
-    let mut rows = Vec::with_capacity(committed.len());
-    for (group, (topic, partition), offset) in committed {
+    let rows = committed.into_iter().map(|(group, (topic, partition), offset)| {
         let (log_start, hw, leader) =
             topics.get(&topic).and_then(|p| p.get(partition as usize)).copied().unwrap_or((-1, -1, 0));
-        let lag_records = if hw >= 0 { (hw - offset).max(0) } else { 0 };
-        let lag_seconds = if lag_records > 0 {
-            // A committed offset below the log start: the oldest record
-            // left is the first unconsumed one.
-            let at = offset.max(log_start.max(0));
-            match batch_timestamp(services, &topic, partition, at, leader).await {
-                Some(ts) => ((now_ms() - ts).max(0) as f64) / 1000.0,
-                None => 0.0,
-            }
-        } else {
-            0.0
-        };
-        rows.push(LagRow { group, topic, partition, committed: offset, high_watermark: hw, lag_records, lag_seconds });
-    }
-    rows
+        async move {
+            let lag_records = if hw >= 0 { (hw - offset).max(0) } else { 0 };
+            let lag_seconds = if lag_records > 0 {
+                // A committed offset below the log start: the oldest record
+                // left is the first unconsumed one.
+                let at = offset.max(log_start.max(0));
+                match batch_timestamp(services, &topic, partition, at, leader).await {
+                    Some(ts) => ((now_ms() - ts).max(0) as f64) / 1000.0,
+                    None => 0.0,
+                }
+            } else {
+                0.0
+            };
+            LagRow { group, topic, partition, committed: offset, high_watermark: hw, lag_records, lag_seconds }
+        }
+    });
+    // A bounded number of lookups at once, in order.
+    futures::stream::iter(rows).buffered(TIMESTAMP_CONCURRENCY).collect().await
 }
 
 /// The first timestamp of the batch holding `offset`, from a local replica
@@ -167,7 +175,16 @@ pub async fn run(services: Services, max_partitions: usize, shutdown: Cancellati
             }
             (all, dropped)
         };
-        let rows = lag_of(&services, committed).await;
-        services.lag_cache().set(LagSnapshot { at: Some(Instant::now()), rows, dropped });
+        let rows = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = tokio::time::timeout(REFRESH_DEADLINE, lag_of(&services, committed)) => r,
+        };
+        match rows {
+            Ok(rows) => services.lag_cache().set(LagSnapshot { at: Some(Instant::now()), rows, dropped }),
+            Err(_) => tracing::warn!(
+                node = me,
+                "consumer lag refresh took over {REFRESH_DEADLINE:?}; kept the previous figures"
+            ),
+        }
     }
 }

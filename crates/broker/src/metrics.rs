@@ -34,6 +34,12 @@ const FSYNC_BUCKETS: [f64; 12] = [0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 
 /// Upper bounds of the group-commit batch size buckets, in writes.
 const BATCH_BUCKETS: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
+/// A led partition is under-replicated when a follower has not caught up,
+/// within this long, to where the leader's log was (Kafka's
+/// `replica.lag.time.max.ms` idea; an instant comparison with the leader's
+/// last entry would count every partition under load).
+const UNDER_REPLICATED_AFTER: Duration = Duration::from_secs(10);
+
 /// Label sets: `(name, value)` pairs.
 type Labels = Vec<(&'static str, String)>;
 /// A gauge of a float value.
@@ -187,6 +193,16 @@ impl tonic::transport::server::Connected for Counted {
     }
 }
 
+/// What a scrape remembers of earlier scrapes, per Raft group.
+#[derive(Debug, Default)]
+struct History {
+    /// Last seen term (elections are counted as term increases).
+    terms: std::collections::HashMap<ferrolog_types::GroupId, u64>,
+    /// Per led group: when the reference was taken, the leader's last log
+    /// index then, and the last verdict (under-replicated or not).
+    reference: std::collections::HashMap<ferrolog_types::GroupId, (std::time::Instant, u64, bool)>,
+}
+
 /// Values set at every scrape.
 #[derive(Debug, Default)]
 struct Scraped {
@@ -230,6 +246,10 @@ pub struct Metrics {
     fsync: Histogram,
     group_commit: Histogram,
     scraped: Scraped,
+    /// Serializes scrapes (they set shared gauges, then encode them) and
+    /// holds what one scrape needs of the previous ones.
+    history: std::sync::Mutex<History>,
+    term_changes: Family<Labels, Counter>,
     /// Consumer lag, refreshed by the metadata leader.
     pub lag: Arc<LagCache>,
 }
@@ -278,12 +298,22 @@ impl Metrics {
             "Writes made durable by each group-commit fsync (batch size)",
             group_commit.clone(),
         );
+        let term_changes = Family::<Labels, Counter>::default();
+        registry.register(
+            "raft_term_changes",
+            "Raft term increases seen on this broker (elections), by group kind: partition, metadata",
+            term_changes.clone(),
+        );
         let s = Scraped::default();
         let gauges: [(&str, &str, &Gauge); 15] = [
             ("partition_replicas", "Partition replicas on this broker", &s.replicas),
             ("partitions_led", "Partitions this broker leads", &s.led),
             ("partitions_quiesced", "Local partition replicas whose Raft ticker is parked (idle)", &s.quiesced),
-            ("under_replicated_partitions", "Led partitions whose followers lag the leader's log", &s.under_replicated),
+            (
+                "under_replicated_partitions",
+                "Led partitions with a follower that has not caught up, within 10 s, to where the leader's log was",
+                &s.under_replicated,
+            ),
             ("leaderless_partitions", "Local partition replicas that know no leader", &s.leaderless),
             ("raft_terms_sum", "Sum of Raft terms of local partition groups (grows by one per election)", &s.terms),
             ("metadata_raft_term", "Raft term of the metadata group (grows by one per election)", &s.metadata_term),
@@ -361,6 +391,8 @@ impl Metrics {
             fsync,
             group_commit,
             scraped: s,
+            history: Default::default(),
+            term_changes,
             lag: Arc::new(LagCache::default()),
         }
     }
@@ -401,7 +433,8 @@ impl Metrics {
 
     /// The OpenMetrics text exposition.
     pub fn render(&self, groups: &Groups, storage: &Storage) -> String {
-        self.scrape(groups, storage);
+        let mut history = self.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.scrape(groups, storage, &mut history);
         let mut out = String::new();
         if let Err(e) = encode(&mut out, &self.registry) {
             tracing::error!(error = %e, "encoding metrics failed");
@@ -409,9 +442,20 @@ impl Metrics {
         out
     }
 
-    fn scrape(&self, groups: &Groups, storage: &Storage) {
+    fn scrape(&self, groups: &Groups, storage: &Storage, history: &mut History) {
         let s = &self.scraped;
         let me = groups.node_id();
+        let now = std::time::Instant::now();
+        let mut seen_terms = std::collections::HashMap::new();
+        let mut reference = std::collections::HashMap::new();
+        let mut term_seen = |group: ferrolog_types::GroupId, term: u64, kind: &str| {
+            if let Some(before) = history.terms.get(&group)
+                && term > *before
+            {
+                self.term_changes.get_or_create(&vec![("kind", kind.to_string())]).inc_by(term - before);
+            }
+            seen_terms.insert(group, term);
+        };
         let (mut replicas, mut led, mut under, mut leaderless, mut terms, mut commit_lag, mut purged, mut quiesced) =
             (0i64, 0i64, 0i64, 0i64, 0i64, 0i64, 0i64, 0i64);
         for r in groups.replicas() {
@@ -419,6 +463,7 @@ impl Metrics {
             quiesced += i64::from(r.is_quiesced());
             let m = r.raft.metrics().borrow_watched().clone();
             terms += m.current_term as i64;
+            term_seen(r.group, m.current_term, "partition");
             purged += m.purged.map(|l| l.index as i64 + 1).unwrap_or(0);
             commit_lag +=
                 m.last_log_index.unwrap_or(0).saturating_sub(m.last_applied.map(|l| l.index).unwrap_or(0)) as i64;
@@ -426,13 +471,26 @@ impl Metrics {
                 None => leaderless += 1,
                 Some(l) if l == me => {
                     led += 1;
-                    // Under-replicated: some replica has not acknowledged the leader's last entry.
-                    let last = m.last_log_index;
-                    if let Some(repl) = &m.replication
-                        && repl.values().any(|matched| matched.map(|l| l.index) != last)
-                    {
-                        under += 1;
-                    }
+                    let last = m.last_log_index.unwrap_or(0);
+                    let verdict = match history.reference.get(&r.group) {
+                        // Compared with where the log was a while ago.
+                        Some((at, then, _)) if now.duration_since(*at) >= UNDER_REPLICATED_AFTER => {
+                            let behind = m.replication.as_ref().is_some_and(|repl| {
+                                repl.values().any(|matched| matched.map(|l| l.index).unwrap_or(0) < *then)
+                            });
+                            reference.insert(r.group, (now, last, behind));
+                            behind
+                        }
+                        Some(kept) => {
+                            reference.insert(r.group, *kept);
+                            kept.2
+                        }
+                        None => {
+                            reference.insert(r.group, (now, last, false));
+                            false
+                        }
+                    };
+                    under += i64::from(verdict);
                 }
                 Some(_) => {}
             }
@@ -447,12 +505,15 @@ impl Metrics {
         s.commit_lag.set(commit_lag);
         if let Some(meta) = groups.meta() {
             let m = meta.raft.metrics().borrow_watched().clone();
+            term_seen(ferrolog_types::GroupId::METADATA, m.current_term, "metadata");
             s.metadata_term.set(m.current_term as i64);
             s.metadata_leader.set(i64::from(m.current_leader == Some(me)));
             let total = meta.state.apply_bytes();
             let seen = s.metadata_apply_bytes_seen.swap(total, std::sync::atomic::Ordering::Relaxed);
             s.metadata_apply_bytes.inc_by(total.saturating_sub(seen));
         }
+        history.terms = seen_terms;
+        history.reference = reference;
         let prop = |name: &str| storage.property_sum(name) as i64;
         s.write_stopped.set(prop("rocksdb.is-write-stopped"));
         s.delayed_write_rate.set(prop("rocksdb.actual-delayed-write-rate"));

@@ -509,13 +509,13 @@ impl Services {
     }
 
     pub(crate) async fn describe(&self, t: &Topic) -> v1::TopicDescription {
-        self.describe_with(t, false).await
+        self.describe_with(t, false, false).await
     }
 
     /// Asks, for partitions without a local replica, one broker per replica
     /// set (in parallel, bounded by [`REMOTE_DESCRIBE_TIMEOUT`]); partitions
     /// whose brokers do not answer stay without a leader (0).
-    async fn fill_remote(&self, t: &Topic, partitions: &mut [v1::PartitionDescription]) {
+    async fn fill_remote(&self, t: &Topic, partitions: &mut [v1::PartitionDescription], replica_lag: bool) {
         // Replica lags are known on the leader only: ask the leader of each
         // partition this broker does not lead (or, with no leader known
         // here, its preferred replica), once per broker.
@@ -539,7 +539,7 @@ impl Services {
             let name = t.name.clone();
             Some(async move {
                 let mut c = v1::admin_client::AdminClient::new(ch);
-                let fut = c.describe_topic(v1::DescribeTopicRequest { name, local_only: true });
+                let fut = c.describe_topic(v1::DescribeTopicRequest { name, local_only: true, replica_lag });
                 let d = tokio::time::timeout(REMOTE_DESCRIBE_TIMEOUT, fut).await.ok()?.ok()?.into_inner();
                 Some((idx, d))
             })
@@ -561,7 +561,7 @@ impl Services {
     /// Describes `t`: partitions this broker leads from local state, the
     /// others (unless `local_only`) from their leader, which alone knows
     /// every replica's lag.
-    async fn describe_with(&self, t: &Topic, local_only: bool) -> v1::TopicDescription {
+    async fn describe_with(&self, t: &Topic, local_only: bool, replica_lag: bool) -> v1::TopicDescription {
         let mut partitions = Vec::new();
         for (i, a) in t.partitions.iter().enumerate() {
             let mut d = v1::PartitionDescription {
@@ -605,7 +605,7 @@ impl Services {
                     // In records and seconds: which committed batch each
                     // lagging replica lacks first (a bisection of the
                     // offset index and one batch read, off the workers).
-                    if !behind.is_empty() {
+                    if replica_lag && !behind.is_empty() {
                         let reader = r.reader.clone();
                         let (start, end) = (p.log_start, p.next_offset);
                         let found = tokio::task::spawn_blocking(move || {
@@ -629,7 +629,7 @@ impl Services {
             partitions.push(d);
         }
         if !local_only {
-            self.fill_remote(t, &mut partitions).await;
+            self.fill_remote(t, &mut partitions, replica_lag).await;
         }
         v1::TopicDescription {
             name: t.name.clone(),
@@ -746,7 +746,7 @@ impl v1::admin_server::Admin for Services {
     ) -> Result<TResp<v1::TopicDescription>, Status> {
         let req = request.into_inner();
         let t = self.topic(&req.name)?;
-        let mut d = self.describe_with(&t, req.local_only).await;
+        let mut d = self.describe_with(&t, req.local_only, req.replica_lag).await;
         if req.local_only {
             // Only what this broker holds: the caller fills in the rest,
             // and this answer never fans out again (no recursion).

@@ -300,7 +300,7 @@ pub async fn topic(brokers: &Brokers, output: Output, cmd: TopicCommand) -> anyh
 }
 
 async fn describe(client: &Client, name: &str) -> anyhow::Result<v1::TopicDescription> {
-    let req = v1::DescribeTopicRequest { name: name.to_string(), local_only: false };
+    let req = v1::DescribeTopicRequest { name: name.to_string(), local_only: false, replica_lag: true };
     client
         .admin(ADMIN_TIMEOUT, |mut c| {
             let req = req.clone();

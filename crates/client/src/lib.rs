@@ -379,7 +379,9 @@ impl Client {
             let d = self
                 .admin(timeout, |mut c| {
                     let name = topic.to_string();
-                    async move { c.describe_topic(v1::DescribeTopicRequest { name, local_only: false }).await }
+                    async move {
+                        c.describe_topic(v1::DescribeTopicRequest { name, local_only: false, replica_lag: false }).await
+                    }
                 })
                 .await;
             // A broker whose metadata replica has not applied the creation
