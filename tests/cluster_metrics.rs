@@ -127,7 +127,7 @@ async fn a_stopped_follower_makes_its_partitions_under_replicated_until_it_catch
     cluster.signal(follower, 18)?; // SIGCONT
     eventually("the partition to be fully replicated again", START, || async {
         match under() {
-            Ok(v) if v == 0.0 => Ok(()),
+            Ok(v) if v < 0.5 => Ok(()),
             other => Err(format!("{other:?}")),
         }
     })

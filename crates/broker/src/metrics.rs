@@ -304,6 +304,10 @@ impl Metrics {
             "Raft term increases seen on this broker (elections), by group kind: partition, metadata",
             term_changes.clone(),
         );
+        // Both series exist from the start (at 0), so rates work at once.
+        for kind in ["partition", "metadata"] {
+            let _ = term_changes.get_or_create(&vec![("kind", kind.to_string())]);
+        }
         let s = Scraped::default();
         let gauges: [(&str, &str, &Gauge); 15] = [
             ("partition_replicas", "Partition replicas on this broker", &s.replicas),
