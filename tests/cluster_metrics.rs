@@ -80,6 +80,11 @@ async fn consumer_lag_in_records_and_seconds_is_scraped_from_the_coordinator() -
         let text = scrape(&node.metrics_addr)?;
         let open = sample(&text, "ferrolog_connections").unwrap_or(0.0);
         assert!(open >= 2.0, "broker {} reports {open} open connections", node.id);
+        let (capacity, free) = (
+            sample(&text, "ferrolog_disk_capacity_bytes").unwrap_or(0.0),
+            sample(&text, "ferrolog_disk_free_bytes").unwrap_or(-1.0),
+        );
+        assert!(capacity > 0.0 && (0.0..=capacity).contains(&free), "disk {free} free of {capacity}");
     }
 
     // `group describe` reports the same figures.

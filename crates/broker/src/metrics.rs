@@ -223,6 +223,9 @@ struct Scraped {
     memtable_bytes: Gauge,
     pending_compaction_bytes: Gauge,
     l0_files: Gauge,
+    sst_bytes: Gauge,
+    disk_capacity: Gauge,
+    disk_free: Gauge,
     lag_records: Family<Labels, Gauge>,
     lag_seconds: Family<Labels, FGauge>,
     lag_partitions: Gauge,
@@ -309,7 +312,7 @@ impl Metrics {
             let _ = term_changes.get_or_create(&vec![("kind", kind.to_string())]);
         }
         let s = Scraped::default();
-        let gauges: [(&str, &str, &Gauge); 15] = [
+        let gauges: [(&str, &str, &Gauge); 18] = [
             ("partition_replicas", "Partition replicas on this broker", &s.replicas),
             ("partitions_led", "Partitions this broker leads", &s.led),
             ("partitions_quiesced", "Local partition replicas whose Raft ticker is parked (idle)", &s.quiesced),
@@ -348,6 +351,13 @@ impl Metrics {
                 "rocksdb_l0_files",
                 "SST files in level 0, over column families (many: compaction is behind)",
                 &s.l0_files,
+            ),
+            ("rocksdb_sst_bytes", "Bytes of the store's SST files, over column families", &s.sst_bytes),
+            ("disk_capacity_bytes", "Size of the filesystem holding the data directory", &s.disk_capacity),
+            (
+                "disk_free_bytes",
+                "Bytes available to the broker on the filesystem holding the data directory",
+                &s.disk_free,
             ),
         ];
         for (name, help, g) in gauges {
@@ -524,6 +534,11 @@ impl Metrics {
         s.memtable_bytes.set(prop("rocksdb.cur-size-all-mem-tables"));
         s.pending_compaction_bytes.set(prop("rocksdb.estimate-pending-compaction-bytes"));
         s.l0_files.set(prop("rocksdb.num-files-at-level0"));
+        s.sst_bytes.set(prop("rocksdb.total-sst-files-size"));
+        if let Ok(fs) = rustix::fs::statvfs(storage.path()) {
+            s.disk_capacity.set(fs.f_blocks.saturating_mul(fs.f_frsize) as i64);
+            s.disk_free.set(fs.f_bavail.saturating_mul(fs.f_frsize) as i64);
+        }
 
         // Lag: the series of the last refresh only (a group or partition
         // that went away disappears).
