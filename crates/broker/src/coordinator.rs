@@ -33,7 +33,6 @@ use ferrolog_proto::v1;
 use ferrolog_raft::Request;
 use ferrolog_raft::Response;
 use ferrolog_types::limits::MAX_COMMIT_METADATA_BYTES;
-use openraft::async_runtime::watch::WatchReceiver;
 use tokio_util::sync::CancellationToken;
 use tonic::Request as TReq;
 use tonic::Response as TResp;
@@ -310,11 +309,13 @@ impl v1::groups_server::Groups for Services {
         // topic with a committed offset.
         let mut topics: BTreeSet<String> = g.members.values().flat_map(|m| m.subscribed.iter().cloned()).collect();
         topics.extend(g.offsets.keys().map(|(t, _)| t.clone()));
+        // Each topic described once, for the rows without a commit and for
+        // the lag of those with one.
+        let described = crate::lag::topic_offsets(self, topics).await;
         let mut offsets = Vec::new();
         let mut committed = Vec::new();
-        for t in topics {
-            let Ok(parts) = self.partition_offsets(&t).await else { continue };
-            for (p, (_, hw)) in parts.iter().enumerate() {
+        for (t, parts) in &described {
+            for (p, (_, hw, _)) in parts.iter().enumerate() {
                 match g.offsets.get(&(t.clone(), p as u32)) {
                     Some(c) => committed.push((req.group.clone(), (t.clone(), p as u32), c.offset)),
                     None => offsets.push(v1::PartitionLag {
@@ -329,7 +330,7 @@ impl v1::groups_server::Groups for Services {
             }
         }
         // Lag in records and seconds as the metrics compute it.
-        for row in crate::lag::lag_of(self, committed).await {
+        for row in crate::lag::lag_rows(self, &described, committed).await {
             offsets.push(v1::PartitionLag {
                 topic: row.topic,
                 partition: row.partition,
@@ -445,16 +446,14 @@ pub async fn run_expiry(services: Services, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(EXPIRY_CHECK) => {}
         }
-        let Some(meta) = services.groups().meta() else { continue };
         let me = services.groups().node_id();
-        let leader = meta.raft.metrics().borrow_watched().current_leader == Some(me);
-        if !leader {
+        let Some(meta) = services.groups().leading_meta() else {
             if was_leader {
                 services.liveness().seen.lock().expect("liveness lock").clear();
             }
             was_leader = false;
             continue;
-        }
+        };
         was_leader = true;
         // Every member's session, taken under the read lock (members only,
         // not the groups' offsets); the liveness lock is taken after.

@@ -460,6 +460,14 @@ impl Groups {
         }
     }
 
+    /// The metadata group, if this broker leads it (as its Raft metrics
+    /// last said): where the coordinator's background work runs.
+    pub fn leading_meta(&self) -> Option<&Meta> {
+        use openraft::async_runtime::watch::WatchReceiver;
+        let meta = self.meta()?;
+        (meta.raft.metrics().borrow_watched().current_leader == Some(self.node_id)).then_some(meta)
+    }
+
     /// The address of broker `id`, from the metadata group's membership.
     pub fn address_of(&self, id: NodeId) -> Option<String> {
         let meta = self.meta()?;

@@ -21,7 +21,6 @@ use std::time::Instant;
 use ferrolog_metadata::groups::Tp;
 use ferrolog_proto::v1;
 use futures::StreamExt;
-use openraft::async_runtime::watch::WatchReceiver;
 use tokio_util::sync::CancellationToken;
 
 use crate::service::Services;
@@ -87,23 +86,40 @@ impl LagCache {
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+/// Per topic, `(log start, high watermark, leader)` of each partition.
+pub(crate) type TopicOffsets = BTreeMap<String, Vec<(i64, i64, u64)>>;
+
+/// The offsets of `topics`, one describe each (an unknown topic has no
+/// partitions).
+pub(crate) async fn topic_offsets(
+    services: &Services,
+    topics: impl IntoIterator<Item = String> + Send,
+) -> TopicOffsets {
+    let names: std::collections::BTreeSet<String> = topics.into_iter().collect();
+    let mut out = TopicOffsets::new();
+    for t in names {
+        let parts = match services.describe_named(&t).await {
+            Some(d) => d.partitions.iter().map(|p| (p.log_start_offset, p.high_watermark, p.leader_id)).collect(),
+            None => Vec::new(),
+        };
+        out.insert(t, parts);
+    }
+    out
 }
 
 /// The lag of `committed` offsets: `(group, (topic, partition), offset)`.
 pub(crate) async fn lag_of(services: &Services, committed: Vec<(String, Tp, i64)>) -> Vec<LagRow> {
-    // Per topic: (log start, high watermark, leader) of each partition.
-    let mut topics: BTreeMap<String, Vec<(i64, i64, u64)>> = BTreeMap::new();
-    for (_, (t, _), _) in &committed {
-        if !topics.contains_key(t) {
-            let parts = match services.describe_named(t).await {
-                Some(d) => d.partitions.iter().map(|p| (p.log_start_offset, p.high_watermark, p.leader_id)).collect(),
-                None => Vec::new(),
-            };
-            topics.insert(t.clone(), parts);
-        }
-    }
+    let names: Vec<String> = committed.iter().map(|(_, (t, _), _)| t.clone()).collect();
+    let topics = topic_offsets(services, names).await;
+    lag_rows(services, &topics, committed).await
+}
+
+/// The lag of `committed` offsets in partitions described in `topics`.
+pub(crate) async fn lag_rows(
+    services: &Services,
+    topics: &TopicOffsets,
+    committed: Vec<(String, Tp, i64)>,
+) -> Vec<LagRow> {
     let rows = committed.into_iter().map(|(group, (topic, partition), offset)| {
         let (log_start, hw, leader) =
             topics.get(&topic).and_then(|p| p.get(partition as usize)).copied().unwrap_or((-1, -1, 0));
@@ -114,7 +130,7 @@ pub(crate) async fn lag_of(services: &Services, committed: Vec<(String, Tp, i64)
                 // left is the first unconsumed one.
                 let at = offset.max(log_start.max(0));
                 match batch_timestamp(services, &topic, partition, at, leader).await {
-                    Some(ts) => ((now_ms() - ts).max(0) as f64) / 1000.0,
+                    Some(ts) => ((crate::service::now_ms() - ts).max(0) as f64) / 1000.0,
                     None => 0.0,
                 }
             } else {
@@ -153,12 +169,11 @@ pub async fn run(services: Services, max_partitions: usize, shutdown: Cancellati
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(LAG_REFRESH) => {}
         }
-        let Some(meta) = services.groups().meta() else { continue };
         let me = services.groups().node_id();
-        if meta.raft.metrics().borrow_watched().current_leader != Some(me) {
+        let Some(meta) = services.groups().leading_meta() else {
             services.lag_cache().set(LagSnapshot::default());
             continue;
-        }
+        };
         // Every committed offset, in group/topic/partition order, bounded.
         let (committed, dropped) = {
             let state = meta.state.borrow();

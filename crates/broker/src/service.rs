@@ -153,7 +153,8 @@ impl Services {
     }
 }
 
-fn now_ms() -> i64 {
+/// Wall-clock time in ms since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(-1)
 }
 
