@@ -584,4 +584,25 @@ mod tests {
         let scanned: Vec<_> = s.scan(Cf::Log, GroupId(1), 0, u64::MAX).collect();
         assert!(matches!(scanned.as_slice(), [Err(StorageError::Corrupt { .. })]));
     }
+
+    #[test]
+    fn a_store_of_another_format_is_refused_naming_both() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // An earlier build's store: format 2 kept the metadata state whole,
+        // which format 3 would misread (every topic lost) rather than refuse.
+        {
+            let s = open(&dir, false);
+            let mut wb = s.batch();
+            s.put(&mut wb, Cf::RaftMeta, FORMAT_KEY, &2u32.to_be_bytes());
+            s.write_buffered(wb).expect("write");
+            s.flush().expect("flush");
+        }
+        let mut config = StorageConfig::new(dir.path());
+        config.group_commit = false;
+        match Storage::open(&config) {
+            Err(StorageError::Format { found: 2, expected }) => assert_eq!(expected, FORMAT_VERSION),
+            Err(e) => panic!("refused, but not for its format: {e}"),
+            Ok(_) => panic!("a format-2 store was opened"),
+        }
+    }
 }
