@@ -14,7 +14,7 @@ lint: setup
 
 bench-storage: setup
 	cargo build --workspace --all-targets
-	target/debug/ferrolog bench storage --groups 1,16,256 --group-commit both --duration 5
+	"$$(scripts/target-dir.sh)/ferrolog" bench storage --groups 1,16,256 --group-commit both --duration 5
 
 ## A local 3-broker cluster in the background (127.0.0.1:9092-9094).
 dev:

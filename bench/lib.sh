@@ -5,7 +5,7 @@
 # $FERROLOG_SERVER_BIN, if set, runs the brokers from another build (to
 # compare builds side by side; clients stay $BIN).
 
-BIN=${FERROLOG_BIN:-target/debug/ferrolog}
+BIN=${FERROLOG_BIN:-$(scripts/target-dir.sh)/ferrolog}
 [[ -x $BIN ]] || cargo build -q --workspace --all-targets
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

@@ -16,7 +16,7 @@ case "${1:-start}" in
     fi
     scripts/setup.sh >/dev/null
     cargo build --workspace --all-targets
-    BIN="$(realpath "${CARGO_TARGET_DIR:-target}/debug/ferrolog")"
+    BIN="$(realpath "$(scripts/target-dir.sh)/ferrolog")"
     mkdir -p $DEV/bin
     ln -sfn "$BIN" $DEV/bin/ferrolog
     nohup "$BIN" dev --data-dir "$PWD/$DEV/data" >$DEV/dev.log 2>&1 &

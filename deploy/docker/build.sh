@@ -1,22 +1,22 @@
 #!/usr/bin/env bash
-# Builds a statically linked `ferrolog` (release, glibc with crt-static) and
-# the image `ferrolog:${FERROLOG_IMAGE_TAG:-dev}` FROM scratch, in one command.
+# Builds a statically linked `ferrolog` (glibc with crt-static) and the image
+# `ferrolog:${FERROLOG_IMAGE_TAG:-dev}` FROM scratch, in one command.
 #
 #   deploy/docker/build.sh            # binary + image
 #   FERROLOG_IMAGE_TAG=0.1.0 deploy/docker/build.sh
 #
-# The explicit --target keeps crt-static away from build scripts and
-# proc-macro crates (which must stay dynamic). It is a second, separate
-# build from the dev profile the tests use (RocksDB's C++ is compiled again,
-# ~10 minutes on 2 cores the first time).
+# It is the same build as the tests' (one profile, the static target of
+# .cargo/config.toml: RocksDB is not compiled again), except for one thing:
+# only the `ferrolog-cli` package is selected, so the test-only fault hooks
+# (cargo feature `failpoints`, which the tests package turns on) are left out
+# of the image; ferrolog-broker and ferrolog-cli are compiled once more
+# without them.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-TARGET=x86_64-unknown-linux-gnu
 TAG="${FERROLOG_IMAGE_TAG:-dev}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 
-RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target "$TARGET" --bin ferrolog
-BIN="$CARGO_TARGET_DIR/$TARGET/release/ferrolog"
+cargo build --locked -p ferrolog-cli --bin ferrolog
+BIN="$(scripts/target-dir.sh)/ferrolog"
 if readelf -d "$BIN" | grep -q NEEDED; then
   echo "error: $BIN needs shared libraries; the image needs a static binary" >&2
   exit 1
@@ -26,6 +26,9 @@ STAGE="$(mktemp -d)"
 trap 'rm -rf "$STAGE"' EXIT
 mkdir -p "$STAGE/etc" "$STAGE/var/lib/ferrolog"
 cp "$BIN" "$STAGE/ferrolog"
+# Put back the workspace's `ferrolog` (with fault hooks) that the tests and
+# the chaos harness spawn: both builds are cached, this only links.
+cargo build --locked --workspace --bin ferrolog
 echo "ferrolog:x:65532:65532:ferrolog:/var/lib/ferrolog:/sbin/nologin" > "$STAGE/etc/passwd"
 echo "ferrolog:x:65532:" > "$STAGE/etc/group"
 docker build --quiet -t "ferrolog:$TAG" -f deploy/docker/Dockerfile "$STAGE" >/dev/null

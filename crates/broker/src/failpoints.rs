@@ -1,9 +1,12 @@
 //! Test-only fault hooks, set with the `FERROLOG_FAILPOINTS` environment
 //! variable when a broker starts, e.g. `produce.drop_response=2`.
 //!
-//! They exist only in builds with debug assertions (the `dev` profile the
-//! tests use); a release build ignores the variable, so production brokers
-//! cannot be told to misbehave.
+//! They exist only in builds with the cargo feature `failpoints`, which the
+//! workspace build turns on (the `ferrolog-tests` package asks for it) and
+//! the image's build (`cargo build -p ferrolog-cli`, deploy/docker/build.sh)
+//! leaves off, so production brokers cannot be told to misbehave. A broker
+//! built without them refuses to start when the variable is set
+//! ([`check_supported`]): a test never silently runs without its fault.
 //!
 //! - `produce.drop_response=N`: the next N produces that appended a batch
 //!   (and met their acks level) answer `UNAVAILABLE` instead of their
@@ -27,7 +30,7 @@ pub const ENV: &str = "FERROLOG_FAILPOINTS";
 fn drops_left() -> &'static AtomicU64 {
     static DROPS: OnceLock<AtomicU64> = OnceLock::new();
     DROPS.get_or_init(|| {
-        AtomicU64::new(if cfg!(debug_assertions) { parse(&std::env::var(ENV).unwrap_or_default()) } else { 0 })
+        AtomicU64::new(if cfg!(feature = "failpoints") { parse(&std::env::var(ENV).unwrap_or_default()) } else { 0 })
     })
 }
 
@@ -44,12 +47,24 @@ fn value(spec: &str, key: &str) -> Option<u64> {
 }
 
 /// `storage.fail_syncs_after`: how many WAL syncs succeed before every
-/// later one fails. `None` (always, in release builds) means never.
+/// later one fails. `None` (always, in builds without failpoints) means never.
 pub fn fail_syncs_after() -> Option<u64> {
-    if !cfg!(debug_assertions) {
+    if !cfg!(feature = "failpoints") {
         return None;
     }
     value(&std::env::var(ENV).unwrap_or_default(), "storage.fail_syncs_after")
+}
+
+/// Refuses fault hooks this build cannot honour: `FERROLOG_FAILPOINTS` is
+/// set but the binary was built without the `failpoints` feature.
+pub fn check_supported() -> Result<(), String> {
+    match std::env::var(ENV) {
+        Ok(spec) if !spec.trim().is_empty() && !cfg!(feature = "failpoints") => Err(format!(
+            "{ENV}={spec:?} is set, but this binary was built without fault hooks \
+             (cargo feature `failpoints`: build the workspace, not `-p ferrolog-cli`)"
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// `produce.drop_response`: fails the response of a produce that appended

@@ -85,6 +85,7 @@ async fn halt_when_storage_fails(node_id: u64, storage: Arc<Storage>) {
 /// flushes its store.
 pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let node_id = config.node_id;
+    crate::failpoints::check_supported().map_err(anyhow::Error::msg)?;
     tracing::info!(node = node_id, data_dir = %config.data_dir.display(), "opening the store");
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("create {}", config.data_dir.display()))?;
     let mut storage_config = StorageConfig::new(config.data_dir.join("db"));
