@@ -277,3 +277,37 @@ fn statefulset_pod_derives_node_id_and_peers() -> anyhow::Result<()> {
     ensure!(c["join"][0] == format!("ferrolog-0.{domain}:9092"), "{c}");
     Ok(())
 }
+
+/// A background task that dies stops the broker: a clear log line naming
+/// the task and a non-zero exit status (here the retention task panics as
+/// it starts, by a fault hook).
+#[test]
+fn a_broker_whose_critical_task_panics_stops_with_an_error() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let port = ferrolog_tests::cluster::free_port()?;
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = Command::new(ferrolog_bin()?)
+        .args(["server", "--node-id", "1", "--listen", &addr, "--peers", &format!("1={addr}")])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("FERROLOG_FAILPOINTS", "tasks.panic=retention")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("the broker kept running with a dead retention task");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().context("stderr")?, &mut stderr)?;
+    ensure!(!status.success(), "must exit non-zero, got {status}");
+    ensure!(stderr.contains("critical task retention"), "names the task: {stderr}");
+    Ok(())
+}

@@ -17,21 +17,43 @@ use ferrolog_tests::cluster::Cluster;
 
 const START: Duration = Duration::from_secs(60);
 
-/// Every raw batch of a partition, from its leader.
-async fn raw_batches(client: &Client, topic: &str, partition: u32) -> anyhow::Result<Vec<v1::RecordBatch>> {
-    let d = client.wait_leaders(topic, START).await?;
-    let _ = d;
+/// Every raw batch of a partition, from its leader (as stored: the raw
+/// gRPC fetch, to see each batch's compression).
+async fn raw_batches(
+    cluster: &Cluster,
+    tc: &TestClient,
+    topic: &str,
+    partition: u32,
+) -> anyhow::Result<Vec<v1::RecordBatch>> {
+    let leader = tc.wait_leaders(topic, START).await?[partition as usize];
+    let addr = cluster.node(leader).addr.clone();
     let mut out = Vec::new();
-    let mut offset = 0u64;
+    let mut offset = 0i64;
     loop {
-        let (records, resp) = client.fetch(topic, partition, offset, Duration::ZERO, START).await?;
-        let hw = resp.high_watermark as u64;
-        out.extend(resp.batches);
-        offset = records.last().map(|r| r.offset + 1).unwrap_or(hw);
-        if offset >= hw {
+        let r = ferrolog_tests::client::fetch_replica(&addr, topic, partition, offset).await?;
+        for b in r.batches {
+            offset = b.base_offset + i64::from(b.record_count);
+            out.push(b);
+        }
+        if offset >= r.high_watermark {
             return Ok(out);
         }
     }
+}
+
+/// A stored batch as the client decodes it.
+fn decode(b: &v1::RecordBatch) -> anyhow::Result<Vec<ferrolog_client::FetchedRecord>> {
+    let header = ferrolog_types::BatchHeader {
+        producer_id: b.producer_id,
+        producer_epoch: b.producer_epoch,
+        base_sequence: b.base_sequence,
+        record_count: b.record_count,
+        compression: b.compression as u32,
+        first_timestamp_ms: b.first_timestamp_ms,
+        max_timestamp_ms: b.max_timestamp_ms,
+    };
+    let batch = ferrolog_client::RecordBatch { header, records: b.records.clone(), crc32c: b.crc32c };
+    Ok(ferrolog_client::decode_batch(b.base_offset as u64, &batch)?)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -52,7 +74,7 @@ async fn scenario() -> anyhow::Result<()> {
     let config = ProducerConfig {
         linger: Duration::from_millis(20),
         batch_bytes: 16 << 10,
-        compression: v1::Compression::Lz4,
+        compression: ferrolog_client::Compression::Lz4,
         ..ProducerConfig::default()
     };
     let producer = Producer::new(client.clone(), config).await?;
@@ -65,18 +87,18 @@ async fn scenario() -> anyhow::Result<()> {
     producer.flush().await;
     for (key, d) in deliveries {
         let d = d.wait().await?;
-        ensure!(d.offset >= 0, "acknowledged with an offset");
+        ensure!(d.offset.is_some(), "acknowledged with an offset");
         ensure!(d.partition == ferrolog_client::partition_for_key(&key, 4), "murmur2 partition for the key");
     }
     let mut total = 0;
     let mut batches = 0;
     for p in 0..4 {
-        let raw = raw_batches(&client, "batched", p).await?;
+        let raw = raw_batches(&cluster, &tc, "batched", p).await?;
         ensure!(raw.iter().all(|b| b.compression == v1::Compression::Lz4 as i32), "stored as sent (LZ4)");
         batches += raw.len();
         let mut last_per_key: BTreeMap<String, String> = BTreeMap::new();
         for b in &raw {
-            for r in ferrolog_client::decode_batch(b)? {
+            for r in decode(b)? {
                 total += 1;
                 let v = String::from_utf8(r.value)?;
                 let key = v.split('-').next().unwrap_or_default().to_string();
@@ -93,7 +115,7 @@ async fn scenario() -> anyhow::Result<()> {
     // Backpressure: a 4 KiB buffer, 500 records of ~100 bytes, acks=1,
     // no idempotence, unkeyed (sticky partitions).
     let config = ProducerConfig {
-        acks: v1::Acks::Leader,
+        acks: ferrolog_client::Acks::Leader,
         idempotence: false,
         buffer_bytes: 4 << 10,
         linger: Duration::from_millis(2),

@@ -12,8 +12,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 use std::time::Instant;
 
+use anyhow::Context;
 use anyhow::bail;
-use ferrolog_proto::v1;
 use ferrolog_tests::client::TestClient;
 use ferrolog_tests::cluster::Cluster;
 
@@ -38,9 +38,12 @@ async fn produce_until(
         }
         let v = format!("value-{next:06}").into_bytes();
         *next += 1;
-        match client.produce("ledger", 0, v1::Acks::All, std::slice::from_ref(&v), Duration::from_secs(10)).await {
+        match client
+            .produce("ledger", 0, ferrolog_client::Acks::All, std::slice::from_ref(&v), Duration::from_secs(10))
+            .await
+        {
             Ok(r) => {
-                acked.insert(v, r.base_offset as u64);
+                acked.insert(v, r.base_offset.context("acks=all answers with offsets")?);
                 ok += 1;
                 first_ok.get_or_insert(start.elapsed());
             }

@@ -26,8 +26,6 @@ use ferrolog_client::Consumer;
 use ferrolog_client::ConsumerConfig;
 use ferrolog_client::Event;
 use ferrolog_client::OffsetReset;
-use ferrolog_proto::errors::Reason;
-use ferrolog_proto::errors::reason_of;
 use ferrolog_proto::v1;
 use ferrolog_tests::client::TestClient;
 use ferrolog_tests::cluster::Cluster;
@@ -134,7 +132,7 @@ fn exclusive(members: &[&Member]) -> bool {
 async fn produce(client: &TestClient, topic: &str, partitions: u32, from: u32, to: u32) -> anyhow::Result<()> {
     for p in 0..partitions {
         let values: Vec<Vec<u8>> = (from..to).map(|i| format!("p{p}-{i}").into_bytes()).collect();
-        client.produce(topic, p, v1::Acks::All, &values, START).await?;
+        client.produce(topic, p, ferrolog_client::Acks::All, &values, START).await?;
     }
     Ok(())
 }
@@ -226,7 +224,7 @@ async fn members_share_partitions_an_idle_member_takes_over_and_offsets_survive(
         })
         .await
         .expect_err("stale epoch");
-    ensure!(reason_of(&e).is_some_and(|(r, _)| r == Reason::StaleMemberEpoch), "{e:?}");
+    ensure!(e.kind() == ferrolog_client::ErrorKind::StaleMemberEpoch, "{e:?}");
 
     // Everyone leaves (committing); the offsets survive a full restart.
     for m in ms {

@@ -19,21 +19,19 @@ use std::time::Instant;
 
 use anyhow::bail;
 use anyhow::ensure;
+use ferrolog_client::ErrorKind;
 use ferrolog_client::IdempotentProducer;
-use ferrolog_proto::errors::Reason;
-use ferrolog_proto::errors::reason_of;
 use ferrolog_proto::v1;
 use ferrolog_tests::client::TestClient;
 use ferrolog_tests::cluster::Cluster;
 use ferrolog_tests::cluster::sample;
 use ferrolog_tests::cluster::scrape;
-use tonic::Status;
 
 const START: Duration = Duration::from_secs(60);
 const OP: Duration = Duration::from_secs(30);
 
-fn reason(s: &Status) -> Option<Reason> {
-    reason_of(s).map(|(r, _)| r)
+fn kind(e: &ferrolog_client::ClientError) -> ErrorKind {
+    e.kind()
 }
 
 fn rec(v: &str) -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
@@ -85,11 +83,11 @@ async fn dropped_responses_and_leader_kills_never_duplicate() -> anyhow::Result<
     let inner = Arc::new(ferrolog_client::Client::new(cluster.addrs()));
 
     // 1. The first response is dropped; the retry finds the batch appended.
-    let producer = IdempotentProducer::new(inner.clone(), None, v1::Acks::All, OP).await?;
+    let producer = IdempotentProducer::new(inner.clone(), None, ferrolog_client::Acks::All, OP).await?;
     let r = producer.send("orders", 0, &rec("order-0")).await?;
-    ensure!(r.duplicate && r.base_offset == 0, "retry after a dropped response: {r:?}");
+    ensure!(r.duplicate && r.base_offset == Some(0), "retry after a dropped response: {r:?}");
     let r = producer.send("orders", 0, &rec("order-1")).await?;
-    ensure!(r.duplicate && r.base_offset == 1, "second dropped response: {r:?}");
+    ensure!(r.duplicate && r.base_offset == Some(1), "second dropped response: {r:?}");
     assert_eq!(values(&client, &cluster, "orders").await?, ["order-0", "order-1"]);
 
     // 2. Append, lose the response (the leader's third drop), kill the
@@ -97,18 +95,18 @@ async fn dropped_responses_and_leader_kills_never_duplicate() -> anyhow::Result<
     let (id, epoch) = inner.init_producer(None).await?;
     let mut batch = ferrolog_client::make_batch(&rec("order-2"), 1);
     ferrolog_client::set_producer(&mut batch, id, epoch, 0);
-    let lost = inner.produce("orders", 0, v1::Acks::All, batch.clone(), OP).await;
+    let lost = inner.produce("orders", 0, ferrolog_client::Acks::All, batch.clone(), OP).await;
     ensure!(lost.is_err(), "the failpoint must drop this response: {lost:?}");
     cluster.kill(leader)?;
     let killed = Instant::now();
-    let retry = inner.produce_with("orders", 0, v1::Acks::All, batch.clone(), OP, true).await?;
+    let retry = inner.produce_with("orders", 0, ferrolog_client::Acks::All, batch.clone(), OP, true).await?;
     eprintln!("retry after SIGKILL of leader {leader} answered in {:?}: {retry:?}", killed.elapsed());
-    ensure!(retry.duplicate && retry.base_offset == 2, "the retry must get the original offset 2: {retry:?}");
+    ensure!(retry.duplicate && retry.base_offset == Some(2), "the retry must get the original offset 2: {retry:?}");
     assert_eq!(values(&client, &cluster, "orders").await?, ["order-0", "order-1", "order-2"]);
 
     // The new leader drops its first responses too: a fresh producer's
     // sends are retried and deduplicated there as well.
-    let producer = IdempotentProducer::new(inner.clone(), None, v1::Acks::All, OP).await?;
+    let producer = IdempotentProducer::new(inner.clone(), None, ferrolog_client::Acks::All, OP).await?;
     for i in 3..8 {
         producer.send("orders", 0, &rec(&format!("order-{i}"))).await?;
     }
@@ -120,7 +118,7 @@ async fn dropped_responses_and_leader_kills_never_duplicate() -> anyhow::Result<
     cluster.wait_serving(START).await?;
     client.create_topic("pipelined", 1, 3).await?;
     client.wait_leaders("pipelined", START).await?;
-    let producer = Arc::new(IdempotentProducer::new(inner.clone(), None, v1::Acks::All, OP).await?);
+    let producer = Arc::new(IdempotentProducer::new(inner.clone(), None, ferrolog_client::Acks::All, OP).await?);
     let mut sent = 0;
     for round in 0..8 {
         let mut tasks = Vec::new();
@@ -158,24 +156,25 @@ async fn out_of_order_and_fenced_producers_are_refused() -> anyhow::Result<()> {
     let (id, epoch) = inner.init_producer(None).await?;
     let mut b = ferrolog_client::make_batch(&rec("gap"), 1);
     ferrolog_client::set_producer(&mut b, id, epoch, 5);
-    let e = inner.produce("fence", 0, v1::Acks::All, b, OP).await.expect_err("a new producer must start at 0");
-    assert_eq!(reason(&e), Some(Reason::OutOfOrderSequence), "{e:?}");
-    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    let e =
+        inner.produce("fence", 0, ferrolog_client::Acks::All, b, OP).await.expect_err("a new producer must start at 0");
+    assert_eq!(kind(&e), ErrorKind::OutOfOrderSequence, "{e:?}");
+    assert!(!e.is_retriable());
     ensure!(e.message().contains("expected 0"), "clear message: {}", e.message());
 
     // Named producers: a second instance fences the first.
-    let old = IdempotentProducer::new(inner.clone(), Some("billing"), v1::Acks::All, OP).await?;
+    let old = IdempotentProducer::new(inner.clone(), Some("billing"), ferrolog_client::Acks::All, OP).await?;
     old.send("fence", 0, &rec("old-0")).await?;
-    let new = IdempotentProducer::new(inner.clone(), Some("billing"), v1::Acks::All, OP).await?;
+    let new = IdempotentProducer::new(inner.clone(), Some("billing"), ferrolog_client::Acks::All, OP).await?;
     assert_eq!(new.identity().await.0, old.identity().await.0, "same name, same id");
     assert_eq!(new.identity().await.1, old.identity().await.1 + 1, "epoch raised");
     // Partition 1: the new instance has not written there yet; the zombie is
     // fenced anyway (the leader checks the metadata's current epoch).
     let e = old.send("fence", 1, &rec("zombie")).await.expect_err("fenced");
-    assert_eq!(reason(&e), Some(Reason::Fenced), "{e:?}");
+    assert_eq!(kind(&e), ErrorKind::Fenced, "{e:?}");
     new.send("fence", 0, &rec("new-0")).await?;
     let e = old.send("fence", 0, &rec("zombie")).await.expect_err("still fenced");
-    assert_eq!(reason(&e), Some(Reason::Fenced), "{e:?}");
+    assert_eq!(kind(&e), ErrorKind::Fenced, "{e:?}");
     new.send("fence", 1, &rec("new-1")).await?;
     assert_eq!(values(&client, &cluster, "fence").await?, ["old-0", "new-0"]);
     let leader1 = client.wait_leaders("fence", START).await?[1];
@@ -204,15 +203,15 @@ async fn send_batches(
     epoch: i32,
     n: i32,
     size: usize,
-) -> anyhow::Result<Vec<(v1::RecordBatch, i64)>> {
+) -> anyhow::Result<Vec<(ferrolog_client::RecordBatch, u64)>> {
     let mut out = Vec::new();
     for seq in 0..n {
         let v = format!("{seq:04}-{}", "x".repeat(size));
         let mut b = ferrolog_client::make_batch(&rec(&v), 1);
         ferrolog_client::set_producer(&mut b, id, epoch, seq);
-        let r = inner.produce_with(topic, 0, v1::Acks::All, b.clone(), OP, true).await?;
-        ensure!(!r.duplicate && r.base_offset == i64::from(seq), "batch {seq}: {r:?}");
-        out.push((b, r.base_offset));
+        let r = inner.produce_with(topic, 0, ferrolog_client::Acks::All, b.clone(), OP, true).await?;
+        ensure!(!r.duplicate && r.base_offset == Some(seq as u64), "batch {seq}: {r:?}");
+        out.push((b, seq as u64));
     }
     Ok(out)
 }
@@ -237,8 +236,8 @@ async fn dedup_survives_a_full_restart_and_a_snapshot_install() -> anyhow::Resul
     }
     cluster.wait_serving(START).await?;
     for (b, offset) in &sent[5..] {
-        let r = inner.produce_with("restart", 0, v1::Acks::All, b.clone(), START, true).await?;
-        ensure!(r.duplicate && r.base_offset == *offset, "after a full restart: {r:?}, want offset {offset}");
+        let r = inner.produce_with("restart", 0, ferrolog_client::Acks::All, b.clone(), START, true).await?;
+        ensure!(r.duplicate && r.base_offset == Some(*offset), "after a full restart: {r:?}, want offset {offset}");
     }
     let leader = client.wait_leaders("restart", START).await?[0];
     ensure!(batches(&cluster.node(leader).addr, "restart", 0).await?.len() == 10, "nothing appended twice");
@@ -259,7 +258,7 @@ async fn dedup_survives_a_full_restart_and_a_snapshot_install() -> anyhow::Resul
         })
         .await?;
     let d = inner.wait_leaders("snap", START).await?;
-    let preferred = d.partitions[0].replicas[0].broker_id;
+    let preferred = d.partitions[0].replicas[0];
     cluster.kill(preferred)?;
     let (id, epoch) = inner.init_producer(None).await?;
     let sent = send_batches(&inner, "snap", id, epoch, 60, 1000).await?;
@@ -274,7 +273,7 @@ async fn dedup_survives_a_full_restart_and_a_snapshot_install() -> anyhow::Resul
             let p = sample(&scrape(&cluster.node(*n).metrics_addr)?, "ferrolog_raft_purged_entries").unwrap_or(0.0);
             purged &= p > 0.0;
         }
-        if d.partitions[0].log_start_offset > 0 && purged {
+        if d.partitions[0].log_start.unwrap_or(0) > 0 && purged {
             break;
         }
         if Instant::now() > deadline {
@@ -287,7 +286,7 @@ async fn dedup_survives_a_full_restart_and_a_snapshot_install() -> anyhow::Resul
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let d = inner.wait_leaders("snap", START).await?;
-        if d.partitions[0].leader_id == preferred {
+        if d.partitions[0].leader == Some(preferred) {
             break;
         }
         if Instant::now() > deadline {
@@ -301,14 +300,17 @@ async fn dedup_survives_a_full_restart_and_a_snapshot_install() -> anyhow::Resul
         cluster.log_tail(preferred)
     );
     for (b, offset) in &sent[55..] {
-        let r = inner.produce_with("snap", 0, v1::Acks::All, b.clone(), START, true).await?;
-        ensure!(r.duplicate && r.base_offset == *offset, "on the snapshot-installed leader: {r:?}, want {offset}");
+        let r = inner.produce_with("snap", 0, ferrolog_client::Acks::All, b.clone(), START, true).await?;
+        ensure!(
+            r.duplicate && r.base_offset == Some(*offset),
+            "on the snapshot-installed leader: {r:?}, want {offset}"
+        );
     }
     let next = {
         let mut b = ferrolog_client::make_batch(&rec("after"), 1);
         ferrolog_client::set_producer(&mut b, id, epoch, 60);
-        inner.produce_with("snap", 0, v1::Acks::All, b, OP, true).await?
+        inner.produce_with("snap", 0, ferrolog_client::Acks::All, b, OP, true).await?
     };
-    ensure!(!next.duplicate && next.base_offset == 60, "the sequence continues: {next:?}");
+    ensure!(!next.duplicate && next.base_offset == Some(60), "the sequence continues: {next:?}");
     Ok(())
 }

@@ -32,7 +32,7 @@ async fn consumer_lag_in_records_and_seconds_is_scraped_from_the_coordinator() -
     for i in 0..10u8 {
         let records: Vec<(Option<Vec<u8>>, Vec<u8>)> = (0..3).map(|r| (None, vec![i, r])).collect();
         let batch = ferrolog_client::make_batch(&records, stamped);
-        client.client().produce("lagged", 0, v1::Acks::All, batch, OP).await?;
+        client.client().produce("lagged", 0, ferrolog_client::Acks::All, batch, OP).await?;
     }
     // The group consumed 6 of partition 0's 30 records and all of
     // partition 1's (none).
@@ -118,10 +118,10 @@ async fn a_stopped_follower_makes_its_partitions_under_replicated_until_it_catch
     };
     // Replicating normally: not under-replicated (the first scrape takes
     // the reference, later ones compare).
-    client.produce("watched", 0, v1::Acks::All, &[b"a".to_vec()], OP).await?;
+    client.produce("watched", 0, ferrolog_client::Acks::All, &[b"a".to_vec()], OP).await?;
     assert_eq!(under()?, 0.0);
     cluster.signal(follower, 19)?; // SIGSTOP
-    client.produce("watched", 0, v1::Acks::All, &[b"b".to_vec()], OP).await?;
+    client.produce("watched", 0, ferrolog_client::Acks::All, &[b"b".to_vec()], OP).await?;
     eventually("the leader to report the partition under-replicated", START, || async {
         match under() {
             Ok(v) if v >= 1.0 => Ok(()),

@@ -12,8 +12,8 @@
 use std::time::Duration;
 use std::time::Instant;
 
+use anyhow::Context;
 use anyhow::bail;
-use ferrolog_proto::v1;
 use ferrolog_tests::client::TestClient;
 use ferrolog_tests::cluster::Cluster;
 use ferrolog_tests::cluster::sample;
@@ -49,8 +49,8 @@ async fn produce_all(client: &TestClient, round: u32) -> anyhow::Result<Vec<u64>
     let mut offsets = Vec::new();
     for p in 0..PARTITIONS {
         let v = format!("round-{round}-p{p}").into_bytes();
-        let r = client.produce("idle", p, v1::Acks::All, &[v], START).await?;
-        offsets.push(r.base_offset as u64);
+        let r = client.produce("idle", p, ferrolog_client::Acks::All, &[v], START).await?;
+        offsets.push(r.base_offset.context("acks=all answers with offsets")?);
     }
     Ok(offsets)
 }
@@ -71,7 +71,7 @@ async fn quiesced_partitions_serve_fail_over_and_rebalance() -> anyhow::Result<(
     assert_eq!(produce_all(&client, 1).await?, vec![1; PARTITIONS as usize]);
     let d = client.client().wait_leaders("idle", START).await?;
     for p in &d.partitions {
-        let follower = p.replicas.iter().map(|r| r.broker_id).find(|b| *b != p.leader_id).expect("a follower");
+        let follower = p.replicas.iter().copied().find(|b| Some(*b) != p.leader).expect("a follower");
         let deadline = Instant::now() + START;
         loop {
             let (log, hw) = client.fetch_from(&cluster.node(follower).addr, "idle", p.partition, 0).await?;
@@ -112,8 +112,8 @@ async fn quiesced_partitions_serve_fail_over_and_rebalance() -> anyhow::Result<(
         let off: Vec<(u32, u64, u64)> = d
             .partitions
             .iter()
-            .filter(|p| p.replicas.first().map(|r| r.broker_id) != Some(p.leader_id))
-            .map(|p| (p.partition, p.leader_id, p.replicas[0].broker_id))
+            .filter(|p| p.replicas.first().copied() != p.leader)
+            .map(|p| (p.partition, p.leader.unwrap_or(0), p.replicas[0]))
             .collect();
         if off.is_empty() {
             break;

@@ -42,7 +42,7 @@ async fn retention_bytes_trims_purges_and_a_lagging_follower_catches_up_by_snaps
     // ~100 KB into a 20 KB budget.
     for i in 0..100 {
         let v = format!("{i:04}-{}", "x".repeat(1000)).into_bytes();
-        client.produce("logs", 0, v1::Acks::All, &[v], OP).await?;
+        client.produce("logs", 0, ferrolog_client::Acks::All, &[v], OP).await?;
     }
     // The leader trims, snapshots and purges its Raft log.
     let leader_addr = cluster.node(leader).addr.clone();
@@ -114,7 +114,7 @@ async fn retention_ms_deletes_expired_batches() -> anyhow::Result<()> {
         // A plain batch with the 2023 timestamp (the idempotent test producer
         // stamps records with the current time).
         let batch = ferrolog_tests::client::make_batch(&[format!("old-{i}").into_bytes()]);
-        client.client().produce("old", 0, v1::Acks::All, batch, OP).await?;
+        client.client().produce("old", 0, ferrolog_client::Acks::All, batch, OP).await?;
     }
     let addr = cluster.node(leader).addr.clone();
     let deadline = Instant::now() + OP;

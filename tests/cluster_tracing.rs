@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use ferrolog_proto::v1;
 use ferrolog_tests::client::TestClient;
 use ferrolog_tests::cluster::Cluster;
 use ferrolog_tests::cluster::free_port;
@@ -72,7 +71,7 @@ async fn produce_spans_reach_an_otlp_collector() -> anyhow::Result<()> {
     let client = TestClient::new(cluster.addrs());
     client.create_topic("traced", 1, 3).await?;
     client.wait_leaders("traced", START).await?;
-    client.produce("traced", 0, v1::Acks::All, &[b"a".to_vec()], OP).await?;
+    client.produce("traced", 0, ferrolog_client::Acks::All, &[b"a".to_vec()], OP).await?;
 
     let span = eventually("a produce span at the collector", START, || async {
         let spans = collector.spans.lock().expect("spans lock");

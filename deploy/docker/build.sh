@@ -7,15 +7,15 @@
 #
 # It is the same build as the tests' (one profile, the static target of
 # .cargo/config.toml: RocksDB is not compiled again), except for one thing:
-# only the `ferrolog-cli` package is selected, so the test-only fault hooks
+# only the `ferrolog` (CLI) package is selected, so the test-only fault hooks
 # (cargo feature `failpoints`, which the tests package turns on) are left out
-# of the image; ferrolog-broker and ferrolog-cli are compiled once more
+# of the image; ferrolog-broker and the CLI are compiled once more
 # without them.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 TAG="${FERROLOG_IMAGE_TAG:-dev}"
 
-cargo build --locked -p ferrolog-cli --bin ferrolog
+cargo build --locked -p ferrolog --bin ferrolog
 BIN="$(scripts/target-dir.sh)/ferrolog"
 if readelf -d "$BIN" | grep -q NEEDED; then
   echo "error: $BIN needs shared libraries; the image needs a static binary" >&2

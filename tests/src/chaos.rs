@@ -41,7 +41,6 @@ use ferrolog_client::Consumer;
 use ferrolog_client::ConsumerConfig;
 use ferrolog_client::IdempotentProducer;
 use ferrolog_client::OffsetReset;
-use ferrolog_proto::errors::leader_hint;
 use ferrolog_proto::v1;
 use rand::Rng;
 use rand::SeedableRng;
@@ -198,7 +197,9 @@ struct Ctx {
 /// producer; what still fails is recorded `info` (unknown outcome).
 async fn idempotent_producer(name: String, ctx: Ctx, seed: u64) {
     let p = loop {
-        match IdempotentProducer::new(ctx.client.clone(), None, v1::Acks::All, Duration::from_secs(20)).await {
+        match IdempotentProducer::new(ctx.client.clone(), None, ferrolog_client::Acks::All, Duration::from_secs(20))
+            .await
+        {
             Ok(p) => break p,
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
@@ -211,7 +212,7 @@ async fn idempotent_producer(name: String, ctx: Ctx, seed: u64) {
         n += 1;
         ctx.h.record(&name, Kind::Invoke, send_op(partition, &value, "all", None));
         match p.send(TOPIC, partition, &[(None, value.clone().into_bytes())]).await {
-            Ok(r) => ctx.h.record(&name, Kind::Ok, send_op(partition, &value, "all", Some(r.base_offset as u64))),
+            Ok(r) => ctx.h.record(&name, Kind::Ok, send_op(partition, &value, "all", r.base_offset)),
             Err(_) => ctx.h.record(&name, Kind::Info, send_op(partition, &value, "all", None)),
         }
     }
@@ -220,8 +221,8 @@ async fn idempotent_producer(name: String, ctx: Ctx, seed: u64) {
 /// A plain producer at acks=1 or acks=0, without idempotence and without
 /// retries of ambiguous failures: refused-before-append errors are `fail`,
 /// the rest `info`. acks=0 sends are always `info` (nothing comes back).
-async fn plain_producer(name: String, ctx: Ctx, acks: v1::Acks) {
-    let level = if acks == v1::Acks::None { "0" } else { "1" };
+async fn plain_producer(name: String, ctx: Ctx, acks: ferrolog_client::Acks) {
+    let level = if acks == ferrolog_client::Acks::None { "0" } else { "1" };
     let mut n = 0u64;
     while !ctx.stop.load(Ordering::Relaxed) {
         let partition = (n % u64::from(ctx.partitions)) as u32;
@@ -230,15 +231,15 @@ async fn plain_producer(name: String, ctx: Ctx, acks: v1::Acks) {
         ctx.h.record(&name, Kind::Invoke, send_op(partition, &value, level, None));
         let batch = ferrolog_client::make_batch(&[(None, value.clone().into_bytes())], 1);
         match ctx.client.produce(TOPIC, partition, acks, batch, Duration::from_secs(10)).await {
-            Ok(r) if acks != v1::Acks::None => {
-                ctx.h.record(&name, Kind::Ok, send_op(partition, &value, level, Some(r.base_offset as u64)))
+            Ok(r) if acks != ferrolog_client::Acks::None => {
+                ctx.h.record(&name, Kind::Ok, send_op(partition, &value, level, r.base_offset))
             }
             Ok(_) => {
                 ctx.h.record(&name, Kind::Info, send_op(partition, &value, level, None));
                 // acks=0 answers at once: pace it like the others.
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            Err(s) if leader_hint(&s).is_some() || s.code() == tonic::Code::InvalidArgument => {
+            Err(s) if s.leader_hint().is_some() || s.kind() == ferrolog_client::ErrorKind::InvalidArgument => {
                 ctx.h.record(&name, Kind::Fail, send_op(partition, &value, level, None))
             }
             Err(_) => {
@@ -359,7 +360,7 @@ async fn group_churn(ctx: Ctx, seed: u64) {
 /// The leader of `partition`, if known.
 async fn leader_of(client: &Client, partition: u32) -> Option<u64> {
     let d = client.wait_leaders(TOPIC, Duration::from_secs(5)).await.ok()?;
-    d.partitions.get(partition as usize).map(|p| p.leader_id).filter(|l| *l != 0)
+    d.partitions.get(partition as usize).and_then(|p| p.leader)
 }
 
 /// The metadata leader, if known.
@@ -437,8 +438,8 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosOutcome> {
     for i in 0..2 {
         tasks.push(tokio::spawn(idempotent_producer(format!("idem{i}"), ctx.clone(), seed.wrapping_add(i))));
     }
-    tasks.push(tokio::spawn(plain_producer("ack1".into(), ctx.clone(), v1::Acks::Leader)));
-    tasks.push(tokio::spawn(plain_producer("ack0".into(), ctx.clone(), v1::Acks::None)));
+    tasks.push(tokio::spawn(plain_producer("ack1".into(), ctx.clone(), ferrolog_client::Acks::Leader)));
+    tasks.push(tokio::spawn(plain_producer("ack0".into(), ctx.clone(), ferrolog_client::Acks::None)));
     tasks.push(tokio::spawn(group_churn(ctx.clone(), seed ^ 0x9E37_79B9_7F4A_7C15)));
     tasks.push(tokio::spawn(consumer("reader".into(), ctx.clone(), None, Arc::new(AtomicBool::new(false)))));
 
@@ -609,7 +610,7 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosOutcome> {
     let d = client.wait_leaders(TOPIC, START).await?;
     let mut records = BTreeMap::new();
     for p in &d.partitions {
-        let addr = cluster.node(p.leader_id).addr.clone();
+        let addr = cluster.node(p.leader.context("a partition without a leader")?).addr.clone();
         let (log, _) = client.fetch_all_from(&addr, TOPIC, p.partition, 0).await.context("final read")?;
         records.insert(
             p.partition,

@@ -6,15 +6,37 @@ use std::time::Duration;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use ferrolog_client::Acks;
 use ferrolog_client::Client;
+use ferrolog_client::ClientError;
 use ferrolog_client::IdempotentProducer;
+use ferrolog_client::Produced;
+use ferrolog_client::RecordBatch;
+use ferrolog_client::TopicInfo;
 use ferrolog_proto::v1;
-use tonic::Status;
 
 /// A batch of `values` without keys.
-pub fn make_batch(values: &[Vec<u8>]) -> v1::RecordBatch {
+pub fn make_batch(values: &[Vec<u8>]) -> RecordBatch {
     let records: Vec<(Option<Vec<u8>>, Vec<u8>)> = values.iter().map(|v| (None, v.clone())).collect();
     ferrolog_client::make_batch(&records, 1_700_000_000_000)
+}
+
+/// The same batch as the wire carries it, for tests that send raw (and
+/// broken) requests.
+pub fn make_proto_batch(values: &[Vec<u8>]) -> v1::RecordBatch {
+    let b = make_batch(values);
+    v1::RecordBatch {
+        base_offset: 0,
+        producer_id: b.header.producer_id,
+        producer_epoch: b.header.producer_epoch,
+        base_sequence: b.header.base_sequence,
+        record_count: b.header.record_count,
+        compression: b.header.compression as i32,
+        first_timestamp_ms: b.header.first_timestamp_ms,
+        max_timestamp_ms: b.header.max_timestamp_ms,
+        records: b.records,
+        crc32c: b.crc32c,
+    }
 }
 
 /// A client for tests.
@@ -24,7 +46,7 @@ pub struct TestClient {
     /// One idempotent producer per (acks level, delivery timeout), created
     /// on first use. The timeout is the producer's own (a send is not
     /// cancel-safe: cutting it short from outside would leave a sequence gap).
-    producers: tokio::sync::Mutex<HashMap<(i32, Duration), Arc<IdempotentProducer>>>,
+    producers: tokio::sync::Mutex<HashMap<(u8, Duration), Arc<IdempotentProducer>>>,
 }
 
 impl TestClient {
@@ -44,16 +66,16 @@ impl TestClient {
     }
 
     /// See [`Client::admin`].
-    pub async fn admin<T, F, Fut>(&self, timeout: Duration, call: F) -> Result<T, Status>
+    pub async fn admin<T, F, Fut>(&self, timeout: Duration, call: F) -> Result<T, ClientError>
     where
         F: FnMut(v1::admin_client::AdminClient<tonic::transport::Channel>) -> Fut,
-        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         self.inner.admin(timeout, call).await
     }
 
     /// See [`Client::create_topic`].
-    pub async fn create_topic(&self, name: &str, partitions: u32, rf: u32) -> Result<v1::TopicDescription, Status> {
+    pub async fn create_topic(&self, name: &str, partitions: u32, rf: u32) -> Result<TopicInfo, ClientError> {
         self.inner.create_topic(name, partitions, rf).await
     }
 
@@ -63,7 +85,7 @@ impl TestClient {
         name: &str,
         config: v1::TopicConfig,
         timeout: Duration,
-    ) -> Result<(), Status> {
+    ) -> Result<(), ClientError> {
         let req =
             v1::CreateTopicRequest { name: name.into(), partitions: 1, replication_factor: 3, config: Some(config) };
         self.admin(timeout, |mut c| {
@@ -77,7 +99,7 @@ impl TestClient {
     /// The leader of every partition, once each has one.
     pub async fn wait_leaders(&self, topic: &str, timeout: Duration) -> anyhow::Result<Vec<u64>> {
         let d = self.inner.wait_leaders(topic, timeout).await?;
-        Ok(d.partitions.iter().map(|p| p.leader_id).collect())
+        Ok(d.partitions.iter().map(|p| p.leader.unwrap_or(0)).collect())
     }
 
     /// Produces `values` as one batch. With acks=all or acks=1 through an
@@ -88,20 +110,20 @@ impl TestClient {
         &self,
         topic: &str,
         partition: u32,
-        acks: v1::Acks,
+        acks: Acks,
         values: &[Vec<u8>],
         timeout: Duration,
-    ) -> Result<v1::ProduceResponse, Status> {
-        if acks == v1::Acks::None {
+    ) -> Result<Produced, ClientError> {
+        if acks == Acks::None {
             return self.inner.produce(topic, partition, acks, make_batch(values), timeout).await;
         }
         let producer = {
             let mut map = self.producers.lock().await;
-            match map.get(&(acks as i32, timeout)) {
+            match map.get(&(acks as u8, timeout)) {
                 Some(p) => p.clone(),
                 None => {
                     let p = Arc::new(IdempotentProducer::new(self.inner.clone(), None, acks, timeout).await?);
-                    map.insert((acks as i32, timeout), p.clone());
+                    map.insert((acks as u8, timeout), p.clone());
                     p
                 }
             }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use anyhow::bail;
@@ -24,10 +25,9 @@ pub struct BrokerConfig {
     /// Brokers of a running cluster to join through (when this broker is not
     /// one of the initial peers).
     pub join: Vec<String>,
-    /// How often retention limits are enforced.
-    pub retention_check: std::time::Duration,
-    /// Idle time after which partitions forget an idempotent producer.
-    pub producer_expiry: std::time::Duration,
+    /// Every timing (heartbeats, elections, liveness, quiescing, sessions,
+    /// retention, timeouts), with documented defaults.
+    pub timings: Timings,
     /// Park the Raft tickers of idle partition groups (see [`crate::quiesce`]).
     pub quiesce: bool,
     /// Where to serve Prometheus metrics (`/metrics`), if anywhere.
@@ -38,6 +38,161 @@ pub struct BrokerConfig {
     /// Initial voters of the metadata group, this broker included when it
     /// is one: `id → address`.
     pub peers: BTreeMap<NodeId, String>,
+}
+
+/// Declares [`Timings`]: one field per timing, its key (the TOML key; the
+/// flag is `--key-with-dashes`, the variable `FERROLOG_KEY`), its default
+/// in ms and its documentation, all in one table.
+macro_rules! timings {
+    ($( $(#[doc = $doc:literal])+ $field:ident = $key:literal, $default_ms:expr; )+) => {
+        /// Every timing of a broker, in one place. Defaults suit a 2-core
+        /// machine running thousands of partition groups; each is a flag
+        /// (`--KEY-WITH-DASHES`), an environment variable (`FERROLOG_KEY`)
+        /// and a key of the config file's `[timings]` table.
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub struct Timings {
+            $( $(#[doc = $doc])+ pub $field: Duration, )+
+        }
+
+        impl Default for Timings {
+            fn default() -> Self {
+                Timings { $( $field: Duration::from_millis($default_ms), )+ }
+            }
+        }
+
+        /// One timing's key, default and documentation.
+        #[derive(Debug, Clone, Copy)]
+        pub struct TimingKey {
+            /// TOML key (`snake_case`, ending in `_ms`).
+            pub key: &'static str,
+            /// Default, ms.
+            pub default_ms: u64,
+            /// What it sets (first doc line).
+            pub doc: &'static str,
+        }
+
+        impl Timings {
+            /// Every timing's key, default and documentation.
+            pub const KEYS: &'static [TimingKey] = &[
+                $( TimingKey { key: $key, default_ms: $default_ms, doc: timings!(@first $($doc)+) }, )+
+            ];
+
+            /// Sets the timing named `key` to `ms`.
+            pub fn set(&mut self, key: &str, ms: u64) -> anyhow::Result<()> {
+                match key {
+                    $( $key => self.$field = Duration::from_millis(ms), )+
+                    other => bail!("unknown timing {other:?}"),
+                }
+                Ok(())
+            }
+
+            /// Every timing as `(key, ms)`.
+            pub fn entries(&self) -> Vec<(&'static str, u64)> {
+                vec![ $( ($key, self.$field.as_millis() as u64), )+ ]
+            }
+        }
+    };
+    (@first $first:literal $($rest:literal)*) => { $first };
+}
+
+timings! {
+    /// Raft heartbeat interval of every group, and of the broker heartbeat
+    /// each broker sends every peer (what liveness and quiescing hear).
+    raft_heartbeat = "raft_heartbeat_ms", 250;
+    /// Smallest Raft election timeout: a dead leader is replaced after
+    /// this to `election_timeout_max_ms`.
+    election_timeout_min = "election_timeout_min_ms", 1_000;
+    /// Largest Raft election timeout.
+    election_timeout_max = "election_timeout_max_ms", 2_000;
+    /// A broker not heard from for this long counts as down, for the
+    /// cluster description, quiescing (followers of its groups wake up and
+    /// may elect) and producer fencing (whom to wait for). Defaults to the
+    /// smallest election timeout, so a quiesced group fails over about as
+    /// fast as an active one.
+    liveness_timeout = "liveness_timeout_ms", 1_000;
+    /// A leader whose log has not grown for this long (its followers caught
+    /// up and live) stops its Raft ticker.
+    quiesce_after = "quiesce_after_ms", 2_000;
+    /// How long a partition's preferred replica must have been live and
+    /// caught up before leadership moves back to it.
+    preferred_leader_delay = "preferred_leader_delay_ms", 10_000;
+    /// How long a non-preferred replica of a new partition waits for the
+    /// preferred one to initialize the group before doing it itself.
+    init_fallback = "init_fallback_ms", 3_000;
+    /// How often the partition reconciler runs without metadata changes
+    /// (it retries what failed).
+    reconcile_interval = "reconcile_interval_ms", 1_000;
+    /// How often retention (retention.ms, retention.bytes) is enforced.
+    retention_check = "retention_check_ms", 60_000;
+    /// A partition forgets an idempotent producer idle this long (7 days);
+    /// never because data was deleted.
+    producer_expiry = "producer_expiry_ms", 7 * 24 * 3_600_000;
+    /// Session timeout of a consumer-group member that asks for none
+    /// (Kafka's default: 45 s).
+    session_timeout_default = "session_timeout_default_ms", 45_000;
+    /// Shortest session timeout a member may ask for.
+    session_timeout_min = "session_timeout_min_ms", 1_000;
+    /// Longest heartbeat interval handed to members (a third of the session
+    /// timeout when that is shorter; Kafka's default: 3 s).
+    heartbeat_interval_max = "heartbeat_interval_max_ms", 3_000;
+    /// How often the coordinator looks for expired member sessions.
+    session_expiry_check = "session_expiry_check_ms", 250;
+    /// Longest a produce waits for its acks level when it names no timeout.
+    produce_timeout_default = "produce_timeout_default_ms", 30_000;
+    /// Longest a fetch may long-poll, whatever it asks.
+    fetch_max_wait = "fetch_max_wait_ms", 30_000;
+    /// Longest an InitProducer waits for live brokers to learn a new
+    /// producer epoch.
+    fence_propagation_timeout = "fence_propagation_timeout_ms", 5_000;
+    /// How long a broker waits for another to describe its partitions.
+    remote_describe_timeout = "remote_describe_timeout_ms", 500;
+    /// How often the coordinator recomputes consumer lag for the metrics.
+    lag_refresh = "lag_refresh_ms", 5_000;
+    /// A follower not caught up for this long counts as under-replicated in
+    /// the metrics.
+    under_replicated_after = "under_replicated_after_ms", 10_000;
+    /// Longest a stopping broker waits for its leaderships to move.
+    shutdown_handoff_timeout = "shutdown_handoff_timeout_ms", 5_000;
+}
+
+impl Timings {
+    /// Refuses combinations Raft or the coordinator cannot work with.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let ms = |d: Duration| d.as_millis();
+        if self.raft_heartbeat.is_zero() {
+            bail!("raft_heartbeat_ms must be positive");
+        }
+        if self.election_timeout_min <= self.raft_heartbeat {
+            bail!(
+                "election_timeout_min_ms ({}) must exceed raft_heartbeat_ms ({})",
+                ms(self.election_timeout_min),
+                ms(self.raft_heartbeat)
+            );
+        }
+        if self.election_timeout_max <= self.election_timeout_min {
+            bail!(
+                "election_timeout_max_ms ({}) must exceed election_timeout_min_ms ({})",
+                ms(self.election_timeout_max),
+                ms(self.election_timeout_min)
+            );
+        }
+        if self.liveness_timeout < 2 * self.raft_heartbeat {
+            bail!(
+                "liveness_timeout_ms ({}) must be at least two raft heartbeats ({})",
+                ms(self.liveness_timeout),
+                ms(2 * self.raft_heartbeat)
+            );
+        }
+        if self.session_timeout_min > self.session_timeout_default {
+            bail!("session_timeout_min_ms must not exceed session_timeout_default_ms");
+        }
+        for (key, ms) in self.entries() {
+            if ms == 0 {
+                bail!("{key} must be positive");
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Parses `1=host:port,2=host:port`.
@@ -140,6 +295,26 @@ pub fn settle_node_id(data_dir: &Path, configured: Option<NodeId>) -> anyhow::Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timings_default_to_the_documented_values_and_set_by_key() -> anyhow::Result<()> {
+        let mut t = Timings::default();
+        t.validate()?;
+        assert_eq!(t.raft_heartbeat, Duration::from_millis(250));
+        assert_eq!(t.liveness_timeout, t.election_timeout_min);
+        assert_eq!(Timings::KEYS.len(), t.entries().len());
+        for k in Timings::KEYS {
+            assert!(k.key.ends_with("_ms") && !k.doc.is_empty(), "{k:?}");
+            let (_, v) = t.entries().into_iter().find(|(key, _)| *key == k.key).expect("listed");
+            assert_eq!(v, k.default_ms, "{}", k.key);
+        }
+        t.set("liveness_timeout_ms", 3_000)?;
+        assert_eq!(t.liveness_timeout, Duration::from_secs(3));
+        assert!(t.set("no_such_ms", 1).is_err());
+        t.set("election_timeout_max_ms", 500)?;
+        assert!(t.validate().expect_err("must fail").to_string().contains("election_timeout_max_ms"));
+        Ok(())
+    }
 
     #[test]
     fn peers_parse_and_bad_ones_are_refused() {

@@ -3,7 +3,7 @@
 //!
 //! They exist only in builds with the cargo feature `failpoints`, which the
 //! workspace build turns on (the `ferrolog-tests` package asks for it) and
-//! the image's build (`cargo build -p ferrolog-cli`, deploy/docker/build.sh)
+//! the image's build (`cargo build -p ferrolog`, deploy/docker/build.sh)
 //! leaves off, so production brokers cannot be told to misbehave. A broker
 //! built without them refuses to start when the variable is set
 //! ([`check_supported`]): a test never silently runs without its fault.
@@ -13,6 +13,9 @@
 //!   offsets, as if the response was lost on the network. The append stands:
 //!   a client that retries must not duplicate it. Answers to retries found
 //!   to be duplicates are not dropped.
+//! - `tasks.panic=NAME`: the supervised background task NAME (e.g.
+//!   `retention`) panics as it starts; the broker must stop with an error
+//!   naming it.
 //! - `storage.fail_syncs_after=N`: every WAL fsync after the first N fails
 //!   (an injected EIO, nothing synced). The store refuses every later write
 //!   and the broker halts (fail-stop): what was not synced is never
@@ -55,13 +58,23 @@ pub fn fail_syncs_after() -> Option<u64> {
     value(&std::env::var(ENV).unwrap_or_default(), "storage.fail_syncs_after")
 }
 
+/// `tasks.panic`: whether the supervised task `name` is to panic at start.
+pub fn panic_task(name: &str) -> bool {
+    cfg!(feature = "failpoints")
+        && std::env::var(ENV)
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|kv| kv.split_once('='))
+            .any(|(k, v)| k.trim() == "tasks.panic" && v.trim() == name)
+}
+
 /// Refuses fault hooks this build cannot honour: `FERROLOG_FAILPOINTS` is
 /// set but the binary was built without the `failpoints` feature.
 pub fn check_supported() -> Result<(), String> {
     match std::env::var(ENV) {
         Ok(spec) if !spec.trim().is_empty() && !cfg!(feature = "failpoints") => Err(format!(
             "{ENV}={spec:?} is set, but this binary was built without fault hooks \
-             (cargo feature `failpoints`: build the workspace, not `-p ferrolog-cli`)"
+             (cargo feature `failpoints`: build the workspace, not `-p ferrolog` alone)"
         )),
         _ => Ok(()),
     }

@@ -42,6 +42,8 @@ use openraft::raft::VoteRequest;
 use openraft::raft::VoteResponse;
 use tokio::sync::watch;
 
+use crate::config::Timings;
+use crate::liveness::Liveness;
 use crate::transport::Transport;
 
 /// A partition group's Raft.
@@ -49,27 +51,15 @@ pub type PartitionRaft = Raft<TypeConfig, StateMachine>;
 /// The metadata group's Raft.
 pub type MetaRaft = Raft<TypeConfig, MetaStateMachine>;
 
-/// How long a non-preferred replica of a new partition waits for the
-/// preferred leader to initialize the group before doing it itself.
-pub const INIT_FALLBACK: std::time::Duration = std::time::Duration::from_secs(3);
-
-/// Raft heartbeat interval, ms. Sized for a 2-core machine running many
-/// groups: ticks of thousands of groups must not starve the CPU.
-pub const HEARTBEAT_MS: u64 = 250;
-/// Election timeout range, ms: a dead leader is replaced within ~1-2 s.
-pub const ELECTION_MIN_MS: u64 = 1000;
-/// Upper end of the election timeout range, ms.
-pub const ELECTION_MAX_MS: u64 = 2000;
-
-/// The Raft configuration of partition groups. No automatic snapshots: the
-/// log is the partition's history until retention (which will snapshot and
-/// purge explicitly) exists.
-pub fn partition_raft_config() -> Arc<Config> {
+/// The Raft configuration of partition groups (heartbeats and elections
+/// from `t`). No automatic snapshots: retention snapshots and purges
+/// explicitly.
+pub fn partition_raft_config(t: &Timings) -> Arc<Config> {
     let c = Config {
         cluster_name: "ferrolog-partition".into(),
-        heartbeat_interval: HEARTBEAT_MS,
-        election_timeout_min: ELECTION_MIN_MS,
-        election_timeout_max: ELECTION_MAX_MS,
+        heartbeat_interval: t.raft_heartbeat.as_millis() as u64,
+        election_timeout_min: t.election_timeout_min.as_millis() as u64,
+        election_timeout_max: t.election_timeout_max.as_millis() as u64,
         snapshot_policy: SnapshotPolicy::Never,
         // A partition's log is its data: openraft never purges it on its
         // own after a snapshot; retention purges up to the oldest retained
@@ -82,12 +72,12 @@ pub fn partition_raft_config() -> Arc<Config> {
 }
 
 /// The Raft configuration of the metadata group.
-pub fn metadata_raft_config() -> Arc<Config> {
+pub fn metadata_raft_config(t: &Timings) -> Arc<Config> {
     let c = Config {
         cluster_name: "ferrolog-metadata".into(),
-        heartbeat_interval: HEARTBEAT_MS,
-        election_timeout_min: ELECTION_MIN_MS,
-        election_timeout_max: ELECTION_MAX_MS,
+        heartbeat_interval: t.raft_heartbeat.as_millis() as u64,
+        election_timeout_min: t.election_timeout_min.as_millis() as u64,
+        election_timeout_max: t.election_timeout_max.as_millis() as u64,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(1000),
         ..Default::default()
     };
@@ -256,12 +246,43 @@ pub struct Groups {
     transport: Arc<Transport>,
     meta: OnceLock<Meta>,
     partitions: RwLock<HashMap<GroupId, Arc<Replica>>>,
+    liveness: Liveness,
+    timings: Arc<Timings>,
 }
 
 impl Groups {
     /// An empty registry.
     pub fn new(node_id: NodeId, storage: Arc<Storage>, transport: Arc<Transport>) -> Arc<Self> {
-        Arc::new(Groups { node_id, storage, transport, meta: OnceLock::new(), partitions: RwLock::new(HashMap::new()) })
+        Self::with_timings(node_id, storage, transport, Timings::default())
+    }
+
+    /// An empty registry running its groups with `timings`.
+    pub fn with_timings(
+        node_id: NodeId,
+        storage: Arc<Storage>,
+        transport: Arc<Transport>,
+        timings: Timings,
+    ) -> Arc<Self> {
+        let liveness = Liveness::new(transport.clone(), timings.liveness_timeout);
+        Arc::new(Groups {
+            node_id,
+            storage,
+            transport,
+            meta: OnceLock::new(),
+            partitions: RwLock::new(HashMap::new()),
+            liveness,
+            timings: Arc::new(timings),
+        })
+    }
+
+    /// The broker's timings.
+    pub fn timings(&self) -> &Timings {
+        &self.timings
+    }
+
+    /// Whether peers are alive.
+    pub fn liveness(&self) -> &Liveness {
+        &self.liveness
     }
 
     /// The shared per-peer channels.
@@ -361,19 +382,21 @@ impl Groups {
         let log = LogStore::with_acks(self.storage.clone(), group, acks.clone());
         let sm = StateMachine::open(self.storage.clone(), group)?.with_acks(acks.clone());
         let progress = sm.subscribe();
-        let raft = Raft::new(self.node_id, partition_raft_config(), self.transport.factory(group), log, sm).await?;
+        let config = partition_raft_config(&self.timings);
+        let raft = Raft::new(self.node_id, config, self.transport.factory(group), log, sm).await?;
         if !raft.is_initialized().await? {
             // The preferred leader (first replica) initializes the new group
             // at once and so usually wins the first election: leaders start
             // spread as evenly as the placement. The other replicas wait
             // for it to replicate to them, and initialize themselves (with
             // the same membership, which openraft allows) only if it has not
-            // done so within INIT_FALLBACK, e.g. because its broker is down.
+            // done so within init_fallback, e.g. because its broker is down.
             let preferred = replicas.first() == Some(&self.node_id);
             let raft = raft.clone();
+            let fallback = self.timings.init_fallback;
             tokio::spawn(async move {
                 if !preferred {
-                    tokio::time::sleep(INIT_FALLBACK).await;
+                    tokio::time::sleep(fallback).await;
                     if raft.is_initialized().await.unwrap_or(true) {
                         return;
                     }

@@ -1,7 +1,7 @@
 //! Consumer lag per group, topic and partition, in records (high watermark
 //! minus committed offset) and in seconds (age of the oldest unconsumed
 //! record). The metadata leader (the group coordinator) refreshes a cache
-//! every [`LAG_REFRESH`]; `/metrics` reads the cache (no scan or RPC per
+//! every `lag_refresh_ms`; `/metrics` reads the cache (no scan or RPC per
 //! scrape) and `group describe` computes the same figures with the same
 //! code ([`lag_of`]) for one group.
 //!
@@ -23,10 +23,9 @@ use ferrolog_proto::v1;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::service::Services;
+use crate::handles::Core;
+use crate::handles::partition::FetchArgs;
 
-/// How often the coordinator recomputes lag.
-pub const LAG_REFRESH: Duration = Duration::from_secs(5);
 /// Default bound on exported (group, topic, partition) series.
 pub const DEFAULT_MAX_LAG_PARTITIONS: usize = 10_000;
 /// Longest wait for one batch timestamp from another broker.
@@ -91,16 +90,23 @@ pub(crate) type TopicOffsets = BTreeMap<String, Vec<(i64, i64, u64)>>;
 
 /// The offsets of `topics`, one describe each (an unknown topic has no
 /// partitions).
-pub(crate) async fn topic_offsets(
-    services: &Services,
-    topics: impl IntoIterator<Item = String> + Send,
-) -> TopicOffsets {
+pub(crate) async fn topic_offsets(core: &Core, topics: impl IntoIterator<Item = String> + Send) -> TopicOffsets {
     let names: std::collections::BTreeSet<String> = topics.into_iter().collect();
     let mut out = TopicOffsets::new();
     for t in names {
-        let parts = match services.describe_named(&t).await {
-            Some(d) => d.partitions.iter().map(|p| (p.log_start_offset, p.high_watermark, p.leader_id)).collect(),
-            None => Vec::new(),
+        let parts = match core.topic(&t) {
+            Ok(topic) => core
+                .metadata()
+                .describe(&topic, Default::default())
+                .await
+                .partitions
+                .iter()
+                .map(|p| {
+                    let known = |v: Option<u64>| v.map_or(-1, |v| v as i64);
+                    (known(p.log_start), known(p.high_watermark), p.leader.unwrap_or(0))
+                })
+                .collect(),
+            Err(_) => Vec::new(),
         };
         out.insert(t, parts);
     }
@@ -108,18 +114,14 @@ pub(crate) async fn topic_offsets(
 }
 
 /// The lag of `committed` offsets: `(group, (topic, partition), offset)`.
-pub(crate) async fn lag_of(services: &Services, committed: Vec<(String, Tp, i64)>) -> Vec<LagRow> {
+pub(crate) async fn lag_of(core: &Core, committed: Vec<(String, Tp, i64)>) -> Vec<LagRow> {
     let names: Vec<String> = committed.iter().map(|(_, (t, _), _)| t.clone()).collect();
-    let topics = topic_offsets(services, names).await;
-    lag_rows(services, &topics, committed).await
+    let topics = topic_offsets(core, names).await;
+    lag_rows(core, &topics, committed).await
 }
 
 /// The lag of `committed` offsets in partitions described in `topics`.
-pub(crate) async fn lag_rows(
-    services: &Services,
-    topics: &TopicOffsets,
-    committed: Vec<(String, Tp, i64)>,
-) -> Vec<LagRow> {
+pub(crate) async fn lag_rows(core: &Core, topics: &TopicOffsets, committed: Vec<(String, Tp, i64)>) -> Vec<LagRow> {
     let rows = committed.into_iter().map(|(group, (topic, partition), offset)| {
         let (log_start, hw, leader) =
             topics.get(&topic).and_then(|p| p.get(partition as usize)).copied().unwrap_or((-1, -1, 0));
@@ -129,8 +131,8 @@ pub(crate) async fn lag_rows(
                 // A committed offset below the log start: the oldest record
                 // left is the first unconsumed one.
                 let at = offset.max(log_start.max(0));
-                match batch_timestamp(services, &topic, partition, at, leader).await {
-                    Some(ts) => ((crate::service::now_ms() - ts).max(0) as f64) / 1000.0,
+                match batch_timestamp(core, &topic, partition, at, leader).await {
+                    Some(ts) => ((crate::handles::now_ms() - ts).max(0) as f64) / 1000.0,
                     None => 0.0,
                 }
             } else {
@@ -145,33 +147,33 @@ pub(crate) async fn lag_rows(
 
 /// The first timestamp of the batch holding `offset`, from a local replica
 /// or the partition's leader.
-async fn batch_timestamp(services: &Services, topic: &str, partition: u32, offset: i64, leader: u64) -> Option<i64> {
+async fn batch_timestamp(core: &Core, topic: &str, partition: u32, offset: i64, leader: u64) -> Option<i64> {
+    if let Ok(local) = core.partition(topic, partition) {
+        // Not a client's fetch: not counted in the fetch metrics.
+        let args = FetchArgs { offset: u64::try_from(offset).ok()?, max_wait: Duration::ZERO, max_bytes: Some(1) };
+        return local.fetch(args).await.ok()?.batches.first().map(|(_, b)| b.header.first_timestamp_ms);
+    }
     let req =
         v1::FetchRequest { topic: topic.to_string(), partition, offset, max_bytes: 1, max_wait_ms: 0, min_bytes: 0 };
-    let local = services.has_replica(topic, partition);
-    let answer = if local {
-        services.fetch_local(req).await.ok()
-    } else {
-        let leader = services.groups().address_of(leader)?;
-        let ch = services.groups().transport().channel(&leader).ok()?;
-        let mut c = v1::broker_client::BrokerClient::new(ch)
-            .max_decoding_message_size(ferrolog_types::limits::API_MESSAGE_LIMIT);
-        tokio::time::timeout(TIMESTAMP_TIMEOUT, c.fetch(req)).await.ok()?.ok().map(|r| r.into_inner())
-    };
-    answer?.batches.first().map(|b| b.first_timestamp_ms)
+    let leader = core.groups().address_of(leader)?;
+    let ch = core.groups().transport().channel(&leader).ok()?;
+    let mut c =
+        v1::broker_client::BrokerClient::new(ch).max_decoding_message_size(ferrolog_types::limits::API_MESSAGE_LIMIT);
+    let answer = tokio::time::timeout(TIMESTAMP_TIMEOUT, c.fetch(req)).await.ok()?.ok()?.into_inner();
+    answer.batches.first().map(|b| b.first_timestamp_ms)
 }
 
-/// Refreshes the cache every [`LAG_REFRESH`] while this broker leads the
+/// Refreshes the cache every `lag_refresh_ms` while this broker leads the
 /// metadata group; elsewhere the cache is empty.
-pub async fn run(services: Services, max_partitions: usize, shutdown: CancellationToken) {
+pub async fn run(core: Core, max_partitions: usize, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(LAG_REFRESH) => {}
+            _ = tokio::time::sleep(core.timings().lag_refresh) => {}
         }
-        let me = services.groups().node_id();
-        let Some(meta) = services.groups().leading_meta() else {
-            services.lag_cache().set(LagSnapshot::default());
+        let me = core.groups().node_id();
+        let Some(meta) = core.groups().leading_meta() else {
+            core.metrics().lag.set(LagSnapshot::default());
             continue;
         };
         // Every committed offset, in group/topic/partition order, bounded.
@@ -192,10 +194,10 @@ pub async fn run(services: Services, max_partitions: usize, shutdown: Cancellati
         };
         let rows = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = tokio::time::timeout(REFRESH_DEADLINE, lag_of(&services, committed)) => r,
+            r = tokio::time::timeout(REFRESH_DEADLINE, lag_of(&core, committed)) => r,
         };
         match rows {
-            Ok(rows) => services.lag_cache().set(LagSnapshot { at: Some(Instant::now()), rows, dropped }),
+            Ok(rows) => core.metrics().lag.set(LagSnapshot { at: Some(Instant::now()), rows, dropped }),
             Err(_) => tracing::warn!(
                 node = me,
                 "consumer lag refresh took over {REFRESH_DEADLINE:?}; kept the previous figures"

@@ -8,33 +8,41 @@
 //! - [`transport`]: the multi-group Raft transport (client and server).
 //! - [`groups`]: the registry of Raft groups and the reconciler that follows
 //!   the metadata group's placement.
-//! - [`coordinator`]: the consumer-group coordinator (`Groups` service) on
-//!   the metadata leader.
+//! - [`handles`]: the protocol-neutral core: [`handles::Core`] and its
+//!   partition, metadata and coordinator handles, where every request's
+//!   logic lives.
+//! - [`grpc`]: the public gRPC services, conversions over the handles.
 //! - [`metrics`]: Prometheus metrics on `--metrics-listen`.
 //! - [`lag`]: consumer lag in records and seconds, refreshed on the
 //!   coordinator for the metrics and `group describe`.
+//! - [`liveness`]: whether a broker is alive (one definition for all).
 //! - [`join`]: admitting brokers that join a running cluster.
 //! - [`retention`]: deleting old data and purging Raft logs.
 //! - [`quiesce`]: broker heartbeats, parking idle groups' Raft tickers, and
 //!   moving leadership back to preferred replicas.
-//! - [`service`]: the public `Broker` and `Admin` services.
-//! - [`failpoints`]: test-only fault hooks (debug builds).
+//! - [`tasks`]: the supervisor of background tasks (a failed one stops the
+//!   broker).
+//! - [`failpoints`]: test-only fault hooks (cargo feature `failpoints`).
 //! - [`error`]: [`error::BrokerError`] and its mapping to `tonic::Status`.
 //! - [`server`]: [`run`], wiring it together until shutdown.
 
 pub mod config;
-pub mod coordinator;
 pub mod error;
 pub mod failpoints;
 pub mod groups;
+pub mod grpc;
+pub mod handles;
 pub mod join;
 pub mod lag;
+pub mod liveness;
 pub mod metrics;
 pub mod quiesce;
 pub mod retention;
 pub mod server;
-pub mod service;
+pub mod tasks;
 pub mod transport;
 
 pub use config::BrokerConfig;
+pub use server::InProcess;
 pub use server::run;
+pub use server::spawn;

@@ -34,12 +34,6 @@ const FSYNC_BUCKETS: [f64; 12] = [0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 
 /// Upper bounds of the group-commit batch size buckets, in writes.
 const BATCH_BUCKETS: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
-/// A led partition is under-replicated when a follower has not caught up,
-/// within this long, to where the leader's log was (Kafka's
-/// `replica.lag.time.max.ms` idea; an instant comparison with the leader's
-/// last entry would count every partition under load).
-const UNDER_REPLICATED_AFTER: Duration = Duration::from_secs(10);
-
 /// Label sets: `(name, value)` pairs.
 type Labels = Vec<(&'static str, String)>;
 /// A gauge of a float value.
@@ -421,10 +415,10 @@ impl Metrics {
         self.fetch_bytes.get_or_create(&vec![("topic", topic.to_string())]).inc_by(bytes);
     }
 
-    /// A request of `api` answered with `status`.
-    pub fn request_error(&self, api: &'static str, status: &tonic::Status) {
-        let reason = ferrolog_proto::errors::reason_of(status).map(|(r, _)| r.as_str()).unwrap_or("");
-        let code = format!("{:?}", status.code());
+    /// A request of `api` that failed with `e` (labelled with its gRPC code and reason).
+    pub fn request_error(&self, api: &'static str, e: &crate::error::BrokerError) {
+        let reason = e.reason().map(|r| r.as_str()).unwrap_or("");
+        let code = format!("{:?}", e.code());
         self.request_errors
             .get_or_create(&vec![("api", api.to_string()), ("code", code), ("reason", reason.to_string())])
             .inc();
@@ -488,7 +482,13 @@ impl Metrics {
                     let last = m.last_log_index.unwrap_or(0);
                     let verdict = match history.reference.get(&r.group) {
                         // Compared with where the log was a while ago.
-                        Some((at, then, _)) if now.duration_since(*at) >= UNDER_REPLICATED_AFTER => {
+                        // A led partition is under-replicated when a follower
+                        // has not caught up, within `under_replicated_after_ms`,
+                        // to where the leader's log was (Kafka's
+                        // replica.lag.time.max.ms idea; an instant comparison
+                        // with the last entry would count every partition
+                        // under load).
+                        Some((at, then, _)) if now.duration_since(*at) >= groups.timings().under_replicated_after => {
                             let behind = m.replication.as_ref().is_some_and(|repl| {
                                 repl.values().any(|matched| matched.map(|l| l.index).unwrap_or(0) < *then)
                             });

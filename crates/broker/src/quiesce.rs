@@ -6,12 +6,12 @@
 //! second per broker while nothing is produced. This module owns the fix:
 //!
 //! - **Broker heartbeats.** Every broker sends one small `Raft.Heartbeat` RPC
-//!   to each peer every [`BROKER_HEARTBEAT_INTERVAL`], whatever the number of
+//!   to each peer every `raft_heartbeat_ms` ([`crate::config::Timings`]), whatever the number of
 //!   groups. The transport records when each peer was last heard from (any
 //!   message counts).
 //! - **Quiescing.** A partition group's ticker is switched off (no Raft
 //!   heartbeats, no election timer) when it is idle:
-//!   - on the leader, once the log has not grown for [`QUIESCE_AFTER`] (long
+//!   - on the leader, once the log has not grown for `quiesce_after_ms` (long
 //!     enough for followers to learn the final commit index from the last
 //!     heartbeats) and every follower has matched the whole log and is live;
 //!   - on a follower, while the broker of the leader it follows is live.
@@ -20,7 +20,8 @@
 //!   replication itself is event driven and does not need the ticker, the
 //!   ticker only carries the commit index to followers and drives elections.
 //!   When a leader's broker stops sending (killed, partitioned away), its
-//!   followers turn their tickers back on after [`PEER_LIVENESS_TIMEOUT`]
+//!   followers turn their tickers back on after the liveness timeout
+//!   ([`crate::liveness`])
 //!   and, their election timers long expired, elect a new leader at once.
 //!
 //!   Safety does not depend on any of this: timers only decide *when* Raft
@@ -29,7 +30,7 @@
 //! - **Preferred leaders.** Placement names each partition's preferred leader
 //!   (its first replica) so that leaders spread evenly. After a failover the
 //!   leadership stays where the election put it; once the preferred replica
-//!   is live and has matched the whole log for [`PREFERRED_LEADER_DELAY`],
+//!   is live and has matched the whole log for `preferred_leader_delay_ms`,
 //!   the current leader hands leadership back (as Kafka's
 //!   `auto.leader.rebalance.enable` does).
 
@@ -45,22 +46,8 @@ use openraft::async_runtime::watch::WatchReceiver;
 use tokio_util::sync::CancellationToken;
 
 use crate::groups::Groups;
-use crate::groups::HEARTBEAT_MS;
 use crate::groups::Replica;
 
-/// How often a broker heartbeats each peer and re-evaluates its groups.
-pub const BROKER_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(HEARTBEAT_MS);
-/// A peer not heard from for this long counts as down: followers of the
-/// groups it leads wake up and may elect. Equal to the smallest election
-/// timeout, so a quiesced group fails over about as fast as an active one.
-pub const PEER_LIVENESS_TIMEOUT: Duration = Duration::from_millis(crate::groups::ELECTION_MIN_MS);
-/// A leader whose log has not grown for this long (and whose followers are
-/// all caught up and live) stops ticking. Several Raft heartbeat intervals,
-/// so followers have learned the last commit index.
-pub const QUIESCE_AFTER: Duration = Duration::from_secs(2);
-/// How long a leadership must have been stable, and the preferred replica
-/// live and caught up, before leadership moves back to the preferred replica.
-pub const PREFERRED_LEADER_DELAY: Duration = Duration::from_secs(10);
 /// Longest wait for one broker heartbeat RPC.
 const HEARTBEAT_RPC_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -102,6 +89,12 @@ pub struct View<'a> {
     pub leader_for: Duration,
     /// Whether a peer broker is live.
     pub is_live: &'a dyn Fn(NodeId) -> bool,
+    /// Idle time after which a caught-up leader stops ticking
+    /// (`quiesce_after_ms`).
+    pub quiesce_after: Duration,
+    /// How long a preferred replica must wait before leadership moves back
+    /// to it (`preferred_leader_delay_ms`).
+    pub preferred_leader_delay: Duration,
 }
 
 impl std::fmt::Debug for View<'_> {
@@ -125,10 +118,10 @@ pub fn decide(v: &View<'_>) -> Decision {
     if v.state == ServerState::Leader {
         let caught_up = |id: NodeId| v.matched.iter().any(|(f, m)| *f == id && *m == v.last_log);
         let all_caught_up = v.matched.iter().all(|(f, m)| *m == v.last_log && (v.is_live)(*f));
-        let tick = !(all_caught_up && v.idle_for >= QUIESCE_AFTER);
+        let tick = !(all_caught_up && v.idle_for >= v.quiesce_after);
         let transfer_to = v
             .preferred
-            .filter(|p| *p != v.me && v.leader_for >= PREFERRED_LEADER_DELAY && (v.is_live)(*p) && caught_up(*p));
+            .filter(|p| *p != v.me && v.leader_for >= v.preferred_leader_delay && (v.is_live)(*p) && caught_up(*p));
         return Decision { tick, transfer_to };
     }
     // A follower needs its election timer only when the leader's broker is
@@ -145,7 +138,7 @@ pub fn decide(v: &View<'_>) -> Decision {
 pub async fn run(groups: Arc<Groups>, quiesce: bool, shutdown: CancellationToken) {
     let me = groups.node_id();
     let mut seen: HashMap<GroupId, Seen> = HashMap::new();
-    let mut interval = tokio::time::interval(BROKER_HEARTBEAT_INTERVAL);
+    let mut interval = tokio::time::interval(groups.timings().raft_heartbeat);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -213,8 +206,8 @@ async fn round(
         s.leader = m.current_leader;
         s.leader_since = now;
     }
-    let transport = groups.transport();
-    let is_live = |id: NodeId| transport.is_live(id, PEER_LIVENESS_TIMEOUT);
+    let liveness = groups.liveness();
+    let is_live = |id: NodeId| liveness.is_live(id);
     let matched = m
         .replication
         .as_ref()
@@ -232,10 +225,12 @@ async fn round(
         idle_for: now.saturating_duration_since(s.active_at),
         leader_for: now.saturating_duration_since(s.leader_since),
         is_live: &is_live,
+        quiesce_after: groups.timings().quiesce_after,
+        preferred_leader_delay: groups.timings().preferred_leader_delay,
     });
     r.set_ticking(d.tick || !quiesce);
     if let Some(to) = d.transfer_to {
-        // Throttle: at most one attempt per PREFERRED_LEADER_DELAY.
+        // Throttle: at most one attempt per preferred_leader_delay.
         s.leader_since = now;
         // A transfer needs the ticker (heartbeats carry it along).
         r.set_ticking(true);
@@ -259,6 +254,9 @@ async fn round(
 mod tests {
     use super::*;
 
+    const QUIESCE_AFTER: Duration = Duration::from_secs(2);
+    const PREFERRED_LEADER_DELAY: Duration = Duration::from_secs(10);
+
     fn view<'a>(live: &'a dyn Fn(NodeId) -> bool) -> View<'a> {
         View {
             me: 1,
@@ -270,6 +268,8 @@ mod tests {
             idle_for: QUIESCE_AFTER,
             leader_for: Duration::ZERO,
             is_live: live,
+            quiesce_after: QUIESCE_AFTER,
+            preferred_leader_delay: PREFERRED_LEADER_DELAY,
         }
     }
 

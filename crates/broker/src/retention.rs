@@ -1,7 +1,8 @@
 //! Retention: deleting the oldest data of partitions beyond `retention.ms`
 //! or `retention.bytes`, and purging the Raft log consistently.
 //!
-//! Every [`RETENTION_CHECK`] (configurable), for each local replica:
+//! Every `retention_check_ms` (default 60 s; Kafka: 5 minutes), for each
+//! local replica:
 //! - the partition leader computes the new log start from the topic's limits
 //!   and proposes `TrimBefore(offset)`; every replica applies it, deleting
 //!   whole batches below it and moving its log start forward;
@@ -29,11 +30,6 @@ use tokio_util::sync::CancellationToken;
 use crate::groups::Groups;
 use crate::groups::Replica;
 
-/// Default interval between retention checks (Kafka: 5 minutes).
-pub const RETENTION_CHECK: Duration = Duration::from_secs(60);
-
-/// Default idle time after which a partition forgets an idempotent producer.
-pub const PRODUCER_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Longest interval between partition clock proposals (shorter when the
 /// producer expiry is short: a quarter of it).
 const MAX_CLOCK_INTERVAL: Duration = Duration::from_secs(60);

@@ -24,15 +24,10 @@ use crate::BrokerConfig;
 use crate::groups::Groups;
 use crate::groups::Meta;
 use crate::groups::metadata_raft_config;
-use crate::service::Services;
+use crate::grpc::GrpcServices;
+use crate::handles::Core;
 use crate::transport::RaftService;
 use crate::transport::Transport;
-
-/// How often the partition reconciler runs even without metadata changes
-/// (it retries what failed before).
-const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
-/// Longest a stopping broker waits for its leaderships to move.
-const HANDOFF_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The `grpc.health.v1` service name of readiness (Kubernetes'
 /// readinessProbe asks for it): SERVING once the broker has joined (its
@@ -70,9 +65,12 @@ const FAIL_STOP_CHECK: Duration = Duration::from_millis(20);
 /// acknowledged anything; halting also stops this broker from voting or
 /// serving reads from a state it cannot trust. On restart RocksDB replays
 /// its WAL, and Raft repairs anything missing from the other replicas.
-async fn halt_when_storage_fails(node_id: u64, storage: Arc<Storage>) {
+async fn halt_when_storage_fails(node_id: u64, storage: Arc<Storage>, shutdown: CancellationToken) {
     loop {
-        tokio::time::sleep(FAIL_STOP_CHECK).await;
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(FAIL_STOP_CHECK) => {}
+        }
         if storage.has_failed() {
             tracing::error!(node = node_id, "a WAL fsync failed: halting the broker (fail-stop)");
             // Not a graceful shutdown: no leadership hand-off, no flush.
@@ -84,6 +82,46 @@ async fn halt_when_storage_fails(node_id: u64, storage: Arc<Storage>) {
 /// Runs a broker until `shutdown` is cancelled, then stops its groups and
 /// flushes its store.
 pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    run_inner(config, shutdown, None).await
+}
+
+/// A broker running in this process (tests, embedding): its [`Core`] to
+/// call the handles directly, and the task running it.
+#[derive(Debug)]
+pub struct InProcess {
+    /// The broker's protocol-neutral core.
+    pub core: Core,
+    /// Cancel to stop the broker.
+    pub shutdown: CancellationToken,
+    /// Ends when the broker has stopped, with [`run`]'s result.
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl InProcess {
+    /// Stops the broker (orderly) and waits for it.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.task.await.context("broker task")?
+    }
+}
+
+/// Starts a broker in this process and answers once its core exists (the
+/// store is open and the groups are starting; not yet serving).
+pub async fn spawn(config: BrokerConfig) -> anyhow::Result<InProcess> {
+    let shutdown = CancellationToken::new();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(run_inner(config, shutdown.clone(), Some(tx)));
+    match rx.await {
+        Ok(core) => Ok(InProcess { core, shutdown, task }),
+        Err(_) => Err(task.await.context("broker task")?.err().unwrap_or_else(|| anyhow::anyhow!("broker stopped"))),
+    }
+}
+
+async fn run_inner(
+    config: BrokerConfig,
+    shutdown: CancellationToken,
+    core_tx: Option<tokio::sync::oneshot::Sender<Core>>,
+) -> anyhow::Result<()> {
     let node_id = config.node_id;
     crate::failpoints::check_supported().map_err(anyhow::Error::msg)?;
     tracing::info!(node = node_id, data_dir = %config.data_dir.display(), "opening the store");
@@ -91,16 +129,18 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> anyhow::R
     let mut storage_config = StorageConfig::new(config.data_dir.join("db"));
     storage_config.fail_syncs_after = crate::failpoints::fail_syncs_after();
     let storage = Arc::new(Storage::open(&storage_config).context("open the store")?);
-    tokio::spawn(halt_when_storage_fails(node_id, storage.clone()));
+    let tasks = crate::tasks::Supervisor::new(node_id, shutdown.clone());
+    tasks.spawn("fail-stop watchdog", halt_when_storage_fails(node_id, storage.clone(), shutdown.clone()));
     tracing::info!(node = node_id, "store open; starting the metadata group");
     let transport = Transport::new(node_id, config.listen);
-    let groups = Groups::new(node_id, storage.clone(), transport.clone());
+    let groups = Groups::with_timings(node_id, storage.clone(), transport.clone(), config.timings.clone());
 
     // The metadata group.
     let sm = MetaStateMachine::open(storage.clone())?;
     let meta_state = sm.subscribe();
     let log = LogStore::new(storage.clone(), GroupId::METADATA);
-    let raft = Raft::new(node_id, metadata_raft_config(), transport.factory(GroupId::METADATA), log, sm).await?;
+    let raft = Raft::new(node_id, metadata_raft_config(&config.timings), transport.factory(GroupId::METADATA), log, sm)
+        .await?;
     if !raft.is_initialized().await? {
         if config.peers.contains_key(&node_id) {
             // Bootstrap: every initial voter initializes with the same
@@ -137,13 +177,14 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> anyhow::R
         .build_v1alpha()?;
 
     // The reconciler: follows the metadata's placement.
-    let reconciler = {
+    {
         let groups = groups.clone();
         let mut state = meta_state.clone();
         let shutdown = shutdown.clone();
         let health = health_reporter.clone();
         let raft = raft.clone();
-        tokio::spawn(async move {
+        let reconcile_interval = config.timings.reconcile_interval;
+        tasks.spawn("reconciler", async move {
             let mut serving = false;
             let mut ready = false;
             loop {
@@ -180,28 +221,36 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> anyhow::R
                     // Placement only: offset commits and group changes
                     // do not wake the reconciler.
                     _ = state.placement_changed() => {}
-                    _ = tokio::time::sleep(RECONCILE_INTERVAL) => {}
+                    _ = tokio::time::sleep(reconcile_interval) => {}
                 }
             }
-        })
-    };
+        });
+    }
 
     let metrics = Arc::new(crate::metrics::Metrics::default());
-    let metrics_server = config.metrics_listen.map(|addr| {
+    if let Some(addr) = config.metrics_listen {
         tracing::info!(node = node_id, %addr, "serving Prometheus metrics at /metrics");
-        tokio::spawn(crate::metrics::serve(addr, metrics.clone(), groups.clone(), storage.clone(), shutdown.clone()))
-    });
+        let serve = crate::metrics::serve(addr, metrics.clone(), groups.clone(), storage.clone(), shutdown.clone());
+        tasks.spawn_fallible("metrics server", serve);
+    }
     metrics.observe_syncs(&storage);
-    let services = Services::new(groups.clone(), metrics);
-    let expiry = tokio::spawn(crate::coordinator::run_expiry(services.clone(), shutdown.clone()));
-    let lag = tokio::spawn(crate::lag::run(services.clone(), config.lag_metrics_max_partitions, shutdown.clone()));
-    let retention = tokio::spawn(crate::retention::run(
-        groups.clone(),
-        config.retention_check,
-        config.producer_expiry,
-        shutdown.clone(),
-    ));
-    let quiescer = tokio::spawn(crate::quiesce::run(groups.clone(), config.quiesce, shutdown.clone()));
+    let core = Core::new(groups.clone(), metrics);
+    let services = GrpcServices::new(core.clone());
+    if let Some(tx) = core_tx {
+        let _ = tx.send(core.clone());
+    }
+    tasks.spawn("session expiry", crate::handles::coordinator::run_expiry(core.clone(), shutdown.clone()));
+    tasks.spawn("consumer lag", crate::lag::run(core.clone(), config.lag_metrics_max_partitions, shutdown.clone()));
+    tasks.spawn(
+        "retention",
+        crate::retention::run(
+            groups.clone(),
+            config.timings.retention_check,
+            config.timings.producer_expiry,
+            shutdown.clone(),
+        ),
+    );
+    tasks.spawn("quiescer", crate::quiesce::run(groups.clone(), config.quiesce, shutdown.clone()));
     let stop_serving = CancellationToken::new();
     tracing::info!(node = node_id, listen = %config.listen, advertise = config.advertise, "broker starting");
     // Accepted here (not by tonic) so that open connections are counted.
@@ -209,7 +258,7 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> anyhow::R
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("listen on {}", config.listen))?;
     let incoming = {
         use tokio_stream::StreamExt;
-        let metrics = services.metrics().clone();
+        let metrics = core.metrics().clone();
         tokio_stream::wrappers::TcpListenerStream::new(listener).map(move |accepted| {
             accepted.map(|stream| {
                 // Small Raft and produce messages must not wait for Nagle.
@@ -233,35 +282,26 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> anyhow::R
         .serve_with_incoming_shutdown(incoming, stop_serving.clone().cancelled_owned());
     // SIGTERM: first hand leadership away while still serving (the new
     // leaders need our votes and replies), then stop accepting.
-    let handoff = {
+    {
         let (groups, shutdown, stop_serving) = (groups.clone(), shutdown.clone(), stop_serving.clone());
-        tokio::spawn(async move {
+        tasks.spawn("leadership hand-off", async move {
             shutdown.cancelled().await;
-            let moved = groups.hand_off_leadership(HANDOFF_TIMEOUT).await;
+            let moved = groups.hand_off_leadership(groups.timings().shutdown_handoff_timeout).await;
             tracing::info!(node = node_id, groups = moved, "leadership handed off; stopping");
             stop_serving.cancel();
-        })
-    };
+        });
+    }
     let served = serve.await;
 
     // Orderly stop: partitions and metadata group, then flush the store.
     tracing::info!(node = node_id, "broker stopping");
     shutdown.cancel();
-    let _ = handoff.await;
-    let _ = retention.await;
-    let _ = quiescer.await;
-    let _ = expiry.await;
-    let _ = lag.await;
-    let _ = reconciler.await;
-    if let Some(m) = metrics_server {
-        match m.await {
-            Ok(Err(e)) => tracing::error!(error = %e, "metrics server failed"),
-            Err(e) => tracing::error!(error = %e, "metrics server panicked"),
-            Ok(Ok(())) => {}
-        }
-    }
+    tasks.join().await;
     groups.shutdown().await;
     storage.flush().context("flush the store")?;
     served.context("serve")?;
-    Ok(())
+    match tasks.failure() {
+        Some(why) => anyhow::bail!("{why}"),
+        None => Ok(()),
+    }
 }

@@ -9,7 +9,10 @@
 //! Server side: [`RaftService`] receives a message, finds the group in the
 //! [`crate::groups::Groups`] registry and hands it to that group's Raft.
 //! A message for a group this broker does not run (yet) is answered with an
-//! error; the sender treats it as unreachable and backs off.
+//! error of a kind ([`ReplyError`]); the sender keeps the kind: a group not
+//! running, a wrong target or a stopped Raft is unreachable (back off), an
+//! undecodable payload a network error (retried at once, then backed off),
+//! an RPC past its deadline a timeout.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,6 +22,7 @@ use std::time::Instant;
 
 use ferrolog_proto::internal::RaftMessage;
 use ferrolog_proto::internal::RaftReply;
+use ferrolog_proto::internal::ReplyError;
 use ferrolog_proto::internal::SnapshotChunk;
 use ferrolog_proto::internal::raft_client::RaftClient;
 use ferrolog_raft::TypeConfig;
@@ -37,8 +41,10 @@ use openraft::error::NetworkError;
 use openraft::error::RPCError;
 use openraft::error::ReplicationClosed;
 use openraft::error::StreamingError;
+use openraft::error::Timeout;
 use openraft::error::Unreachable;
 use openraft::network::RPCOption;
+use openraft::network::RPCTypes;
 use openraft::raft::AppendEntriesRequest;
 use openraft::raft::AppendEntriesResponse;
 use openraft::raft::SnapshotResponse;
@@ -199,6 +205,19 @@ fn unreachable<E: std::fmt::Display>(e: E) -> RPCError<TypeConfig> {
     RPCError::Unreachable(Unreachable::from_string(e.to_string()))
 }
 
+/// A failed gRPC call to a peer: a transport failure (connect refused,
+/// connection lost) or an answer the peer could not give is unreachable
+/// (back off); a message the peer refused to decode (over its size limit)
+/// is a network error.
+fn status_error(s: tonic::Status) -> RPCError<TypeConfig> {
+    match s.code() {
+        tonic::Code::ResourceExhausted | tonic::Code::InvalidArgument | tonic::Code::Internal => {
+            RPCError::Network(NetworkError::from_string(format!("{}: {}", s.code(), s.message())))
+        }
+        _ => unreachable(format!("{}: {}", s.code(), s.message())),
+    }
+}
+
 impl GroupClient {
     fn message<T: Serialize>(&self, req: &T) -> Result<RaftMessage, RPCError<TypeConfig>> {
         let payload = encode(req).map_err(|e| RPCError::Network(NetworkError::from_string(e.to_string())))?;
@@ -210,7 +229,13 @@ impl GroupClient {
     }
 
     /// One unary Raft RPC: encode, send within the RPC's hard TTL, decode.
-    async fn call<Req, Resp, F, Fut>(&self, req: &Req, option: RPCOption, send: F) -> Result<Resp, RPCError<TypeConfig>>
+    async fn call<Req, Resp, F, Fut>(
+        &self,
+        action: RPCTypes,
+        req: &Req,
+        option: RPCOption,
+        send: F,
+    ) -> Result<Resp, RPCError<TypeConfig>>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
@@ -219,16 +244,24 @@ impl GroupClient {
     {
         let msg = self.message(req)?;
         let c = self.client()?;
-        let r =
-            tokio::time::timeout(option.hard_ttl(), send(c, msg)).await.map_err(unreachable)?.map_err(unreachable)?;
+        let ttl = option.hard_ttl();
+        let timeout = || RPCError::Timeout(Timeout { action, id: self.from, target: self.target, timeout: ttl });
+        let r = tokio::time::timeout(ttl, send(c, msg)).await.map_err(|_| timeout())?.map_err(status_error)?;
         Self::reply(r.into_inner())
     }
 
     fn reply<T: DeserializeOwned>(reply: RaftReply) -> Result<T, RPCError<TypeConfig>> {
         if !reply.error.is_empty() {
-            // The peer could not hand the message to the group (not created
-            // yet, shutting down): back off and retry.
-            return Err(unreachable(reply.error));
+            return Err(match ReplyError::try_from(reply.error_kind).unwrap_or(ReplyError::Unspecified) {
+                // A version mismatch: retried at once (openraft backs off
+                // after a few network errors in a row).
+                ReplyError::Undecodable => RPCError::Network(NetworkError::from_string(reply.error)),
+                // The group is not there (yet, or any more): back off.
+                ReplyError::GroupNotRunning
+                | ReplyError::WrongBroker
+                | ReplyError::RaftStopped
+                | ReplyError::Unspecified => unreachable(reply.error),
+            });
         }
         decode(&reply.payload).map_err(|e| RPCError::Network(NetworkError::from_string(e.to_string())))
     }
@@ -242,7 +275,7 @@ impl RaftNetworkV2<TypeConfig> for GroupClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(&rpc, option, |mut c, m| async move { c.append_entries(m).await }).await
+        self.call(RPCTypes::AppendEntries, &rpc, option, |mut c, m| async move { c.append_entries(m).await }).await
     }
 
     async fn vote(
@@ -250,7 +283,7 @@ impl RaftNetworkV2<TypeConfig> for GroupClient {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(&rpc, option, |mut c, m| async move { c.vote(m).await }).await
+        self.call(RPCTypes::Vote, &rpc, option, |mut c, m| async move { c.vote(m).await }).await
     }
 
     async fn pre_vote(
@@ -258,7 +291,7 @@ impl RaftNetworkV2<TypeConfig> for GroupClient {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(&rpc, option, |mut c, m| async move { c.pre_vote(m).await }).await
+        self.call(RPCTypes::Vote, &rpc, option, |mut c, m| async move { c.pre_vote(m).await }).await
     }
 
     async fn transfer_leader(
@@ -266,7 +299,7 @@ impl RaftNetworkV2<TypeConfig> for GroupClient {
         req: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(&req, option, |mut c, m| async move { c.transfer_leader(m).await }).await
+        self.call(RPCTypes::TransferLeader, &req, option, |mut c, m| async move { c.transfer_leader(m).await }).await
     }
 
     async fn full_snapshot(
@@ -363,13 +396,13 @@ impl RaftService {
 
 fn ok_reply<T: Serialize>(group: u64, v: &T) -> RaftReply {
     match encode(v) {
-        Ok(payload) => RaftReply { group_id: group, payload, error: String::new() },
-        Err(e) => err_reply(group, format!("encode reply: {e}")),
+        Ok(payload) => RaftReply { group_id: group, payload, error: String::new(), error_kind: 0 },
+        Err(e) => err_reply(group, ReplyError::Undecodable, format!("encode reply: {e}")),
     }
 }
 
-fn err_reply(group: u64, error: impl Into<String>) -> RaftReply {
-    RaftReply { group_id: group, payload: bytes::Bytes::new(), error: error.into() }
+fn err_reply(group: u64, kind: ReplyError, error: impl Into<String>) -> RaftReply {
+    RaftReply { group_id: group, payload: bytes::Bytes::new(), error: error.into(), error_kind: kind as i32 }
 }
 
 type TonicResult<T> = Result<tonic::Response<T>, tonic::Status>;
@@ -390,17 +423,18 @@ impl RaftService {
         if msg.to_node != self.groups.node_id() {
             return err_reply(
                 g,
+                ReplyError::WrongBroker,
                 format!("message for broker {} reached broker {}", msg.to_node, self.groups.node_id()),
             );
         }
         let Ok(req) = decode::<Req>(&msg.payload) else {
-            return err_reply(g, format!("undecodable {what} request"));
+            return err_reply(g, ReplyError::Undecodable, format!("undecodable {what} request"));
         };
         match self.groups.raft(GroupId(g)) {
-            None => err_reply(g, format!("group {g} is not running on this broker")),
+            None => err_reply(g, ReplyError::GroupNotRunning, format!("group {g} is not running on this broker")),
             Some(raft) => match call(raft, req).await {
                 Ok(resp) => ok_reply(g, &resp),
-                Err(e) => err_reply(g, e),
+                Err(e) => err_reply(g, ReplyError::RaftStopped, e),
             },
         }
     }
@@ -492,12 +526,17 @@ impl ferrolog_proto::internal::raft_server::Raft for RaftService {
                 group = chunk.group_id;
                 self.groups.transport().heard_from(chunk.from_node);
                 if chunk.to_node != self.groups.node_id() {
-                    return Ok(tonic::Response::new(err_reply(group, "snapshot for another broker")));
+                    return Ok(tonic::Response::new(err_reply(
+                        group,
+                        ReplyError::WrongBroker,
+                        "snapshot for another broker",
+                    )));
                 }
                 // Nothing is written for a group this broker does not run.
                 if self.groups.raft(GroupId(group)).is_none() {
                     return Ok(tonic::Response::new(err_reply(
                         group,
+                        ReplyError::GroupNotRunning,
                         format!("group {group} is not running on this broker"),
                     )));
                 }
@@ -506,14 +545,24 @@ impl ferrolog_proto::internal::raft_server::Raft for RaftService {
                         header = Some((vote, meta));
                         assembler = Some(Assembler::new(kind, self.groups.storage().clone(), GroupId(group)));
                     }
-                    Err(e) => return Ok(tonic::Response::new(err_reply(group, format!("bad snapshot header: {e}")))),
+                    Err(e) => {
+                        return Ok(tonic::Response::new(err_reply(
+                            group,
+                            ReplyError::Undecodable,
+                            format!("bad snapshot header: {e}"),
+                        )));
+                    }
                 }
             }
             if let Some(a) = assembler.as_mut() {
                 // A chunk is at most ~1 MiB plus one batch: written inline.
                 let r = tokio::task::block_in_place(|| a.chunk(&chunk.data));
                 if let Err(e) = r {
-                    return Ok(tonic::Response::new(err_reply(group, format!("bad snapshot chunk: {e}"))));
+                    return Ok(tonic::Response::new(err_reply(
+                        group,
+                        ReplyError::Undecodable,
+                        format!("bad snapshot chunk: {e}"),
+                    )));
                 }
             }
             if chunk.done {
@@ -525,19 +574,57 @@ impl ferrolog_proto::internal::raft_server::Raft for RaftService {
             return Err(tonic::Status::invalid_argument("empty snapshot stream"));
         };
         if !complete {
-            return Ok(tonic::Response::new(err_reply(group, "snapshot stream ended before its last chunk")));
+            return Ok(tonic::Response::new(err_reply(
+                group,
+                ReplyError::Undecodable,
+                "snapshot stream ended before its last chunk",
+            )));
         }
         let data = match assembler.finish() {
             Ok(d) => d,
-            Err(e) => return Ok(tonic::Response::new(err_reply(group, format!("bad snapshot: {e}")))),
+            Err(e) => {
+                return Ok(tonic::Response::new(err_reply(
+                    group,
+                    ReplyError::Undecodable,
+                    format!("bad snapshot: {e}"),
+                )));
+            }
         };
         let reply = match self.groups.raft(GroupId(group)) {
-            None => err_reply(group, format!("group {group} is not running on this broker")),
+            None => {
+                err_reply(group, ReplyError::GroupNotRunning, format!("group {group} is not running on this broker"))
+            }
             Some(raft) => match raft.install_full_snapshot(vote, Snapshot { meta, snapshot: data }).await {
                 Ok(resp) => ok_reply(group, &resp),
-                Err(e) => err_reply(group, e.to_string()),
+                Err(e) => err_reply(group, ReplyError::RaftStopped, e.to_string()),
             },
         };
         Ok(tonic::Response::new(reply))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(kind: ReplyError) -> RaftReply {
+        RaftReply { group_id: 1, payload: bytes::Bytes::new(), error: "refused".into(), error_kind: kind as i32 }
+    }
+
+    /// The receiver's reason survives the trip: openraft backs off from an
+    /// unreachable peer and retries a network error at once.
+    #[test]
+    fn reply_errors_keep_their_kind() {
+        for kind in
+            [ReplyError::GroupNotRunning, ReplyError::WrongBroker, ReplyError::RaftStopped, ReplyError::Unspecified]
+        {
+            assert!(matches!(GroupClient::reply::<u64>(reply(kind)), Err(RPCError::Unreachable(_))), "{kind:?}");
+        }
+        assert!(matches!(GroupClient::reply::<u64>(reply(ReplyError::Undecodable)), Err(RPCError::Network(_))));
+        let ok =
+            RaftReply { group_id: 1, payload: encode(&7u64).expect("encode"), error: String::new(), error_kind: 0 };
+        assert_eq!(GroupClient::reply::<u64>(ok).ok(), Some(7));
+        assert!(matches!(status_error(tonic::Status::unavailable("tcp connect error")), RPCError::Unreachable(_)));
+        assert!(matches!(status_error(tonic::Status::resource_exhausted("too large")), RPCError::Network(_)));
     }
 }

@@ -75,7 +75,7 @@ pub async fn run(args: CommitArgs) -> anyhow::Result<()> {
     let client = Client::new(args.brokers.clone());
     match client.create_topic(&args.topic, args.partitions, 1).await {
         Ok(_) => {}
-        Err(s) if s.code() == tonic::Code::AlreadyExists => {}
+        Err(s) if s.kind() == ferrolog_client::ErrorKind::AlreadyExists => {}
         Err(s) => anyhow::bail!("create topic {}: {}", args.topic, s.message()),
     }
     let all = |offset: i64| -> Vec<v1::OffsetCommit> {

@@ -72,7 +72,8 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
         .wait_leaders(&args.topic, Duration::from_secs(30))
         .await
         .map_err(|s| anyhow::anyhow!("topic {}: {}", args.topic, s.message()))?;
-    let available: u64 = d.partitions.iter().map(|p| (p.high_watermark - p.log_start_offset).max(0) as u64).sum();
+    let available: u64 =
+        d.partitions.iter().map(|p| p.high_watermark.unwrap_or(0).saturating_sub(p.log_start.unwrap_or(0))).sum();
     let want = args.records.unwrap_or(available);
     if want == 0 && !args.from_latest {
         bail!("topic {} holds no records to read", args.topic);
@@ -87,8 +88,8 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
     let mut consumer = match &args.group {
         Some(g) => Consumer::subscribe(client.clone(), g, &[args.topic.as_str()], config),
         None => {
-            let start = |p: &ferrolog_proto::v1::PartitionDescription| {
-                if args.from_latest { Some(p.high_watermark.max(0) as u64) } else { None }
+            let start = |p: &ferrolog_client::PartitionInfo| {
+                if args.from_latest { Some(p.high_watermark.unwrap_or(0)) } else { None }
             };
             let parts = d.partitions.iter().map(|p| ((args.topic.clone(), p.partition), start(p))).collect();
             Consumer::assign(client.clone(), parts, config)

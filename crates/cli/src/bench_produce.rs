@@ -18,10 +18,8 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::ValueEnum;
 use ferrolog_client::Client;
-use ferrolog_proto::v1;
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use tonic::Code;
 
 /// Acks level on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -38,11 +36,11 @@ pub enum AcksArg {
 
 impl AcksArg {
     /// The protocol's acks value.
-    pub fn proto(self) -> v1::Acks {
+    pub fn acks(self) -> ferrolog_client::Acks {
         match self {
-            AcksArg::All => v1::Acks::All,
-            AcksArg::One => v1::Acks::Leader,
-            AcksArg::Zero => v1::Acks::None,
+            AcksArg::All => ferrolog_client::Acks::All,
+            AcksArg::One => ferrolog_client::Acks::Leader,
+            AcksArg::Zero => ferrolog_client::Acks::None,
         }
     }
 }
@@ -129,7 +127,7 @@ pub async fn run(args: ProduceArgs) -> anyhow::Result<()> {
     let client = Arc::new(Client::new(args.brokers.clone()));
     match client.create_topic(&args.topic, args.partitions, args.replication_factor).await {
         Ok(_) => {}
-        Err(s) if s.code() == Code::AlreadyExists => {}
+        Err(s) if s.kind() == ferrolog_client::ErrorKind::AlreadyExists => {}
         Err(s) => return Err(anyhow::anyhow!("create topic {}: {}", args.topic, s.message())),
     }
     // Leaders of a large topic take a while to be elected: allow 30 s plus
@@ -160,7 +158,7 @@ pub async fn run(args: ProduceArgs) -> anyhow::Result<()> {
                 ferrolog_client::IdempotentProducer::new(
                     client.clone(),
                     None,
-                    args.acks.proto(),
+                    args.acks.acks(),
                     Duration::from_secs(30),
                 )
                 .await
@@ -170,7 +168,7 @@ pub async fn run(args: ProduceArgs) -> anyhow::Result<()> {
             None
         };
         let (sent, errors, progress) = (sent.clone(), errors.clone(), progress.clone());
-        let (acks, total, per) = (args.acks.proto(), args.records, args.batch_records as u64);
+        let (acks, total, per) = (args.acks.acks(), args.records, args.batch_records as u64);
         let partition = (i % partitions) as u32;
         tasks.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
@@ -288,7 +286,7 @@ async fn record_mode(
     progress: crate::progress::Progress,
 ) -> anyhow::Result<()> {
     let config = ferrolog_client::ProducerConfig {
-        acks: args.acks.proto(),
+        acks: args.acks.acks(),
         idempotence: args.idempotence,
         linger: Duration::from_millis(args.linger_ms.unwrap_or(5)),
         ..ferrolog_client::ProducerConfig::default()

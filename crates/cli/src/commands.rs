@@ -258,7 +258,8 @@ pub async fn topic(brokers: &Brokers, output: Output, cmd: TopicCommand) -> anyh
                 })
                 .await
                 .map_err(|s| anyhow!("create topic {name}: {}", s.message()))?;
-            let t = client.wait_leaders(&name, ADMIN_TIMEOUT).await.map_err(|s| anyhow!("{}", s.message()))?;
+            client.wait_leaders(&name, ADMIN_TIMEOUT).await.map_err(|s| anyhow!("{}", s.message()))?;
+            let t = describe(&client, &name).await?;
             print(output, topic_json(&t), || format!("created topic {name}\n{}", topic_text(&t)));
         }
         TopicCommand::List => {
@@ -364,7 +365,7 @@ pub async fn produce(brokers: &Brokers, args: ProduceArgs) -> anyhow::Result<()>
     let idempotent = args.acks == AcksArg::All && !args.no_idempotence;
     let producer = if idempotent {
         Some(
-            IdempotentProducer::new(client.clone(), None, args.acks.proto(), DELIVERY_TIMEOUT)
+            IdempotentProducer::new(client.clone(), None, args.acks.acks(), DELIVERY_TIMEOUT)
                 .await
                 .map_err(|s| anyhow!("init producer: {}", s.message()))?,
         )
@@ -418,15 +419,17 @@ pub async fn produce(brokers: &Brokers, args: ProduceArgs) -> anyhow::Result<()>
                 Some(prod) => prod.send(&args.topic, p, &records).await,
                 None => {
                     let b = ferrolog_client::make_batch(&records, now_ms());
-                    client.produce(&args.topic, p, args.acks.proto(), b, DELIVERY_TIMEOUT).await
+                    client.produce(&args.topic, p, args.acks.acks(), b, DELIVERY_TIMEOUT).await
                 }
             };
             match r {
                 Ok(resp) => {
                     sent += n;
-                    if args.print_offsets && resp.base_offset >= 0 {
-                        for i in 0..n as i64 {
-                            writeln!(stdout, "{p} {}", resp.base_offset + i)?;
+                    if args.print_offsets
+                        && let Some(base) = resp.base_offset
+                    {
+                        for i in 0..n {
+                            writeln!(stdout, "{p} {}", base + i)?;
                         }
                     }
                 }
@@ -585,7 +588,7 @@ pub enum GroupCommand {
     },
 }
 
-async fn on_coordinator<T, F, Fut>(client: &Client, call: F) -> Result<T, tonic::Status>
+async fn on_coordinator<T, F, Fut>(client: &Client, call: F) -> Result<T, ferrolog_client::ClientError>
 where
     F: Fn(v1::groups_client::GroupsClient<tonic::transport::Channel>) -> Fut,
     Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,

@@ -188,7 +188,7 @@ fn real_main() -> anyhow::Result<()> {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
     let (format, otlp) = match &cli.command {
-        Command::Server(args) => (args.log_format, args.otlp_endpoint.clone()),
+        Command::Server(args) => args.log_settings()?,
         _ => (server::LogFormat::Text, None),
     };
     if matches!(cli.command, Command::Server(_) | Command::Dev(_)) {

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use anyhow::bail;
 use ferrolog_broker::BrokerConfig;
+use ferrolog_broker::config::Timings;
 use ferrolog_broker::config::node_id_from_hostname;
 use ferrolog_broker::config::parse_peers;
 use ferrolog_broker::config::settle_node_id;
@@ -40,13 +41,6 @@ pub struct ServerArgs {
     /// broker that is not one of the initial --peers.
     #[arg(long, env = "FERROLOG_JOIN", value_delimiter = ',')]
     join: Vec<String>,
-    /// How often retention (retention.ms / retention.bytes) is enforced, in ms.
-    #[arg(long, env = "FERROLOG_RETENTION_CHECK_MS", default_value_t = 60_000)]
-    retention_check_ms: u64,
-    /// A partition forgets an idempotent producer after it has been idle
-    /// this long, in ms (default 7 days). Never because data was deleted.
-    #[arg(long, env = "FERROLOG_PRODUCER_EXPIRY_MS", default_value_t = 7 * 24 * 3600 * 1000)]
-    producer_expiry_ms: u64,
     /// Keep every partition group's Raft ticker running even when idle
     /// (quiescing off; for comparison and debugging).
     #[arg(long, env = "FERROLOG_NO_QUIESCE")]
@@ -57,8 +51,9 @@ pub struct ServerArgs {
     /// Most consumer-lag series (group x topic x partition) the group
     /// coordinator exports; the rest are counted in
     /// ferrolog_consumer_group_lag_dropped_partitions.
-    #[arg(long, env = "FERROLOG_LAG_METRICS_MAX_PARTITIONS", default_value_t = ferrolog_broker::lag::DEFAULT_MAX_LAG_PARTITIONS)]
-    lag_metrics_max_partitions: usize,
+    /// [default: 10000]
+    #[arg(long, env = "FERROLOG_LAG_METRICS_MAX_PARTITIONS")]
+    lag_metrics_max_partitions: Option<usize>,
     /// Initial metadata voters: ID=HOST:PORT,... (this broker included).
     #[arg(long, env = "FERROLOG_PEERS")]
     peers: Option<String>,
@@ -69,29 +64,76 @@ pub struct ServerArgs {
     statefulset_initial_brokers: Option<u64>,
     /// DNS domain of the pods (the headless Service,
     /// e.g. `ferrolog-brokers.NAMESPACE.svc.cluster.local`).
-    #[arg(long, env = "FERROLOG_PEER_DOMAIN", default_value = "")]
-    peer_domain: String,
+    #[arg(long, env = "FERROLOG_PEER_DOMAIN")]
+    peer_domain: Option<String>,
     /// Pod name (default: the hostname), for --statefulset-initial-brokers
     /// and the node id rule.
     #[arg(long, env = "FERROLOG_POD_NAME")]
     pod_name: Option<String>,
     /// Log lines as human text or as one JSON object per line (for log
     /// shippers; the Kubernetes manifests use json).
-    #[arg(long, env = "FERROLOG_LOG_FORMAT", value_enum, default_value = "text")]
-    pub log_format: LogFormat,
+    /// [default: text]
+    #[arg(long, env = "FERROLOG_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
     /// Export trace spans (produce, fetch, group coordination, with node,
     /// topic, partition, group) to this OpenTelemetry collector over OTLP
     /// gRPC, e.g. http://otel-collector:4317. Off by default.
     #[arg(long, env = "FERROLOG_OTLP_ENDPOINT")]
-    pub otlp_endpoint: Option<String>,
+    otlp_endpoint: Option<String>,
     /// Print the resolved configuration as JSON and exit (no data dir is
     /// created).
     #[arg(long)]
     print_config: bool,
-    /// A TOML file with the same keys (node_id, data_dir, listen, advertise,
-    /// metrics_listen, peers, join); flags and environment variables override it.
+    /// A TOML file with every setting above (the flag's name in snake_case,
+    /// `quiesce = false` for --no-quiesce, timings in a `[timings]` table);
+    /// flags and environment variables override it. See docs/config.md.
     #[arg(long, env = "FERROLOG_CONFIG")]
     config: Option<PathBuf>,
+    #[command(flatten)]
+    timings: TimingArgs,
+}
+
+/// The timing flags, one per [`Timings`] key (`--raft-heartbeat-ms`,
+/// `FERROLOG_RAFT_HEARTBEAT_MS`, ...), generated from the broker's table so
+/// that a new timing needs no code here.
+#[derive(Debug, Clone, Default)]
+struct TimingArgs {
+    given: std::collections::BTreeMap<&'static str, u64>,
+}
+
+impl clap::FromArgMatches for TimingArgs {
+    fn from_arg_matches(m: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        let given = Timings::KEYS.iter().filter_map(|k| m.get_one::<u64>(k.key).map(|v| (k.key, *v))).collect();
+        Ok(TimingArgs { given })
+    }
+
+    fn update_from_arg_matches(&mut self, m: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
+    }
+}
+
+impl clap::Args for TimingArgs {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        Timings::KEYS.iter().fold(cmd, |cmd, k| {
+            // clap keeps names for the life of the program: built once.
+            let long: &'static str = Box::leak(k.key.replace('_', "-").into_boxed_str());
+            let env: &'static str = Box::leak(format!("FERROLOG_{}", k.key.to_uppercase()).into_boxed_str());
+            cmd.arg(
+                clap::Arg::new(k.key)
+                    .long(long)
+                    .env(env)
+                    .value_name("MS")
+                    .value_parser(clap::value_parser!(u64))
+                    .help(format!("{} [default: {}]", k.doc, k.default_ms))
+                    .help_heading("Timings (milliseconds)"),
+            )
+        })
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -104,29 +146,58 @@ struct FileConfig {
     metrics_listen: Option<SocketAddr>,
     peers: Option<String>,
     join: Option<Vec<String>>,
+    quiesce: Option<bool>,
+    lag_metrics_max_partitions: Option<usize>,
+    statefulset_initial_brokers: Option<u64>,
+    peer_domain: Option<String>,
+    pod_name: Option<String>,
+    log_format: Option<LogFormat>,
+    otlp_endpoint: Option<String>,
+    timings: Option<std::collections::BTreeMap<String, u64>>,
+}
+
+fn read_file(path: Option<&PathBuf>) -> anyhow::Result<FileConfig> {
+    match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?;
+            toml::from_str(&text).with_context(|| format!("parse {}", p.display()))
+        }
+        None => Ok(FileConfig::default()),
+    }
+}
+
+impl ServerArgs {
+    /// Log format and trace endpoint (needed before logging starts):
+    /// flags/env over the config file over text and none.
+    pub fn log_settings(&self) -> anyhow::Result<(LogFormat, Option<String>)> {
+        let file = read_file(self.config.as_ref())?;
+        Ok((
+            self.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
+            self.otlp_endpoint.clone().or(file.otlp_endpoint),
+        ))
+    }
 }
 
 /// Resolves the configuration: flags/env over file over defaults.
 pub fn resolve(args: ServerArgs) -> anyhow::Result<BrokerConfig> {
-    let file: FileConfig = match &args.config {
-        Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?;
-            toml::from_str(&text).with_context(|| format!("parse {}", p.display()))?
-        }
-        None => FileConfig::default(),
-    };
+    let file = read_file(args.config.as_ref())?;
     let data_dir = args.data_dir.or(file.data_dir).context("--data-dir is required")?;
     let listen = match args.listen.or(file.listen) {
         Some(l) => l,
         None => DEFAULT_LISTEN.parse().context("default listen address")?,
     };
-    let pod_name = args.pod_name.clone().or_else(|| hostname::get().ok().and_then(|h| h.into_string().ok()));
+    let pod_name = args
+        .pod_name
+        .clone()
+        .or(file.pod_name.clone())
+        .or_else(|| hostname::get().ok().and_then(|h| h.into_string().ok()));
+    let peer_domain = args.peer_domain.clone().or(file.peer_domain.clone()).unwrap_or_default();
     // A StatefulSet pod derives id, address and peers from its name; explicit
     // flags still win.
-    let layout = match args.statefulset_initial_brokers {
+    let layout = match args.statefulset_initial_brokers.or(file.statefulset_initial_brokers) {
         Some(n) => {
             let pod = pod_name.as_deref().context("--statefulset-initial-brokers needs a pod name or hostname")?;
-            Some(statefulset_layout(pod, n, &args.peer_domain, listen.port())?)
+            Some(statefulset_layout(pod, n, &peer_domain, listen.port())?)
         }
         None => None,
     };
@@ -172,25 +243,35 @@ pub fn resolve(args: ServerArgs) -> anyhow::Result<BrokerConfig> {
     } else {
         layout_join
     };
-    let retention_check = std::time::Duration::from_millis(args.retention_check_ms.max(10));
-    let producer_expiry = std::time::Duration::from_millis(args.producer_expiry_ms.max(1000));
+    // Timings: defaults, then the file's [timings], then flags/env.
+    let mut timings = Timings::default();
+    for (key, ms) in file.timings.iter().flatten() {
+        timings.set(key, *ms).with_context(|| format!("[timings] in {:?}", args.config))?;
+    }
+    for (key, ms) in &args.timings.given {
+        timings.set(key, *ms)?;
+    }
+    timings.validate()?;
     Ok(BrokerConfig {
         node_id,
         data_dir,
         listen,
         advertise,
         metrics_listen,
-        lag_metrics_max_partitions: args.lag_metrics_max_partitions,
+        lag_metrics_max_partitions: args
+            .lag_metrics_max_partitions
+            .or(file.lag_metrics_max_partitions)
+            .unwrap_or(ferrolog_broker::lag::DEFAULT_MAX_LAG_PARTITIONS),
         join,
-        retention_check,
-        producer_expiry,
-        quiesce: !args.no_quiesce,
+        timings,
+        quiesce: !args.no_quiesce && file.quiesce.unwrap_or(true),
         peers,
     })
 }
 
 /// How the broker writes its log lines (stderr).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable text.
     Text,
@@ -226,18 +307,10 @@ pub fn tune_allocator() {
 /// Runs the broker until SIGTERM or Ctrl-C.
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let print_config = args.print_config;
+    let (log_format, otlp_endpoint) = args.log_settings()?;
     let config = resolve(args)?;
     if print_config {
-        let json = serde_json::json!({
-            "node_id": config.node_id,
-            "data_dir": config.data_dir,
-            "listen": config.listen.to_string(),
-            "advertise": config.advertise,
-            "peers": config.peers,
-            "join": config.join,
-            "metrics_listen": config.metrics_listen.map(|a| a.to_string()),
-        });
-        println!("{}", serde_json::to_string_pretty(&json)?);
+        println!("{}", serde_json::to_string_pretty(&config_json(&config, log_format, otlp_endpoint.as_deref()))?);
         return Ok(());
     }
     let shutdown = CancellationToken::new();
@@ -259,6 +332,28 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     ferrolog_broker::run(config, shutdown).await
 }
 
+/// Every setting of the resolved configuration (what `--print-config`
+/// prints): each key is also a flag, a `FERROLOG_*` variable and a key of
+/// the config file.
+pub fn config_json(c: &BrokerConfig, log_format: LogFormat, otlp_endpoint: Option<&str>) -> serde_json::Value {
+    let timings: serde_json::Map<String, serde_json::Value> =
+        c.timings.entries().into_iter().map(|(k, ms)| (k.to_string(), ms.into())).collect();
+    serde_json::json!({
+        "node_id": c.node_id,
+        "data_dir": c.data_dir,
+        "listen": c.listen.to_string(),
+        "advertise": c.advertise,
+        "peers": c.peers,
+        "join": c.join,
+        "metrics_listen": c.metrics_listen.map(|a| a.to_string()),
+        "quiesce": c.quiesce,
+        "lag_metrics_max_partitions": c.lag_metrics_max_partitions,
+        "log_format": log_format,
+        "otlp_endpoint": otlp_endpoint,
+        "timings": timings,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,18 +366,17 @@ mod tests {
             advertise: None,
             peers: None,
             join: vec![],
-            retention_check_ms: 60_000,
-            producer_expiry_ms: 7 * 24 * 3600 * 1000,
             no_quiesce: false,
             statefulset_initial_brokers: None,
-            peer_domain: String::new(),
+            peer_domain: None,
             pod_name: None,
             print_config: false,
             metrics_listen: None,
-            lag_metrics_max_partitions: 10,
-            log_format: LogFormat::Text,
+            lag_metrics_max_partitions: None,
+            log_format: None,
             otlp_endpoint: None,
             config: Some(dir.join("ferrolog.toml")),
+            timings: TimingArgs::default(),
         }
     }
 
@@ -312,6 +406,54 @@ mod tests {
         let c = resolve(a)?;
         assert_eq!(c.listen.port(), 9301);
         assert_eq!(c.node_id, 2, "stored id wins");
+        Ok(())
+    }
+
+    #[test]
+    fn every_setting_reads_from_the_file_and_timings_from_flags_over_the_file() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let data = dir.path().join("data");
+        std::fs::write(
+            dir.path().join("ferrolog.toml"),
+            format!(
+                "node_id = 3\ndata_dir = {:?}\nquiesce = false\nlag_metrics_max_partitions = 77\n\
+                 log_format = \"json\"\notlp_endpoint = \"http://collector:4317\"\n\
+                 [timings]\nliveness_timeout_ms = 3000\nraft_heartbeat_ms = 200\n",
+                data.display().to_string()
+            ),
+        )?;
+        let mut a = args(dir.path());
+        a.timings.given.insert("raft_heartbeat_ms", 300);
+        assert_eq!(a.log_settings()?, (LogFormat::Json, Some("http://collector:4317".into())));
+        let c = resolve(a)?;
+        assert!(!c.quiesce);
+        assert_eq!(c.lag_metrics_max_partitions, 77);
+        assert_eq!(c.timings.liveness_timeout, std::time::Duration::from_secs(3), "from the file");
+        assert_eq!(c.timings.raft_heartbeat, std::time::Duration::from_millis(300), "the flag wins");
+        // --print-config holds every timing.
+        let json = config_json(&c, LogFormat::Json, None);
+        for k in Timings::KEYS {
+            assert!(json["timings"][k.key].is_u64(), "{} missing from {json}", k.key);
+        }
+        assert_eq!(json["timings"]["liveness_timeout_ms"], 3000);
+
+        std::fs::write(
+            dir.path().join("ferrolog.toml"),
+            format!("node_id = 3\ndata_dir = {:?}\n[timings]\nliveness_timeout_msec = 1\n", data.display().to_string()),
+        )?;
+        let e = resolve(args(dir.path())).expect_err("unknown timing");
+        assert!(format!("{e:#}").contains("unknown timing"), "{e:#}");
+        Ok(())
+    }
+
+    /// docs/config.md documents every timing with its default.
+    #[test]
+    fn the_config_document_lists_every_timing() -> anyhow::Result<()> {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/config.md"))?;
+        for k in Timings::KEYS {
+            let row = format!("| `{}` | {} |", k.key, k.default_ms);
+            assert!(doc.contains(&row), "docs/config.md lacks the row {row:?}");
+        }
         Ok(())
     }
 

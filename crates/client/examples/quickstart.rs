@@ -14,13 +14,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferrolog_client::Client;
+use ferrolog_client::Compression;
 use ferrolog_client::Consumer;
 use ferrolog_client::ConsumerConfig;
+use ferrolog_client::ErrorKind;
 use ferrolog_client::Event;
 use ferrolog_client::OffsetReset;
 use ferrolog_client::Producer;
 use ferrolog_client::ProducerConfig;
-use ferrolog_proto::v1;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -28,15 +29,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let client = Arc::new(Client::new(brokers.split(',').map(String::from).collect()));
     match client.create_topic("example-orders", 3, 0).await {
         Ok(_) => println!("created topic example-orders"),
-        Err(s) if s.code() == tonic::Code::AlreadyExists => {}
-        Err(s) => return Err(s.into()),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e.into()),
     }
 
-    let producer = Producer::new(
-        client.clone(),
-        ProducerConfig { compression: v1::Compression::Lz4, ..ProducerConfig::default() },
-    )
-    .await?;
+    let producer =
+        Producer::new(client.clone(), ProducerConfig { compression: Compression::Lz4, ..ProducerConfig::default() })
+            .await?;
     let mut deliveries = Vec::new();
     for i in 0..100 {
         let key = format!("customer-{}", i % 7).into_bytes();

@@ -19,21 +19,21 @@ use std::sync::Mutex;
 use std::time::Duration;
 use std::time::Instant;
 
-use ferrolog_proto::v1;
+use crate::Acks;
+use crate::Client;
+use crate::ClientError;
+use crate::Compression;
+use crate::IdempotentProducer;
 use tokio::sync::Notify;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::Semaphore;
 use tokio::sync::oneshot;
-use tonic::Status;
-
-use crate::Client;
-use crate::IdempotentProducer;
 
 /// Batching producer settings (Kafka's names in parentheses).
 #[derive(Debug, Clone)]
 pub struct ProducerConfig {
     /// Acks level (`acks`).
-    pub acks: v1::Acks,
+    pub acks: Acks,
     /// Sequence numbers per partition; only with `acks=all` (`enable.idempotence`).
     pub idempotence: bool,
     /// How long a batch waits for more records (`linger.ms`).
@@ -43,7 +43,7 @@ pub struct ProducerConfig {
     /// Bytes of records waiting or in flight; `send` waits beyond it (`buffer.memory`).
     pub buffer_bytes: usize,
     /// Batch compression (`compression.type`): none or lz4.
-    pub compression: v1::Compression,
+    pub compression: Compression,
     /// Give up on a batch after this long, retries included (`delivery.timeout.ms`).
     pub delivery_timeout: Duration,
 }
@@ -51,12 +51,12 @@ pub struct ProducerConfig {
 impl Default for ProducerConfig {
     fn default() -> Self {
         ProducerConfig {
-            acks: v1::Acks::All,
+            acks: Acks::All,
             idempotence: true,
             linger: Duration::from_millis(5),
             batch_bytes: 64 << 10,
             buffer_bytes: 32 << 20,
-            compression: v1::Compression::None,
+            compression: Compression::None,
             delivery_timeout: Duration::from_secs(120),
         }
     }
@@ -67,18 +67,18 @@ impl Default for ProducerConfig {
 pub struct Delivered {
     /// Partition.
     pub partition: u32,
-    /// Offset (-1 with `acks=0`).
-    pub offset: i64,
+    /// Offset (`None` with `acks=0`).
+    pub offset: Option<u64>,
 }
 
 /// The outcome of one `send`, to await.
 #[derive(Debug)]
-pub struct Delivery(oneshot::Receiver<Result<Delivered, Status>>);
+pub struct Delivery(oneshot::Receiver<Result<Delivered, ClientError>>);
 
 impl Delivery {
     /// Waits for the record's acknowledgement.
-    pub async fn wait(self) -> Result<Delivered, Status> {
-        self.0.await.unwrap_or_else(|_| Err(Status::cancelled("producer dropped")))
+    pub async fn wait(self) -> Result<Delivered, ClientError> {
+        self.0.await.unwrap_or_else(|_| Err(ClientError::closed("producer")))
     }
 }
 
@@ -87,7 +87,7 @@ type Rec = (Option<Vec<u8>>, Vec<u8>);
 #[derive(Debug, Default)]
 struct Pending {
     records: Vec<Rec>,
-    waiters: Vec<oneshot::Sender<Result<Delivered, Status>>>,
+    waiters: Vec<oneshot::Sender<Result<Delivered, ClientError>>>,
     permits: Vec<OwnedSemaphorePermit>,
     bytes: usize,
     since: Option<Instant>,
@@ -137,8 +137,8 @@ impl Drop for Producer {
 
 impl Producer {
     /// A producer (initializes a producer id first when idempotent).
-    pub async fn new(client: Arc<Client>, config: ProducerConfig) -> Result<Producer, Status> {
-        let idempotent = if config.idempotence && config.acks == v1::Acks::All {
+    pub async fn new(client: Arc<Client>, config: ProducerConfig) -> Result<Producer, ClientError> {
+        let idempotent = if config.idempotence && config.acks == Acks::All {
             Some(
                 IdempotentProducer::new(client.clone(), None, config.acks, config.delivery_timeout)
                     .await?
@@ -169,10 +169,10 @@ impl Producer {
         key: Option<Vec<u8>>,
         value: Vec<u8>,
         partition: Option<u32>,
-    ) -> Result<Delivery, Status> {
+    ) -> Result<Delivery, ClientError> {
         let size = value.len() + key.as_ref().map_or(0, Vec::len) + 16;
         if size > self.inner.config.buffer_bytes {
-            return Err(Status::invalid_argument(format!(
+            return Err(ClientError::invalid(format!(
                 "record of {size} bytes exceeds the producer buffer ({} bytes)",
                 self.inner.config.buffer_bytes
             )));
@@ -184,7 +184,7 @@ impl Producer {
             .clone()
             .acquire_many_owned(size as u32)
             .await
-            .map_err(|_| Status::cancelled("producer closed"))?;
+            .map_err(|_| ClientError::closed("producer"))?;
         let (tx, rx) = oneshot::channel();
         let wake = {
             let mut s = self.inner.state.lock().expect("producer state lock");
@@ -194,7 +194,7 @@ impl Producer {
                 (None, None) => *s.sticky.entry(topic.to_string()).or_insert_with(|| rand_partition(count)),
             };
             if p >= count {
-                return Err(Status::invalid_argument(format!("topic {topic} has no partition {p} (it has {count})")));
+                return Err(ClientError::invalid(format!("topic {topic} has no partition {p} (it has {count})")));
             }
             let b = s.batches.entry((topic.to_string(), p)).or_default();
             let first = b.since.is_none();
@@ -272,7 +272,7 @@ fn rand_partition(count: u32) -> u32 {
 }
 
 impl Inner {
-    async fn partitions(&self, topic: &str) -> Result<u32, Status> {
+    async fn partitions(&self, topic: &str) -> Result<u32, ClientError> {
         if let Some((n, at)) = self.state.lock().expect("producer state lock").partitions.get(topic)
             && at.elapsed() < METADATA_MAX_AGE
         {
@@ -341,14 +341,13 @@ impl Inner {
                             .produce(&topic, partition, self.config.acks, batch, self.config.delivery_timeout)
                             .await
                     }
-                    Err(e) => Err(Status::internal(e.to_string())),
+                    Err(e) => Err(e),
                 }
             }
         };
         for (i, w) in b.waiters.into_iter().enumerate() {
             let _ = w.send(match &r {
-                Ok(resp) if resp.base_offset >= 0 => Ok(Delivered { partition, offset: resp.base_offset + i as i64 }),
-                Ok(_) => Ok(Delivered { partition, offset: -1 }),
+                Ok(resp) => Ok(Delivered { partition, offset: resp.base_offset.map(|b| b + i as u64) }),
                 Err(s) => Err(s.clone()),
             });
         }

@@ -28,16 +28,14 @@ use std::sync::Mutex;
 use std::time::Duration;
 use std::time::Instant;
 
-use ferrolog_proto::errors::Reason;
-use ferrolog_proto::errors::reason_of;
+use crate::Client;
+use crate::ClientError;
+use crate::ErrorKind;
+use crate::FetchedRecord;
 use ferrolog_proto::v1;
 use ferrolog_proto::v1::groups_client::GroupsClient;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tonic::Status;
-
-use crate::Client;
-use crate::FetchedRecord;
 
 /// A topic partition.
 pub type Tp = (String, u32);
@@ -60,6 +58,25 @@ pub enum OffsetReset {
     Latest,
 }
 
+/// How a group spreads partitions over its members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Assignor {
+    /// Sticky round-robin over every subscribed partition.
+    #[default]
+    Uniform,
+    /// Kafka's range assignor, per topic.
+    Range,
+}
+
+impl Assignor {
+    fn to_proto(self) -> v1::Assignor {
+        match self {
+            Assignor::Uniform => v1::Assignor::Uniform,
+            Assignor::Range => v1::Assignor::Range,
+        }
+    }
+}
+
 /// Consumer settings.
 #[derive(Debug, Clone)]
 pub struct ConsumerConfig {
@@ -73,7 +90,7 @@ pub struct ConsumerConfig {
     /// Start of partitions without a committed offset.
     pub offset_reset: OffsetReset,
     /// `uniform` (default) or `range`.
-    pub assignor: v1::Assignor,
+    pub assignor: Assignor,
 }
 
 impl Default for ConsumerConfig {
@@ -83,7 +100,7 @@ impl Default for ConsumerConfig {
             session_timeout: Duration::from_secs(45),
             auto_commit: Some(Duration::from_secs(5)),
             offset_reset: OffsetReset::Latest,
-            assignor: v1::Assignor::Uniform,
+            assignor: Assignor::Uniform,
         }
     }
 }
@@ -112,10 +129,10 @@ pub enum Event {
 }
 
 enum Cmd {
-    Commit(tokio::sync::oneshot::Sender<Result<(), Status>>),
+    Commit(tokio::sync::oneshot::Sender<Result<(), ClientError>>),
     Seek(Tp, u64),
     Pause(Tp, bool),
-    Close(tokio::sync::oneshot::Sender<Result<(), Status>>),
+    Close(tokio::sync::oneshot::Sender<Result<(), ClientError>>),
 }
 
 /// State shared between the application side and the member task.
@@ -255,10 +272,10 @@ impl Consumer {
     }
 
     /// Commits the positions of everything [`Consumer::next`] returned.
-    pub async fn commit(&self) -> Result<(), Status> {
+    pub async fn commit(&self) -> Result<(), ClientError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.cmds.send(Cmd::Commit(tx)).await.map_err(|_| Status::cancelled("consumer closed"))?;
-        rx.await.map_err(|_| Status::cancelled("consumer closed"))?
+        self.cmds.send(Cmd::Commit(tx)).await.map_err(|_| ClientError::closed("consumer"))?;
+        rx.await.map_err(|_| ClientError::closed("consumer"))?
     }
 
     /// Continues `tp` from `offset`.
@@ -282,7 +299,7 @@ impl Consumer {
     }
 
     /// Commits (with auto-commit on) and leaves the group at once.
-    pub async fn close(self) -> Result<(), Status> {
+    pub async fn close(self) -> Result<(), ClientError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         if self.cmds.send(Cmd::Close(tx)).await.is_err() {
             return Ok(());
@@ -359,11 +376,7 @@ fn reported_owned(shared: &Arc<Mutex<Shared>>) -> BTreeSet<Tp> {
 async fn range_of(client: &Client, topic: &str, partition: u32) -> Option<(u64, u64)> {
     let d = client.wait_leaders(topic, COORDINATOR_TIMEOUT).await.ok()?;
     let p = d.partitions.get(partition as usize)?;
-    Some((p.log_start_offset.max(0) as u64, p.high_watermark.max(0) as u64))
-}
-
-fn is(s: &Status, r: Reason) -> bool {
-    reason_of(s).is_some_and(|(got, _)| got == r)
+    Some((p.log_start.unwrap_or(0), p.high_watermark.unwrap_or(0)))
 }
 
 fn tps(list: &[v1::TopicPartitions]) -> BTreeSet<Tp> {
@@ -452,12 +465,12 @@ impl Member {
             member_epoch: self.epoch,
             subscribed_topics: self.topics.clone(),
             owned: to_proto(&reported),
-            assignor: self.config.assignor as i32,
+            assignor: self.config.assignor.to_proto() as i32,
             session_timeout_ms: self.config.session_timeout.as_millis() as u32,
             client_id: self.config.client_id.clone(),
         };
         let sent = Instant::now();
-        let call = self.client.on_meta_leader(COORDINATOR_TIMEOUT, |ch| {
+        let call = self.client.on_meta_leader("group", COORDINATOR_TIMEOUT, |ch| {
             let req = req.clone();
             async move { GroupsClient::new(ch).max_decoding_message_size(API_MESSAGE_LIMIT).heartbeat(req).await }
         });
@@ -507,7 +520,7 @@ impl Member {
                 }
                 Duration::from_millis(resp.heartbeat_interval_ms.max(100).into())
             }
-            Err(s) if is(&s, Reason::StaleMemberEpoch) => {
+            Err(s) if s.kind() == ErrorKind::StaleMemberEpoch => {
                 // Fenced (session expired, or epoch out of date): give every
                 // partition up without committing, and join again.
                 tracing::warn!(group, error = %s.message(), "member fenced: rejoining");
@@ -614,7 +627,7 @@ impl Member {
         let req = v1::FetchOffsetsRequest { group, partitions: to_proto(set) };
         let r =
             self.client
-                .on_meta_leader(COORDINATOR_TIMEOUT, |ch| {
+                .on_meta_leader("group", COORDINATOR_TIMEOUT, |ch| {
                     let req = req.clone();
                     async move {
                         GroupsClient::new(ch).max_decoding_message_size(API_MESSAGE_LIMIT).fetch_offsets(req).await
@@ -638,7 +651,7 @@ impl Member {
         }
     }
 
-    async fn commit(&self, shared: &Arc<Mutex<Shared>>, only: Option<&BTreeSet<Tp>>) -> Result<(), Status> {
+    async fn commit(&self, shared: &Arc<Mutex<Shared>>, only: Option<&BTreeSet<Tp>>) -> Result<(), ClientError> {
         let Some(group) = self.group.clone() else { return Ok(()) };
         let offsets: Vec<v1::OffsetCommit> = {
             let s = shared.lock().expect("consumer state lock");
@@ -658,7 +671,7 @@ impl Member {
         }
         let req =
             v1::CommitOffsetsRequest { group, member_id: self.member_id.clone(), member_epoch: self.epoch, offsets };
-        let call = self.client.on_meta_leader(COORDINATOR_TIMEOUT, |ch| {
+        let call = self.client.on_meta_leader("group", COORDINATOR_TIMEOUT, |ch| {
             let req = req.clone();
             async move { GroupsClient::new(ch).max_decoding_message_size(API_MESSAGE_LIMIT).commit_offsets(req).await }
         });
@@ -667,7 +680,10 @@ impl Member {
         match self.fence_at() {
             Some(at) => match tokio::time::timeout_at(at.into(), call).await {
                 Ok(r) => r.map(|_| ()),
-                Err(_) => Err(Status::deadline_exceeded("commit: no answer before the member's self-fencing deadline")),
+                Err(_) => Err(ClientError::new(
+                    ErrorKind::Timeout,
+                    "commit: no answer before the member's self-fencing deadline",
+                )),
             },
             None => call.await.map(|_| ()),
         }
@@ -687,7 +703,7 @@ impl Member {
         let req = v1::LeaveGroupRequest { group, member_id: self.member_id.clone() };
         let _ = self
             .client
-            .on_meta_leader(COORDINATOR_TIMEOUT, |ch| {
+            .on_meta_leader("group", COORDINATOR_TIMEOUT, |ch| {
                 let req = req.clone();
                 async move { GroupsClient::new(ch).max_decoding_message_size(API_MESSAGE_LIMIT).leave_group(req).await }
             })
@@ -726,7 +742,7 @@ impl Member {
                             }
                         }
                     }
-                    Err(crate::ClientError::Status(s)) if s.code() == tonic::Code::OutOfRange => {
+                    Err(e) if e.kind() == ErrorKind::OffsetOutOfRange => {
                         // Only a position that retention deleted is reset
                         // (per the policy). A position past the end we were
                         // told is a replica behind what we already read:

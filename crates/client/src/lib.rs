@@ -1,32 +1,54 @@
-//! The Rust client of Ferrolog (first cut): bootstrap from any broker list,
-//! route produce requests to partition leaders by following `NOT_LEADER`
-//! hints, build and check record batches, fetch, and admin calls.
+//! The Rust client of Ferrolog: bootstrap from any broker list, route
+//! requests to partition leaders by following `NOT_LEADER` hints, build and
+//! check record batches, produce, fetch, and create or describe topics.
 //!
 //! [`IdempotentProducer`] adds producer ids, epochs and sequence numbers:
 //! retries (of any failure, ambiguous ones included) never duplicate or
-//! reorder.
-//!
+//! reorder. [`Producer`] batches with linger and compression.
 //! [`Consumer`] reads with a consumer group (server-side assignment) or
 //! without one.
 //!
-//! Not here yet (see the client issue): producer batching with linger,
-//! compression.
+//! Every error is a [`ClientError`] ([`ClientError::is_retriable`],
+//! [`ClientError::leader_hint`]); the public API holds no gRPC types (the
+//! `grpc` cargo feature adds raw channel access for tools).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), ferrolog_client::ClientError> {
+//! use std::time::Duration;
+//! use ferrolog_client::{Acks, Client, make_batch};
+//!
+//! let client = Client::new(vec!["127.0.0.1:9092".into(), "127.0.0.1:9093".into()]);
+//! client.create_topic("orders", 3, 3).await?;
+//! let batch = make_batch(&[(Some(b"k".to_vec()), b"hello".to_vec())], 1_700_000_000_000);
+//! let p = client.produce("orders", 0, Acks::All, batch, Duration::from_secs(10)).await?;
+//! let (records, info) = client.fetch("orders", 0, 0, Duration::ZERO, Duration::from_secs(10)).await?;
+//! assert_eq!(records[0].value, b"hello");
+//! # let _ = (p, info);
+//! # Ok(()) }
+//! ```
 
 #![warn(missing_docs)]
 
 mod batching;
 mod consumer;
+mod error;
 pub mod partitioner;
 mod producer;
 pub use batching::Delivered;
 pub use batching::Delivery;
 pub use batching::Producer;
 pub use batching::ProducerConfig;
+pub use consumer::Assignor;
 pub use consumer::ConsumedRecord;
 pub use consumer::Consumer;
 pub use consumer::ConsumerConfig;
 pub use consumer::Event;
 pub use consumer::OffsetReset;
+pub use error::ClientError;
+pub use error::ErrorKind;
+pub use error::LeaderHint;
+/// A sealed record batch (header, record bytes, CRC32C), as produced.
+pub use ferrolog_types::Batch as RecordBatch;
 pub use partitioner::partition_for_key;
 pub use producer::IdempotentProducer;
 pub use producer::MAX_IN_FLIGHT;
@@ -36,12 +58,12 @@ use ferrolog_types::limits::MAX_MESSAGE_BYTES_LIMIT;
 
 /// A batch's fields besides its records, as the broker counts its size.
 const BATCH_OVERHEAD_BYTES: usize = 64;
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 use std::time::Instant;
 
-use ferrolog_proto::errors::leader_hint;
 use ferrolog_proto::v1;
 use ferrolog_proto::v1::admin_client::AdminClient;
 use ferrolog_proto::v1::broker_client::BrokerClient;
@@ -49,7 +71,6 @@ use ferrolog_proto::v1::producers_client::ProducersClient;
 use ferrolog_types::Batch;
 use ferrolog_types::BatchHeader;
 use prost::Message;
-use tonic::Code;
 use tonic::Status;
 use tonic::transport::Channel;
 
@@ -57,25 +78,143 @@ use tonic::transport::Channel;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// Per-request timeout on the wire.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest one attempt of a metadata or admin request waits for a broker
+/// before trying the next (a hung broker is skipped, not waited out).
+pub const ADMIN_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a broker that refused a connection or did not answer is tried
+/// only after the others.
+pub const SUSPECT_FOR: Duration = Duration::from_secs(10);
 
-/// Client errors.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// The broker answered with an error.
-    #[error("{}: {}", .0.code(), .0.message())]
-    Status(#[from] Status),
-    /// A fetched batch failed its checksum or could not be decoded.
-    #[error("corrupt batch at offset {offset}: {detail}")]
-    Corrupt {
-        /// Base offset of the batch.
-        offset: i64,
-        /// What was wrong.
-        detail: String,
-    },
+/// How durable a produce must be before it is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Acks {
+    /// Fire and forget: may be lost.
+    None,
+    /// Synced to the partition leader's own log.
+    Leader,
+    /// Committed by a quorum of the partition's replicas.
+    #[default]
+    All,
+}
+
+impl Acks {
+    fn to_proto(self) -> v1::Acks {
+        match self {
+            Acks::None => v1::Acks::None,
+            Acks::Leader => v1::Acks::Leader,
+            Acks::All => v1::Acks::All,
+        }
+    }
+}
+
+/// How a batch's records are compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    /// Not compressed.
+    #[default]
+    None,
+    /// LZ4 (block format, uncompressed size prepended).
+    Lz4,
+    /// zstd (not supported by this client yet).
+    Zstd,
+}
+
+impl Compression {
+    fn code(self) -> u32 {
+        match self {
+            Compression::None => v1::Compression::None as u32,
+            Compression::Lz4 => v1::Compression::Lz4 as u32,
+            Compression::Zstd => v1::Compression::Zstd as u32,
+        }
+    }
+}
+
+/// The answer to a produce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Produced {
+    /// Offset of the batch's first record; `None` with [`Acks::None`].
+    pub base_offset: Option<u64>,
+    /// Offset of its last record; `None` with [`Acks::None`].
+    pub last_offset: Option<u64>,
+    /// The partition's high watermark when the leader answered.
+    pub high_watermark: u64,
+    /// The batch was a retry of one already in the log (idempotent
+    /// producers): these are the offsets it got then.
+    pub duplicate: bool,
+    /// The leader's clock when it answered (ms since the epoch); `None`
+    /// with [`Acks::None`].
+    pub append_time_ms: Option<i64>,
+}
+
+impl From<v1::ProduceResponse> for Produced {
+    fn from(r: v1::ProduceResponse) -> Self {
+        Produced {
+            base_offset: u64::try_from(r.base_offset).ok(),
+            last_offset: u64::try_from(r.last_offset).ok(),
+            high_watermark: r.high_watermark.max(0) as u64,
+            duplicate: r.duplicate,
+            append_time_ms: (r.append_time_ms >= 0).then_some(r.append_time_ms),
+        }
+    }
+}
+
+/// A partition's bounds as the answering replica knew them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FetchInfo {
+    /// Offset after the last committed record.
+    pub high_watermark: u64,
+    /// First offset still held.
+    pub log_start: u64,
+}
+
+/// One partition of a topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionInfo {
+    /// Partition number.
+    pub partition: u32,
+    /// Its leader's broker id, if it has one.
+    pub leader: Option<u64>,
+    /// Brokers holding its replicas (preferred leader first).
+    pub replicas: Vec<u64>,
+    /// High watermark, if known.
+    pub high_watermark: Option<u64>,
+    /// Log start, if known.
+    pub log_start: Option<u64>,
+}
+
+/// A topic and its partitions.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TopicInfo {
+    /// Name.
+    pub name: String,
+    /// Replicas per partition.
+    pub replication_factor: u32,
+    /// Partitions, in order.
+    pub partitions: Vec<PartitionInfo>,
+}
+
+impl From<v1::TopicDescription> for TopicInfo {
+    fn from(d: v1::TopicDescription) -> Self {
+        TopicInfo {
+            name: d.name,
+            replication_factor: d.replication_factor,
+            partitions: d
+                .partitions
+                .into_iter()
+                .map(|p| PartitionInfo {
+                    partition: p.partition,
+                    leader: (p.leader_id != 0).then_some(p.leader_id),
+                    replicas: p.replicas.iter().map(|r| r.broker_id).collect(),
+                    high_watermark: u64::try_from(p.high_watermark).ok(),
+                    log_start: u64::try_from(p.log_start_offset).ok(),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// Builds a sealed, uncompressed batch of `(key, value)` records.
-pub fn make_batch(records: &[(Option<Vec<u8>>, Vec<u8>)], timestamp_ms: i64) -> v1::RecordBatch {
+pub fn make_batch(records: &[(Option<Vec<u8>>, Vec<u8>)], timestamp_ms: i64) -> RecordBatch {
     make_uncompressed(records, timestamp_ms)
 }
 
@@ -84,25 +223,21 @@ pub fn make_batch(records: &[(Option<Vec<u8>>, Vec<u8>)], timestamp_ms: i64) -> 
 pub fn make_batch_with(
     records: &[(Option<Vec<u8>>, Vec<u8>)],
     timestamp_ms: i64,
-    compression: v1::Compression,
-) -> Result<v1::RecordBatch, ClientError> {
-    let mut b = make_uncompressed(records, timestamp_ms);
+    compression: Compression,
+) -> Result<RecordBatch, ClientError> {
+    let b = make_uncompressed(records, timestamp_ms);
     match compression {
-        v1::Compression::None => Ok(b),
-        v1::Compression::Lz4 => {
-            b.records = bytes::Bytes::from(lz4_flex::compress_prepend_size(&b.records));
-            b.compression = v1::Compression::Lz4 as i32;
-            let (id, epoch, seq) = (b.producer_id, b.producer_epoch, b.base_sequence);
-            set_producer(&mut b, id, epoch, seq);
-            Ok(b)
+        Compression::None => Ok(b),
+        Compression::Lz4 => {
+            let mut header = b.header;
+            header.compression = Compression::Lz4.code();
+            Ok(Batch::seal(header, bytes::Bytes::from(lz4_flex::compress_prepend_size(&b.records))))
         }
-        v1::Compression::Zstd => {
-            Err(ClientError::Corrupt { offset: -1, detail: "zstd compression is not supported by this client".into() })
-        }
+        Compression::Zstd => Err(ClientError::invalid("zstd compression is not supported by this client")),
     }
 }
 
-fn make_uncompressed(records: &[(Option<Vec<u8>>, Vec<u8>)], timestamp_ms: i64) -> v1::RecordBatch {
+fn make_uncompressed(records: &[(Option<Vec<u8>>, Vec<u8>)], timestamp_ms: i64) -> RecordBatch {
     let list = v1::RecordList {
         records: records
             .iter()
@@ -116,39 +251,32 @@ fn make_uncompressed(records: &[(Option<Vec<u8>>, Vec<u8>)], timestamp_ms: i64) 
             })
             .collect(),
     };
-    let b =
-        Batch::seal(BatchHeader::plain(records.len() as u32, timestamp_ms), bytes::Bytes::from(list.encode_to_vec()));
+    Batch::seal(BatchHeader::plain(records.len() as u32, timestamp_ms), bytes::Bytes::from(list.encode_to_vec()))
+}
+
+/// Sets a batch's producer id, epoch and base sequence and recomputes its
+/// checksum (which covers them).
+pub fn set_producer(b: &mut RecordBatch, producer_id: i64, producer_epoch: i32, base_sequence: i32) {
+    let mut header = b.header;
+    header.producer_id = producer_id;
+    header.producer_epoch = producer_epoch;
+    header.base_sequence = base_sequence;
+    *b = Batch::seal(header, b.records.clone());
+}
+
+pub(crate) fn batch_to_proto(b: &RecordBatch) -> v1::RecordBatch {
     v1::RecordBatch {
         base_offset: 0,
         producer_id: b.header.producer_id,
         producer_epoch: b.header.producer_epoch,
         base_sequence: b.header.base_sequence,
         record_count: b.header.record_count,
-        compression: 0,
-        first_timestamp_ms: timestamp_ms,
-        max_timestamp_ms: timestamp_ms,
-        records: b.records,
+        compression: b.header.compression as i32,
+        first_timestamp_ms: b.header.first_timestamp_ms,
+        max_timestamp_ms: b.header.max_timestamp_ms,
+        records: b.records.clone(),
         crc32c: b.crc32c,
     }
-}
-
-/// Sets a batch's producer id, epoch and base sequence and recomputes its
-/// checksum (which covers them).
-pub fn set_producer(b: &mut v1::RecordBatch, producer_id: i64, producer_epoch: i32, base_sequence: i32) {
-    let header = BatchHeader {
-        producer_id,
-        producer_epoch,
-        base_sequence,
-        record_count: b.record_count,
-        compression: b.compression as u32,
-        first_timestamp_ms: b.first_timestamp_ms,
-        max_timestamp_ms: b.max_timestamp_ms,
-    };
-    let sealed = Batch::seal(header, b.records.clone());
-    b.producer_id = producer_id;
-    b.producer_epoch = producer_epoch;
-    b.base_sequence = base_sequence;
-    b.crc32c = sealed.crc32c;
 }
 
 /// Milliseconds since the Unix epoch.
@@ -169,8 +297,35 @@ pub struct FetchedRecord {
     pub timestamp_ms: i64,
 }
 
-/// Checks a fetched batch's CRC32C end to end and decodes its records.
-pub fn decode_batch(b: &v1::RecordBatch) -> Result<Vec<FetchedRecord>, ClientError> {
+/// Checks a fetched batch's CRC32C end to end and decodes its records
+/// (the batch's first record is at `base_offset`).
+pub fn decode_batch(base_offset: u64, b: &RecordBatch) -> Result<Vec<FetchedRecord>, ClientError> {
+    let corrupt = |detail: String| ClientError::corrupt(base_offset as i64, detail);
+    b.verify().map_err(|e| corrupt(e.to_string()))?;
+    let plain;
+    let bytes: &[u8] = match v1::Compression::try_from(b.header.compression as i32) {
+        Ok(v1::Compression::None) => b.records.as_ref(),
+        Ok(v1::Compression::Lz4) => {
+            plain = lz4_flex::decompress_size_prepended(&b.records).map_err(|e| corrupt(format!("lz4: {e}")))?;
+            &plain
+        }
+        _ => return Err(corrupt(format!("compression {} is not supported by this client", b.header.compression))),
+    };
+    let list = v1::RecordList::decode(bytes).map_err(|e| corrupt(e.to_string()))?;
+    Ok(list
+        .records
+        .into_iter()
+        .map(|r| FetchedRecord {
+            offset: base_offset + u64::from(r.offset_delta),
+            key: r.key.map(|k| k.to_vec()),
+            value: r.value.to_vec(),
+            timestamp_ms: r.timestamp_ms,
+        })
+        .collect())
+}
+
+/// A fetched proto batch, checked and decoded.
+pub(crate) fn decode_proto(b: &v1::RecordBatch) -> Result<Vec<FetchedRecord>, ClientError> {
     let header = BatchHeader {
         producer_id: b.producer_id,
         producer_epoch: b.producer_epoch,
@@ -180,28 +335,8 @@ pub fn decode_batch(b: &v1::RecordBatch) -> Result<Vec<FetchedRecord>, ClientErr
         first_timestamp_ms: b.first_timestamp_ms,
         max_timestamp_ms: b.max_timestamp_ms,
     };
-    let corrupt = |detail: String| ClientError::Corrupt { offset: b.base_offset, detail };
-    Batch { header, records: b.records.clone(), crc32c: b.crc32c }.verify().map_err(|e| corrupt(e.to_string()))?;
-    let plain;
-    let bytes: &[u8] = match v1::Compression::try_from(b.compression) {
-        Ok(v1::Compression::None) => b.records.as_ref(),
-        Ok(v1::Compression::Lz4) => {
-            plain = lz4_flex::decompress_size_prepended(&b.records).map_err(|e| corrupt(format!("lz4: {e}")))?;
-            &plain
-        }
-        _ => return Err(corrupt(format!("compression {} is not supported by this client", b.compression))),
-    };
-    let list = v1::RecordList::decode(bytes).map_err(|e| corrupt(e.to_string()))?;
-    Ok(list
-        .records
-        .into_iter()
-        .map(|r| FetchedRecord {
-            offset: b.base_offset as u64 + u64::from(r.offset_delta),
-            key: r.key.map(|k| k.to_vec()),
-            value: r.value.to_vec(),
-            timestamp_ms: r.timestamp_ms,
-        })
-        .collect())
+    let base = u64::try_from(b.base_offset).map_err(|_| ClientError::corrupt(b.base_offset, "negative base offset"))?;
+    decode_batch(base, &Batch { header, records: b.records.clone(), crc32c: b.crc32c })
 }
 
 /// Partition leaders as last learned. An entry is dropped on any error from
@@ -262,16 +397,32 @@ pub struct Client {
     bootstrap: Vec<String>,
     channels: Mutex<HashMap<String, Channel>>,
     leaders: LeaderCache,
+    /// Brokers that recently refused a connection or did not answer in
+    /// time: tried only after the others, until the instant given.
+    suspects: Mutex<HashMap<String, Instant>>,
 }
 
-fn retriable(s: &Status) -> bool {
-    matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled)
+/// The brokers of one request that could not be reached, and why: when
+/// every bootstrap broker is among them, the request fails at once.
+#[derive(Debug, Default)]
+struct Unreached(BTreeMap<String, String>);
+
+impl Unreached {
+    fn error(&self, what: &str) -> ClientError {
+        let list: Vec<String> = self.0.iter().map(|(a, why)| format!("{a} ({why})")).collect();
+        ClientError::new(ErrorKind::Unreachable, format!("{what}: no broker reachable: {}", list.join(", ")))
+    }
 }
 
 impl Client {
     /// A client bootstrapping from `brokers` (`host:port`).
     pub fn new(brokers: Vec<String>) -> Self {
-        Client { bootstrap: brokers, channels: Mutex::new(HashMap::new()), leaders: LeaderCache::default() }
+        Client {
+            bootstrap: brokers,
+            channels: Mutex::new(HashMap::new()),
+            leaders: LeaderCache::default(),
+            suspects: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The broker addresses this client bootstraps from.
@@ -280,13 +431,13 @@ impl Client {
     }
 
     /// A (shared, lazily connecting) channel to `addr`.
-    pub fn channel(&self, addr: &str) -> Result<Channel, Status> {
+    pub(crate) fn channel_to(&self, addr: &str) -> Result<Channel, ClientError> {
         let mut map = self.channels.lock().expect("channel map lock");
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
         }
         let c = Channel::from_shared(format!("http://{addr}"))
-            .map_err(|e| Status::invalid_argument(format!("bad broker address {addr:?}: {e}")))?
+            .map_err(|e| ClientError::invalid(format!("bad broker address {addr:?}: {e}")))?
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
             .tcp_nodelay(true)
@@ -295,23 +446,31 @@ impl Client {
         Ok(c)
     }
 
-    /// Runs an admin call on the metadata leader, following hints and
-    /// retrying unavailability until `timeout`.
-    pub async fn admin<T, F, Fut>(&self, timeout: Duration, mut call: F) -> Result<T, Status>
-    where
-        F: FnMut(AdminClient<Channel>) -> Fut,
-        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
-    {
-        self.on_meta_leader(timeout, |ch| call(AdminClient::new(ch).max_decoding_message_size(API_MESSAGE_LIMIT))).await
+    fn suspect(&self, addr: &str) {
+        self.suspects.lock().expect("suspects lock").insert(addr.to_string(), Instant::now() + SUSPECT_FOR);
+    }
+
+    fn clear_suspect(&self, addr: &str) {
+        self.suspects.lock().expect("suspects lock").remove(addr);
+    }
+
+    /// The `i`-th bootstrap broker to try, brokers under suspicion last.
+    fn bootstrap_pick(&self, i: usize) -> String {
+        let now = Instant::now();
+        let suspects = self.suspects.lock().expect("suspects lock");
+        let (mut good, bad): (Vec<&String>, Vec<&String>) =
+            self.bootstrap.iter().partition(|a| suspects.get(*a).is_none_or(|until| *until <= now));
+        good.extend(bad);
+        good[i % good.len()].clone()
     }
 
     /// Allocates an idempotent producer id and epoch (through the metadata
     /// Raft group). With a name, the same name keeps its id and gets a higher
     /// epoch, which fences the previous instance.
-    pub async fn init_producer(&self, name: Option<&str>) -> Result<(i64, i32), Status> {
+    pub async fn init_producer(&self, name: Option<&str>) -> Result<(i64, i32), ClientError> {
         let req = v1::InitProducerRequest { producer_name: name.map(String::from) };
         let r = self
-            .on_meta_leader(Duration::from_secs(20), |ch| {
+            .on_meta_leader("init producer", Duration::from_secs(20), |ch| {
                 let req = req.clone();
                 async move { ProducersClient::new(ch).max_decoding_message_size(API_MESSAGE_LIMIT).init_producer(req).await }
             })
@@ -319,19 +478,18 @@ impl Client {
         Ok((r.producer_id, r.producer_epoch))
     }
 
-    /// Runs `call` on the group coordinator (the metadata leader),
-    /// following hints and retrying unavailability until `timeout`.
-    pub async fn on_coordinator<T, F, Fut>(&self, timeout: Duration, call: F) -> Result<T, Status>
-    where
-        F: FnMut(Channel) -> Fut,
-        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
-    {
-        self.on_meta_leader(timeout, call).await
-    }
-
     /// Runs `call` on the metadata leader, following hints and retrying
-    /// unavailability until `timeout`.
-    pub(crate) async fn on_meta_leader<T, F, Fut>(&self, timeout: Duration, mut call: F) -> Result<T, Status>
+    /// what is retriable until `timeout`. A broker that refuses the
+    /// connection is skipped at once, one that does not answer within
+    /// [`ADMIN_ATTEMPT_TIMEOUT`] after that long (both are then tried last
+    /// for [`SUSPECT_FOR`]); when every bootstrap broker was unreachable the
+    /// call fails, naming each.
+    pub(crate) async fn on_meta_leader<T, F, Fut>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut call: F,
+    ) -> Result<T, ClientError>
     where
         F: FnMut(Channel) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
@@ -340,44 +498,90 @@ impl Client {
         let mut i = 0;
         let mut next: Option<String> = None;
         let mut backoff = Backoff::new();
+        let mut unreached = Unreached::default();
         loop {
-            let addr = next.take().unwrap_or_else(|| self.bootstrap[i % self.bootstrap.len()].clone());
-            i += 1;
-            let r = match self.channel(&addr) {
-                Ok(ch) => call(ch).await.map(|r| r.into_inner()),
+            let addr = next.take().unwrap_or_else(|| {
+                i += 1;
+                self.bootstrap_pick(i - 1)
+            });
+            let attempt = ADMIN_ATTEMPT_TIMEOUT.min(deadline.saturating_duration_since(Instant::now()));
+            let r = match self.channel_to(&addr) {
+                Ok(ch) => match tokio::time::timeout(attempt, call(ch)).await {
+                    Ok(r) => r.map(|r| r.into_inner()).map_err(ClientError::from),
+                    Err(_) => Err(ClientError::timeout(&addr, attempt)),
+                },
                 Err(e) => Err(e),
             };
-            match r {
-                Ok(v) => return Ok(v),
-                Err(s) if retriable(&s) && Instant::now() < deadline => {
-                    next = leader_hint(&s).and_then(|h| h.leader_address);
-                    if next.is_none() {
-                        backoff.wait().await;
-                    }
+            let e = match r {
+                Ok(v) => {
+                    self.clear_suspect(&addr);
+                    return Ok(v);
                 }
-                Err(s) => return Err(s),
+                Err(e) => e,
+            };
+            if matches!(e.kind(), ErrorKind::Unreachable | ErrorKind::Timeout) {
+                // Skip it: the next broker at once, no backoff.
+                self.suspect(&addr);
+                let why =
+                    if e.kind() == ErrorKind::Timeout { format!("no answer in {attempt:?}") } else { e.to_string() };
+                unreached.0.insert(addr.clone(), why);
+                if self.bootstrap.iter().all(|b| unreached.0.contains_key(b)) || Instant::now() >= deadline {
+                    return Err(unreached.error(what));
+                }
+                continue;
+            }
+            if !e.is_retriable() || Instant::now() >= deadline {
+                return Err(e);
+            }
+            next = e.leader_hint().and_then(|h| h.leader_address.clone());
+            if next.is_none() {
+                backoff.wait().await;
             }
         }
     }
 
-    /// Creates a topic.
-    pub async fn create_topic(&self, name: &str, partitions: u32, rf: u32) -> Result<v1::TopicDescription, Status> {
+    pub(crate) async fn admin_call<T, F, Fut>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut call: F,
+    ) -> Result<T, ClientError>
+    where
+        F: FnMut(AdminClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.on_meta_leader(what, timeout, |ch| call(AdminClient::new(ch).max_decoding_message_size(API_MESSAGE_LIMIT)))
+            .await
+    }
+
+    /// Creates a topic (0 partitions: 1; replication factor 0: up to 3).
+    pub async fn create_topic(&self, name: &str, partitions: u32, rf: u32) -> Result<TopicInfo, ClientError> {
         let req = v1::CreateTopicRequest { name: name.into(), partitions, replication_factor: rf, config: None };
-        self.admin(Duration::from_secs(20), |mut c| {
+        self.admin_call("create topic", Duration::from_secs(20), |mut c| {
             let req = req.clone();
             async move { c.create_topic(req).await }
         })
         .await
-        .map(|r| r.topic.unwrap_or_default())
+        .map(|r| r.topic.unwrap_or_default().into())
+    }
+
+    /// Describes a topic: partitions, leaders, replicas, offsets.
+    pub async fn describe_topic(&self, topic: &str) -> Result<TopicInfo, ClientError> {
+        self.admin_call("describe topic", Duration::from_secs(20), |mut c| {
+            let name = topic.to_string();
+            async move { c.describe_topic(v1::DescribeTopicRequest { name, local_only: false, replica_lag: false }).await }
+        })
+        .await
+        .map(TopicInfo::from)
     }
 
     /// Describes a topic, waiting up to `timeout` for every partition to
     /// have a leader (and for brokers to learn of a just-created topic).
-    pub async fn wait_leaders(&self, topic: &str, timeout: Duration) -> Result<v1::TopicDescription, Status> {
+    pub async fn wait_leaders(&self, topic: &str, timeout: Duration) -> Result<TopicInfo, ClientError> {
         let deadline = Instant::now() + timeout;
         loop {
             let d = self
-                .admin(timeout, |mut c| {
+                .admin_call("describe topic", timeout, |mut c| {
                     let name = topic.to_string();
                     async move {
                         c.describe_topic(v1::DescribeTopicRequest { name, local_only: false, replica_lag: false }).await
@@ -387,17 +591,20 @@ impl Client {
             // A broker whose metadata replica has not applied the creation
             // yet does not know the topic: retriable, as in Kafka.
             let d = match d {
-                Err(s) if s.code() == Code::NotFound && Instant::now() < deadline => {
+                Err(e) if e.kind() == ErrorKind::NotFound && Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
-                other => other?,
+                other => TopicInfo::from(other?),
             };
-            if !d.partitions.is_empty() && d.partitions.iter().all(|p| p.leader_id != 0) {
+            if !d.partitions.is_empty() && d.partitions.iter().all(|p| p.leader.is_some()) {
                 return Ok(d);
             }
             if Instant::now() > deadline {
-                return Err(Status::unavailable(format!("partitions of {topic} have no leader after {timeout:?}")));
+                return Err(ClientError::new(
+                    ErrorKind::Unavailable,
+                    format!("partitions of {topic} have no leader after {timeout:?}"),
+                ));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -412,10 +619,10 @@ impl Client {
         &self,
         topic: &str,
         partition: u32,
-        acks: v1::Acks,
-        batch: v1::RecordBatch,
+        acks: Acks,
+        batch: RecordBatch,
         timeout: Duration,
-    ) -> Result<v1::ProduceResponse, Status> {
+    ) -> Result<Produced, ClientError> {
         self.produce_with(topic, partition, acks, batch, timeout, false).await
     }
 
@@ -427,69 +634,76 @@ impl Client {
         &self,
         topic: &str,
         partition: u32,
-        acks: v1::Acks,
-        batch: v1::RecordBatch,
+        acks: Acks,
+        batch: RecordBatch,
         timeout: Duration,
         retry_ambiguous: bool,
-    ) -> Result<v1::ProduceResponse, Status> {
+    ) -> Result<Produced, ClientError> {
         // A batch no broker can take is refused here, naming the limit,
         // rather than by the transport.
         let size = batch.records.len() + BATCH_OVERHEAD_BYTES;
         if size > MAX_MESSAGE_BYTES_LIMIT as usize {
-            return Err(Status::invalid_argument(format!(
+            return Err(ClientError::invalid(format!(
                 "record batch of about {size} bytes is over the largest max.message.bytes a broker accepts \
                  ({MAX_MESSAGE_BYTES_LIMIT} bytes)"
             )));
         }
+        let proto = batch_to_proto(&batch);
         let deadline = Instant::now() + timeout;
         let key = (topic.to_string(), partition);
         let mut i = partition as usize;
         let mut backoff = Backoff::new();
+        let mut unreached = Unreached::default();
         loop {
             let cached = self.leaders.get(&key);
             let addr = cached.clone().unwrap_or_else(|| {
                 i += 1;
-                self.bootstrap[i % self.bootstrap.len()].clone()
+                self.bootstrap_pick(i)
             });
             let req = v1::ProduceRequest {
                 topic: topic.into(),
                 partition,
-                acks: acks as i32,
-                batch: Some(batch.clone()),
+                acks: acks.to_proto() as i32,
+                batch: Some(proto.clone()),
                 timeout_ms: 5_000,
             };
-            let r = match self.channel(&addr) {
+            let r = match self.channel_to(&addr) {
                 Ok(ch) => BrokerClient::new(ch)
                     .max_decoding_message_size(API_MESSAGE_LIMIT)
                     .produce(req)
                     .await
-                    .map(|r| r.into_inner()),
+                    .map(|r| r.into_inner())
+                    .map_err(ClientError::from),
                 Err(e) => Err(e),
             };
-            match r {
+            let e = match r {
                 Ok(v) => {
                     if cached.is_none() {
                         self.leaders.insert(key, addr);
                     }
-                    return Ok(v);
+                    return Ok(v.into());
                 }
-                Err(s) => {
-                    self.leaders.remove(&key);
-                    let hint = leader_hint(&s);
-                    // A refused connection sent nothing: safe to retry elsewhere.
-                    let unconnected = s.code() == Code::Unavailable && s.message().contains("connect error");
-                    let nothing_written = hint.is_some() || unconnected || s.code() == Code::NotFound;
-                    let may_retry = nothing_written || (retry_ambiguous && retriable(&s));
-                    if !may_retry || Instant::now() > deadline {
-                        return Err(s);
-                    }
-                    match hint.and_then(|h| h.leader_address) {
-                        Some(a) if a != addr => {
-                            self.leaders.insert(key.clone(), a);
-                        }
-                        _ => backoff.wait().await,
-                    }
+                Err(e) => e,
+            };
+            self.leaders.remove(&key);
+            if e.kind() == ErrorKind::Unreachable {
+                self.suspect(&addr);
+                unreached.0.insert(addr.clone(), e.to_string());
+                if self.bootstrap.iter().all(|b| unreached.0.contains_key(b)) {
+                    return Err(unreached.error("produce"));
                 }
+            }
+            // A refused connection sent nothing: safe to retry elsewhere.
+            let may_retry = e.not_sent() || (retry_ambiguous && e.is_retriable());
+            if !may_retry || Instant::now() > deadline {
+                return Err(e);
+            }
+            match e.leader_hint().and_then(|h| h.leader_address.clone()) {
+                Some(a) if a != addr => {
+                    self.leaders.insert(key.clone(), a);
+                }
+                _ if e.kind() == ErrorKind::Unreachable => {}
+                _ => backoff.wait().await,
             }
         }
     }
@@ -497,7 +711,7 @@ impl Client {
     /// One fetch from the partition's leader (found through the leader
     /// cache, hints and the bootstrap list), waiting up to `max_wait` for
     /// records at `offset`. Returns the records at or after `offset` and the
-    /// response (high watermark, log start).
+    /// partition's bounds.
     pub async fn fetch(
         &self,
         topic: &str,
@@ -505,16 +719,17 @@ impl Client {
         offset: u64,
         max_wait: Duration,
         timeout: Duration,
-    ) -> Result<(Vec<FetchedRecord>, v1::FetchResponse), ClientError> {
+    ) -> Result<(Vec<FetchedRecord>, FetchInfo), ClientError> {
         let deadline = Instant::now() + timeout;
         let key = (topic.to_string(), partition);
         let mut i = partition as usize;
         let mut backoff = Backoff::new();
+        let mut unreached = Unreached::default();
         loop {
             let cached = self.leaders.get(&key);
             let addr = cached.clone().unwrap_or_else(|| {
                 i += 1;
-                self.bootstrap[i % self.bootstrap.len()].clone()
+                self.bootstrap_pick(i)
             });
             let req = v1::FetchRequest {
                 topic: topic.into(),
@@ -524,39 +739,49 @@ impl Client {
                 max_wait_ms: max_wait.as_millis() as u32,
                 min_bytes: 0,
             };
-            let r = match self.channel(&addr) {
+            let r = match self.channel_to(&addr) {
                 Ok(ch) => BrokerClient::new(ch)
                     .max_decoding_message_size(API_MESSAGE_LIMIT)
                     .fetch(req)
                     .await
-                    .map(|r| r.into_inner()),
+                    .map(|r| r.into_inner())
+                    .map_err(ClientError::from),
                 Err(e) => Err(e),
             };
-            match r {
+            let e = match r {
                 Ok(resp) => {
                     if cached.is_none() {
                         self.leaders.insert(key, addr);
                     }
                     let mut out = Vec::new();
                     for b in &resp.batches {
-                        out.extend(decode_batch(b)?.into_iter().filter(|rec| rec.offset >= offset));
+                        out.extend(decode_proto(b)?.into_iter().filter(|rec| rec.offset >= offset));
                     }
-                    return Ok((out, resp));
+                    let info = FetchInfo {
+                        high_watermark: resp.high_watermark.max(0) as u64,
+                        log_start: resp.log_start_offset.max(0) as u64,
+                    };
+                    return Ok((out, info));
                 }
-                Err(s) => {
-                    self.leaders.remove(&key);
-                    let hint = leader_hint(&s);
-                    let again = hint.is_some() || retriable(&s) || s.code() == Code::NotFound;
-                    if !again || Instant::now() > deadline {
-                        return Err(s.into());
-                    }
-                    match hint.and_then(|h| h.leader_address) {
-                        Some(a) if a != addr => {
-                            self.leaders.insert(key.clone(), a);
-                        }
-                        _ => backoff.wait().await,
-                    }
+                Err(e) => e,
+            };
+            self.leaders.remove(&key);
+            if e.kind() == ErrorKind::Unreachable {
+                self.suspect(&addr);
+                unreached.0.insert(addr.clone(), e.to_string());
+                if self.bootstrap.iter().all(|b| unreached.0.contains_key(b)) {
+                    return Err(unreached.error("fetch"));
                 }
+            }
+            if !e.is_retriable() || Instant::now() > deadline {
+                return Err(e);
+            }
+            match e.leader_hint().and_then(|h| h.leader_address.clone()) {
+                Some(a) if a != addr => {
+                    self.leaders.insert(key.clone(), a);
+                }
+                _ if e.kind() == ErrorKind::Unreachable => {}
+                _ => backoff.wait().await,
             }
         }
     }
@@ -570,7 +795,7 @@ impl Client {
         partition: u32,
         from: u64,
     ) -> Result<(Vec<FetchedRecord>, u64), ClientError> {
-        let mut c = BrokerClient::new(self.channel(addr)?).max_decoding_message_size(API_MESSAGE_LIMIT);
+        let mut c = BrokerClient::new(self.channel_to(addr)?).max_decoding_message_size(API_MESSAGE_LIMIT);
         let mut out: Vec<FetchedRecord> = Vec::new();
         let mut offset = from;
         loop {
@@ -587,12 +812,43 @@ impl Client {
                 .into_inner();
             let hw = r.high_watermark as u64;
             for b in &r.batches {
-                out.extend(decode_batch(b)?.into_iter().filter(|rec| rec.offset >= offset));
+                out.extend(decode_proto(b)?.into_iter().filter(|rec| rec.offset >= offset));
             }
             offset = out.last().map(|r| r.offset + 1).unwrap_or(offset);
             if r.batches.is_empty() || offset >= hw {
                 return Ok((out, hw));
             }
         }
+    }
+}
+
+/// Raw gRPC access for tools (the `ferrolog` CLI, tests): channels and
+/// calls on the metadata leader with the generated clients. Not part of the
+/// stable API; enabled by the `grpc` cargo feature.
+#[cfg(feature = "grpc")]
+impl Client {
+    /// A (shared, lazily connecting) channel to `addr`.
+    pub fn channel(&self, addr: &str) -> Result<Channel, ClientError> {
+        self.channel_to(addr)
+    }
+
+    /// Runs an admin call on the metadata leader, following hints, skipping
+    /// unreachable brokers and retrying unavailability until `timeout`.
+    pub async fn admin<T, F, Fut>(&self, timeout: Duration, call: F) -> Result<T, ClientError>
+    where
+        F: FnMut(AdminClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.admin_call("admin", timeout, call).await
+    }
+
+    /// Runs `call` on the group coordinator (the metadata leader), as
+    /// [`Client::admin`] does.
+    pub async fn on_coordinator<T, F, Fut>(&self, timeout: Duration, call: F) -> Result<T, ClientError>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.on_meta_leader("group", timeout, call).await
     }
 }

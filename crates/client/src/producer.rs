@@ -21,15 +21,15 @@ use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
 
-use ferrolog_proto::errors::Reason;
-use ferrolog_proto::errors::reason_of;
-use ferrolog_proto::v1;
+use crate::Acks;
+use crate::Client;
+use crate::ClientError;
+use crate::Compression;
+use crate::ErrorKind;
+use crate::Produced;
 use tokio::sync::Mutex;
 use tokio::sync::Notify;
 use tokio::sync::Semaphore;
-use tonic::Status;
-
-use crate::Client;
 
 /// Batches in flight per partition; the partition remembers as many.
 pub const MAX_IN_FLIGHT: usize = 5;
@@ -51,7 +51,7 @@ struct State {
     stale: bool,
     /// A newer instance took over this producer's name: every send fails
     /// (re-initializing would fence the newer instance in turn).
-    fenced: Option<Status>,
+    fenced: Option<ClientError>,
     partitions: HashMap<(String, u32), PartitionSeq>,
 }
 
@@ -60,9 +60,9 @@ struct State {
 pub struct IdempotentProducer {
     client: Arc<Client>,
     name: Option<String>,
-    acks: v1::Acks,
+    acks: Acks,
     delivery_timeout: Duration,
-    compression: v1::Compression,
+    compression: Compression,
     state: Mutex<State>,
 }
 
@@ -72,22 +72,22 @@ impl IdempotentProducer {
     pub async fn new(
         client: Arc<Client>,
         name: Option<&str>,
-        acks: v1::Acks,
+        acks: Acks,
         delivery_timeout: Duration,
-    ) -> Result<Self, Status> {
+    ) -> Result<Self, ClientError> {
         let (id, epoch) = client.init_producer(name).await?;
         Ok(IdempotentProducer {
             client,
             name: name.map(String::from),
             acks,
             delivery_timeout,
-            compression: v1::Compression::None,
+            compression: Compression::None,
             state: Mutex::new(State { id, epoch, stale: false, fenced: None, partitions: HashMap::new() }),
         })
     }
 
     /// Compresses batches with `compression`.
-    pub fn with_compression(mut self, compression: v1::Compression) -> Self {
+    pub fn with_compression(mut self, compression: Compression) -> Self {
         self.compression = compression;
         self
     }
@@ -106,7 +106,7 @@ impl IdempotentProducer {
         topic: &str,
         partition: u32,
         records: &[(Option<Vec<u8>>, Vec<u8>)],
-    ) -> Result<v1::ProduceResponse, Status> {
+    ) -> Result<Produced, ClientError> {
         let key = (topic.to_string(), partition);
         let (permits, resolved) = {
             let mut s = self.state.lock().await;
@@ -124,19 +124,21 @@ impl IdempotentProducer {
             });
             (p.permits.clone(), p.resolved.clone())
         };
-        let _permit = permits.acquire_owned().await.map_err(|_| Status::cancelled("producer closed"))?;
+        let _permit = permits.acquire_owned().await.map_err(|_| ClientError::closed("producer"))?;
         // Take sequence numbers under the lock, in send order.
         let (batch, seq, epoch) = {
             let mut s = self.state.lock().await;
             let (id, epoch) = (s.id, s.epoch);
             let Some(p) = s.partitions.get_mut(&key) else {
-                return Err(Status::aborted("producer re-initialized while sending; send again"));
+                return Err(ClientError::new(
+                    ErrorKind::Unavailable,
+                    "producer re-initialized while sending; send again",
+                ));
             };
             let seq = p.next_seq;
             let n = records.len() as u32;
             p.next_seq = ferrolog_partition_seq_add(seq, n);
-            let mut batch = crate::make_batch_with(records, crate::now_ms(), self.compression)
-                .map_err(|e| Status::internal(e.to_string()))?;
+            let mut batch = crate::make_batch_with(records, crate::now_ms(), self.compression)?;
             crate::set_producer(&mut batch, id, epoch, seq);
             (batch, seq, epoch)
         };
@@ -145,7 +147,7 @@ impl IdempotentProducer {
             let left = deadline.saturating_duration_since(Instant::now());
             let r = self.client.produce_with(topic, partition, self.acks, batch.clone(), left, true).await;
             match r {
-                Err(s) if is(&s, Reason::OutOfOrderSequence) && Instant::now() < deadline => {
+                Err(s) if s.kind() == ErrorKind::OutOfOrderSequence && Instant::now() < deadline => {
                     // Overtook an earlier batch of this partition. Every
                     // earlier batch is in flight (wait for it), acknowledged
                     // since the refusal (retry now), or failed for good,
@@ -166,7 +168,7 @@ impl IdempotentProducer {
         };
         let mut s = self.state.lock().await;
         if let Err(st) = &result
-            && is(st, Reason::Fenced)
+            && st.kind() == ErrorKind::Fenced
         {
             s.fenced = Some(st.clone());
         } else if result.is_err() && s.epoch == epoch {
@@ -180,10 +182,6 @@ impl IdempotentProducer {
         resolved.notify_waiters();
         result
     }
-}
-
-fn is(s: &Status, r: Reason) -> bool {
-    reason_of(s).is_some_and(|(got, _)| got == r)
 }
 
 fn ferrolog_partition_seq_add(seq: i32, n: u32) -> i32 {

@@ -161,6 +161,9 @@ pub enum GroupError {
     /// The operation needs a group without members.
     #[error("group has {0} active members: stop them first")]
     NotEmpty(usize),
+    /// No group of that name.
+    #[error("unknown group {0:?}")]
+    UnknownGroup(String),
     /// Bad input.
     #[error("{0}")]
     Invalid(String),

@@ -347,7 +347,7 @@ impl ClusterState {
                 MetaOutcome::Group(r)
             }
             MetaCommand::DeleteGroup { group } => match self.groups.get(&group) {
-                None => MetaOutcome::Group(Err(groups::GroupError::Invalid(format!("no group {group:?}")))),
+                None => MetaOutcome::Group(Err(groups::GroupError::UnknownGroup(group))),
                 Some(g) if !g.members.is_empty() => {
                     MetaOutcome::Group(Err(groups::GroupError::NotEmpty(g.members.len())))
                 }

@@ -30,7 +30,20 @@ pub enum Reason {
     CorruptBatch,
     /// A consumer group member's epoch is no longer current.
     StaleMemberEpoch,
+    /// A fetch or list-offsets asked for an offset outside the log; the
+    /// metadata holds `log_start_offset` and `log_end_offset`.
+    OffsetOutOfRange,
 }
+
+/// Every reason, for tests and for parsing.
+pub const ALL_REASONS: [Reason; 6] = [
+    Reason::NotLeader,
+    Reason::Fenced,
+    Reason::OutOfOrderSequence,
+    Reason::CorruptBatch,
+    Reason::StaleMemberEpoch,
+    Reason::OffsetOutOfRange,
+];
 
 impl Reason {
     /// The wire spelling.
@@ -41,14 +54,13 @@ impl Reason {
             Reason::OutOfOrderSequence => "OUT_OF_ORDER_SEQUENCE",
             Reason::CorruptBatch => "CORRUPT_BATCH",
             Reason::StaleMemberEpoch => "STALE_MEMBER_EPOCH",
+            Reason::OffsetOutOfRange => "OFFSET_OUT_OF_RANGE",
         }
     }
 
     /// Parses a wire spelling; `None` for reasons this version does not know.
     pub fn parse(s: &str) -> Option<Self> {
-        [Reason::NotLeader, Reason::Fenced, Reason::OutOfOrderSequence, Reason::CorruptBatch, Reason::StaleMemberEpoch]
-            .into_iter()
-            .find(|r| r.as_str() == s)
+        ALL_REASONS.into_iter().find(|r| r.as_str() == s)
     }
 
     /// The gRPC code a status with this reason carries.
@@ -57,6 +69,7 @@ impl Reason {
             Reason::NotLeader => Code::Unavailable,
             Reason::Fenced | Reason::OutOfOrderSequence | Reason::StaleMemberEpoch => Code::FailedPrecondition,
             Reason::CorruptBatch => Code::InvalidArgument,
+            Reason::OffsetOutOfRange => Code::OutOfRange,
         }
     }
 }
@@ -86,6 +99,24 @@ pub fn not_leader(message: impl Into<String>, hint: &LeaderHint) -> Status {
         md.insert("leader_address".to_string(), addr.clone());
     }
     status(Reason::NotLeader, message, md)
+}
+
+/// `OUT_OF_RANGE` + `OFFSET_OUT_OF_RANGE` with the log's bounds.
+pub fn out_of_range(message: impl Into<String>, log_start: u64, log_end: u64) -> Status {
+    let md = HashMap::from([
+        ("log_start_offset".to_string(), log_start.to_string()),
+        ("log_end_offset".to_string(), log_end.to_string()),
+    ]);
+    status(Reason::OffsetOutOfRange, message, md)
+}
+
+/// The `(log start, log end)` of an `OFFSET_OUT_OF_RANGE` status.
+pub fn out_of_range_bounds(status: &Status) -> Option<(u64, u64)> {
+    let (reason, md) = reason_of(status)?;
+    if reason != Reason::OffsetOutOfRange {
+        return None;
+    }
+    Some((md.get("log_start_offset")?.parse().ok()?, md.get("log_end_offset")?.parse().ok()?))
 }
 
 /// The Ferrolog reason and metadata of a status, if it carries one.
@@ -135,13 +166,7 @@ mod tests {
 
     #[test]
     fn every_reason_parses_back_and_others_are_not_ours() {
-        for r in [
-            Reason::NotLeader,
-            Reason::Fenced,
-            Reason::OutOfOrderSequence,
-            Reason::CorruptBatch,
-            Reason::StaleMemberEpoch,
-        ] {
+        for r in ALL_REASONS {
             assert_eq!(Reason::parse(r.as_str()), Some(r));
             let st = status(r, "x", HashMap::new());
             assert_eq!(st.code(), r.code());
