@@ -73,11 +73,14 @@ impl InProcCluster {
     pub async fn meta_leader(&self) -> anyhow::Result<Core> {
         eventually("a metadata leader", Duration::from_secs(30), || async {
             for b in &self.brokers {
-                if b.core.metadata().describe_cluster().await.is_ok() {
+                // Elected, and applied the membership of every broker.
+                if let Ok(d) = b.core.metadata().describe_cluster().await
+                    && d.brokers.len() == self.brokers.len()
+                {
                     return Ok(b.core.clone());
                 }
             }
-            Err("no broker answers as metadata leader".to_string())
+            Err("no broker answers as metadata leader with every broker".to_string())
         })
         .await
     }

@@ -504,7 +504,9 @@ impl Client {
                 i += 1;
                 self.bootstrap_pick(i - 1)
             });
-            let attempt = ADMIN_ATTEMPT_TIMEOUT.min(deadline.saturating_duration_since(Instant::now()));
+            let left = deadline.saturating_duration_since(Instant::now());
+            // The last attempt gets at least a short while, never zero.
+            let attempt = ADMIN_ATTEMPT_TIMEOUT.min(left.max(Duration::from_millis(200)));
             let r = match self.channel_to(&addr) {
                 Ok(ch) => match tokio::time::timeout(attempt, call(ch)).await {
                     Ok(r) => r.map(|r| r.into_inner()).map_err(ClientError::from),
@@ -530,7 +532,11 @@ impl Client {
                 }
                 continue;
             }
-            if !e.is_retriable() || Instant::now() >= deadline {
+            // The metadata leader's answers are authoritative: an unknown
+            // topic or group is not retried here (only routing and
+            // unavailability are).
+            let transient = matches!(e.kind(), ErrorKind::NotLeader | ErrorKind::Unavailable);
+            if !transient || Instant::now() >= deadline {
                 return Err(e);
             }
             next = e.leader_hint().and_then(|h| h.leader_address.clone());

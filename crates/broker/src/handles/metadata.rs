@@ -166,6 +166,13 @@ impl Metadata {
     pub async fn create_topic(&self, t: NewTopic) -> Result<TopicDescription, BrokerError> {
         let meta = self.core.meta_leader().await?;
         let brokers: Vec<NodeId> = meta.state.borrow().membership.membership().nodes().map(|(id, _)| *id).collect();
+        if brokers.is_empty() {
+            // A leader just elected, before it applied the membership:
+            // retriable, not "more replicas than brokers".
+            return Err(BrokerError::Unavailable(
+                "the metadata leader has not applied the cluster membership yet".into(),
+            ));
+        }
         let partitions = if t.partitions == 0 { 1 } else { t.partitions };
         let rf = if t.replication_factor == 0 { brokers.len().min(3) as u32 } else { t.replication_factor };
         ferrolog_metadata::validate_create(&t.name, partitions, rf, brokers.len())?;
