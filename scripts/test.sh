@@ -11,8 +11,8 @@ scripts/setup.sh
 cargo build --workspace --all-targets
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"
-  # nextest does not run doctests: the client's examples are compiled here.
-  cargo test --doc -p ferrolog-client
+  # nextest does not run doctests: they run here (with the workspace's features, so nothing is compiled again).
+  cargo test --doc --workspace
 else
   cargo test --workspace --no-fail-fast "$@"
 fi
