@@ -26,6 +26,8 @@ STAGE="$(mktemp -d)"
 trap 'rm -rf "$STAGE"' EXIT
 mkdir -p "$STAGE/etc" "$STAGE/var/lib/ferrolog"
 cp "$BIN" "$STAGE/ferrolog"
+# Symbols stay (panics and profilers name functions); line tables go.
+strip --strip-debug "$STAGE/ferrolog"
 # Put back the workspace's `ferrolog` (with fault hooks) that the tests and
 # the chaos harness spawn: both builds are cached, this only links.
 cargo build --locked --workspace --bin ferrolog
