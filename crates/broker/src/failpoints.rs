@@ -2,11 +2,13 @@
 //! variable when a broker starts, e.g. `produce.drop_response=2`.
 //!
 //! They exist only in builds with the cargo feature `failpoints`, which the
-//! workspace build turns on (the `ferrolog-tests` package asks for it) and
-//! the image's build (`cargo build -p ferrolog`, deploy/docker/build.sh)
-//! leaves off, so production brokers cannot be told to misbehave. A broker
-//! built without them refuses to start when the variable is set
-//! ([`check_supported`]): a test never silently runs without its fault.
+//! workspace build turns on (the `ferrolog-tests` package asks for it). The
+//! image ships that same binary (deploy/docker/build.sh: what was tested is
+//! what runs), so the hooks are inert unless the variable is set, and a
+//! broker that finds it set says so at WARN when it starts. A broker built
+//! without them (`cargo build -p ferrolog`, `cargo install`) refuses to
+//! start when the variable is set ([`check_supported`]): a test never
+//! silently runs without its fault.
 //!
 //! - `produce.drop_response=N`: the next N produces that appended a batch
 //!   (and met their acks level) answer `UNAVAILABLE` instead of their
@@ -76,6 +78,10 @@ pub fn check_supported() -> Result<(), String> {
             "{ENV}={spec:?} is set, but this binary was built without fault hooks \
              (cargo feature `failpoints`: build the workspace, not `-p ferrolog` alone)"
         )),
+        Ok(spec) if !spec.trim().is_empty() => {
+            tracing::warn!(spec = %spec, "{ENV} is set: test fault hooks are active in this broker");
+            Ok(())
+        }
         _ => Ok(()),
     }
 }
