@@ -10,12 +10,12 @@ use std::process::Command;
 use std::process::Output;
 use std::process::Stdio;
 use std::time::Duration;
-use std::time::Instant;
 
 use anyhow::Context;
 use anyhow::bail;
 use anyhow::ensure;
 use ferrolog_tests::cluster::ferrolog_bin;
+use ferrolog_tests::wait_for;
 
 /// A base port with base..base+2 and base+1000..base+1002 free.
 fn free_base_port() -> anyhow::Result<u16> {
@@ -44,18 +44,16 @@ struct Dev {
 impl Drop for Dev {
     fn drop(&mut self) {
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let exited =
+            wait_for("ferrolog dev to exit", Duration::from_secs(20), || matches!(self.child.try_wait(), Ok(Some(_))));
+        if exited.is_err() {
+            let _ = self.child.kill();
         }
-        let _ = self.child.kill();
     }
 }
 
 fn start_dev() -> anyhow::Result<Dev> {
+    const READY: &str = "stop: Ctrl-C";
     let dir = tempfile::tempdir()?;
     let base = free_base_port()?;
     let out = dir.path().join("dev.out");
@@ -65,17 +63,17 @@ fn start_dev() -> anyhow::Result<Dev> {
         .stdout(std::fs::File::create(&out)?)
         .stderr(Stdio::null())
         .spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let text = std::fs::read_to_string(&out).unwrap_or_default();
-        if text.contains("stop: Ctrl-C") {
-            break;
-        }
+    // Stops once ready, exited, or try_wait fails; which one is read below.
+    let waited = wait_for("ferrolog dev to be ready", Duration::from_secs(60), || {
+        std::fs::read_to_string(&out).unwrap_or_default().contains(READY) || !matches!(child.try_wait(), Ok(None))
+    });
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    if !text.contains(READY) {
         if let Some(status) = child.try_wait()? {
             bail!("ferrolog dev exited early ({status}): {text}");
         }
-        ensure!(Instant::now() < deadline, "ferrolog dev not ready: {text}");
-        std::thread::sleep(Duration::from_millis(100));
+        let e = waited.err().unwrap_or_else(|| anyhow::anyhow!("ferrolog dev neither ready nor exited"));
+        return Err(e.context(format!("ferrolog dev not ready: {text}")));
     }
     let brokers = (0..3).map(|i| format!("127.0.0.1:{}", base + i)).collect::<Vec<_>>().join(",");
     Ok(Dev { child, brokers, _dir: dir })
@@ -294,17 +292,12 @@ fn a_broker_whose_critical_task_panics_stops_with_an_error() -> anyhow::Result<(
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = child.try_wait()? {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            bail!("the broker kept running with a dead retention task");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    // Stops at an exit or at an error of try_wait (read again below).
+    if let Err(e) = wait_for("the broker to exit", Duration::from_secs(30), || !matches!(child.try_wait(), Ok(None))) {
+        let _ = child.kill();
+        return Err(e.context("the broker kept running with a dead retention task"));
+    }
+    let status = child.try_wait()?.context("the broker exited but has no status")?;
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().context("stderr")?, &mut stderr)?;
     ensure!(!status.success(), "must exit non-zero, got {status}");

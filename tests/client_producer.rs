@@ -43,17 +43,8 @@ async fn raw_batches(
 
 /// A stored batch as the client decodes it.
 fn decode(b: &v1::RecordBatch) -> anyhow::Result<Vec<ferrolog_client::FetchedRecord>> {
-    let header = ferrolog_types::BatchHeader {
-        producer_id: b.producer_id,
-        producer_epoch: b.producer_epoch,
-        base_sequence: b.base_sequence,
-        record_count: b.record_count,
-        compression: b.compression as u32,
-        first_timestamp_ms: b.first_timestamp_ms,
-        max_timestamp_ms: b.max_timestamp_ms,
-    };
-    let batch = ferrolog_client::RecordBatch { header, records: b.records.clone(), crc32c: b.crc32c };
-    Ok(ferrolog_client::decode_batch(b.base_offset as u64, &batch)?)
+    let (base, batch) = ferrolog_proto::batch::from_proto(b.clone())?;
+    Ok(ferrolog_client::decode_batch(base.unwrap_or(0), &batch)?)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

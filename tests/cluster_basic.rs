@@ -12,6 +12,7 @@ use ferrolog_proto::v1::broker_client::BrokerClient;
 use ferrolog_tests::client::TestClient;
 use ferrolog_tests::client::make_proto_batch as make_batch;
 use ferrolog_tests::cluster::Cluster;
+use ferrolog_tests::eventually;
 use tonic::Code;
 
 const START: Duration = Duration::from_secs(60);
@@ -59,25 +60,24 @@ async fn produce_and_fetch_with_each_acks_level() -> anyhow::Result<()> {
         }
         // Every replica serves exactly the committed log, once it caught up.
         for addr in cluster.addrs() {
-            let deadline = std::time::Instant::now() + OP;
-            loop {
-                let (got, hw) = client.fetch_from(&addr, "orders", p, 0).await?;
+            // A failed fetch fails the test (`Ok(Err)`), as before.
+            let (got, hw) = eventually(&format!("p{p} on {addr} to hold every record"), OP, || async {
+                let (got, hw) = match client.fetch_from(&addr, "orders", p, 0).await {
+                    Ok(r) => r,
+                    Err(e) => return Ok(Err(e)),
+                };
                 if got.len() == expected.len() {
-                    let offsets: Vec<u64> = got.iter().map(|(o, _)| *o).collect();
-                    assert_eq!(offsets, (0..expected.len() as u64).collect::<Vec<_>>());
-                    let values: Vec<Vec<u8>> = got.into_iter().map(|(_, v)| v).collect();
-                    assert_eq!(values, expected, "p{p} on {addr}: records in produce order");
-                    assert_eq!(hw, expected.len() as u64);
-                    break;
+                    Ok(Ok((got, hw)))
+                } else {
+                    Err(format!("p{p} on {addr}: {} of {} records", got.len(), expected.len()))
                 }
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "p{p} on {addr}: {} of {} records",
-                    got.len(),
-                    expected.len()
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            })
+            .await??;
+            let offsets: Vec<u64> = got.iter().map(|(o, _)| *o).collect();
+            assert_eq!(offsets, (0..expected.len() as u64).collect::<Vec<_>>());
+            let values: Vec<Vec<u8>> = got.into_iter().map(|(_, v)| v).collect();
+            assert_eq!(values, expected, "p{p} on {addr}: records in produce order");
+            assert_eq!(hw, expected.len() as u64);
         }
     }
 
@@ -254,20 +254,26 @@ async fn bad_input_gets_clear_errors_and_loses_nothing() -> anyhow::Result<()> {
     client.admin(OP, |mut c| async move { c.delete_topic(v1::DeleteTopicRequest { name: "t1".into() }).await }).await?;
     // Metadata reaches followers asynchronously: every broker must stop
     // knowing the topic shortly after the delete commits.
-    let deadline = std::time::Instant::now() + OP;
-    for addr in cluster.addrs() {
-        loop {
-            let mut a = v1::admin_client::AdminClient::connect(format!("http://{addr}")).await?;
+    // One wait for all brokers, each poll asking them in order; a failed
+    // connect fails the test (`Ok(Err)`), as before.
+    let addrs = cluster.addrs();
+    eventually("every broker to forget t1", OP, || async {
+        for addr in &addrs {
+            let mut a = match v1::admin_client::AdminClient::connect(format!("http://{addr}")).await {
+                Ok(a) => a,
+                Err(e) => return Ok(Err(anyhow::Error::from(e))),
+            };
             match a
                 .describe_topic(v1::DescribeTopicRequest { name: "t1".into(), local_only: false, replica_lag: false })
                 .await
             {
-                Err(e) if e.code() == Code::NotFound => break,
-                other => assert!(std::time::Instant::now() < deadline, "{addr} still describes t1: {other:?}"),
+                Err(e) if e.code() == Code::NotFound => {}
+                other => return Err(format!("{addr} still describes t1: {other:?}")),
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-    }
+        Ok(Ok(()))
+    })
+    .await??;
     let e = client
         .admin(OP, |mut c| async move {
             c.describe_topic(v1::DescribeTopicRequest { name: "t1".into(), local_only: false, replica_lag: false })
@@ -287,21 +293,26 @@ async fn a_new_broker_joins_and_receives_partitions() -> anyhow::Result<()> {
     cluster.wait_serving(START).await?;
     let client = TestClient::new(cluster.addrs());
     // The cluster knows it (as a metadata learner) and sees it alive.
-    let deadline = std::time::Instant::now() + START;
-    loop {
-        let c =
-            client.admin(OP, |mut c| async move { c.describe_cluster(v1::DescribeClusterRequest {}).await }).await?;
-        if let Some(b) = c.brokers.iter().find(|b| b.id == id)
-            && b.alive
+    // A failed describe fails the test (`Ok(Err)`), as before.
+    let c = eventually(&format!("broker {id} listed alive"), START, || async {
+        let c = match client
+            .admin(OP, |mut c| async move { c.describe_cluster(v1::DescribeClusterRequest {}).await })
+            .await
         {
-            assert!(!b.metadata_voter, "a joined broker is a learner of the metadata group");
-            assert_eq!(b.address, cluster.node(id).addr);
-            assert_eq!(c.brokers.len(), 4);
-            break;
+            Ok(c) => c,
+            Err(e) => return Ok(Err(anyhow::Error::from(e))),
+        };
+        if c.brokers.iter().any(|b| b.id == id && b.alive) {
+            Ok(Ok(c))
+        } else {
+            Err(format!("broker {id} not listed alive: {c:?}"))
         }
-        assert!(std::time::Instant::now() < deadline, "broker {id} not listed alive: {c:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await??;
+    let b = c.brokers.iter().find(|b| b.id == id).expect("listed alive above");
+    assert!(!b.metadata_voter, "a joined broker is a learner of the metadata group");
+    assert_eq!(b.address, cluster.node(id).addr);
+    assert_eq!(c.brokers.len(), 4);
     // New topics place replicas on it, and it serves them.
     let t = client.create_topic("spread", 4, 2).await?;
     let on_new: Vec<u32> = t.partitions.iter().filter(|p| p.replicas.contains(&id)).map(|p| p.partition).collect();
@@ -310,15 +321,19 @@ async fn a_new_broker_joins_and_receives_partitions() -> anyhow::Result<()> {
     for p in &on_new {
         let r = client.produce("spread", *p, ferrolog_client::Acks::All, &[b"hello".to_vec()], OP).await?;
         assert_eq!(r.base_offset, Some(0));
-        let deadline = std::time::Instant::now() + OP;
-        loop {
-            let (got, _) = client.fetch_from(&cluster.node(id).addr, "spread", *p, 0).await?;
+        // A failed fetch fails the test (`Ok(Err)`), as before.
+        eventually(&format!("the new broker's replica of spread/{p}"), OP, || async {
+            let (got, _) = match client.fetch_from(&cluster.node(id).addr, "spread", *p, 0).await {
+                Ok(r) => r,
+                Err(e) => return Ok(Err(e)),
+            };
             if got == vec![(0, b"hello".to_vec())] {
-                break;
+                Ok(Ok(()))
+            } else {
+                Err(format!("new broker's replica of spread/{p}: {got:?}"))
             }
-            assert!(std::time::Instant::now() < deadline, "new broker's replica of spread/{p}: {got:?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await??;
     }
     Ok(())
 }

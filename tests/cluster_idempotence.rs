@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
 
-use anyhow::bail;
 use anyhow::ensure;
 use ferrolog_client::ErrorKind;
 use ferrolog_client::IdempotentProducer;
@@ -26,6 +25,7 @@ use ferrolog_tests::client::TestClient;
 use ferrolog_tests::cluster::Cluster;
 use ferrolog_tests::cluster::sample;
 use ferrolog_tests::cluster::scrape;
+use ferrolog_tests::eventually;
 
 const START: Duration = Duration::from_secs(60);
 const OP: Duration = Duration::from_secs(30);
@@ -264,36 +264,43 @@ async fn dedup_survives_a_full_restart_and_a_snapshot_install() -> anyhow::Resul
     let sent = send_batches(&inner, "snap", id, epoch, 60, 1000).await?;
     // Wait for the live replicas to trim and purge their Raft logs: the
     // restarted replica cannot catch up from the log alone.
-    let deadline = Instant::now() + START;
+    // A failed describe or scrape fails the test (`Ok(Err)`), as before.
     let live: Vec<u64> = [1, 2, 3].into_iter().filter(|n| *n != preferred).collect();
-    loop {
-        let d = inner.wait_leaders("snap", START).await?;
+    eventually("the live replicas to trim and purge", START, || async {
+        let d = match inner.wait_leaders("snap", START).await {
+            Ok(d) => d,
+            Err(e) => return Ok(Err(anyhow::Error::from(e))),
+        };
         let mut purged = true;
         for n in &live {
-            let p = sample(&scrape(&cluster.node(*n).metrics_addr)?, "ferrolog_raft_purged_entries").unwrap_or(0.0);
-            purged &= p > 0.0;
+            let text = match scrape(&cluster.node(*n).metrics_addr) {
+                Ok(text) => text,
+                Err(e) => return Ok(Err(e)),
+            };
+            purged &= sample(&text, "ferrolog_raft_purged_entries").unwrap_or(0.0) > 0.0;
         }
         if d.partitions[0].log_start.unwrap_or(0) > 0 && purged {
-            break;
+            Ok(Ok(()))
+        } else {
+            Err(format!("retention did not trim and purge: {d:?}"))
         }
-        if Instant::now() > deadline {
-            bail!("retention did not trim and purge: {d:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await??;
     cluster.restart(preferred)?;
     cluster.wait_serving(START).await?;
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let d = inner.wait_leaders("snap", START).await?;
+    // A failed describe fails the test (`Ok(Err)`), as before.
+    eventually(&format!("preferred replica {preferred} to take leadership back"), Duration::from_secs(90), || async {
+        let d = match inner.wait_leaders("snap", START).await {
+            Ok(d) => d,
+            Err(e) => return Ok(Err(anyhow::Error::from(e))),
+        };
         if d.partitions[0].leader == Some(preferred) {
-            break;
+            Ok(Ok(()))
+        } else {
+            Err(format!("preferred replica {preferred} did not take leadership back: {d:?}"))
         }
-        if Instant::now() > deadline {
-            bail!("preferred replica {preferred} did not take leadership back: {d:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await??;
     ensure!(
         cluster.log_contains(preferred, "installed snapshot"),
         "expected a snapshot install in broker {preferred}'s log:\n{}",

@@ -13,11 +13,11 @@ use std::time::Duration;
 use std::time::Instant;
 
 use anyhow::Context;
-use anyhow::bail;
 use ferrolog_tests::client::TestClient;
 use ferrolog_tests::cluster::Cluster;
 use ferrolog_tests::cluster::sample;
 use ferrolog_tests::cluster::scrape;
+use ferrolog_tests::eventually;
 
 const START: Duration = Duration::from_secs(60);
 const PARTITIONS: u32 = 6;
@@ -25,24 +25,28 @@ const PARTITIONS: u32 = 6;
 /// Waits until every live broker reports all its replicas quiesced.
 async fn wait_quiesced(cluster: &Cluster, live: &[u64], timeout: Duration) -> anyhow::Result<Duration> {
     let start = Instant::now();
-    loop {
+    // A failed scrape fails the wait (`Ok(Err)`), as before.
+    eventually("every replica quiesced", timeout, || async {
         let mut all = true;
         let mut seen = Vec::new();
         for id in live {
-            let text = scrape(&cluster.node(*id).metrics_addr)?;
+            let text = match scrape(&cluster.node(*id).metrics_addr) {
+                Ok(text) => text,
+                Err(e) => return Ok(Err(e)),
+            };
             let q = sample(&text, "ferrolog_partitions_quiesced").unwrap_or(-1.0);
             let r = sample(&text, "ferrolog_partition_replicas").unwrap_or(-2.0);
             seen.push((*id, q, r));
             all &= q == r && r == f64::from(PARTITIONS);
         }
         if all {
-            return Ok(start.elapsed());
+            Ok(Ok(()))
+        } else {
+            Err(format!("replicas not quiesced after {timeout:?}: (broker, quiesced, replicas) = {seen:?}"))
         }
-        if start.elapsed() > timeout {
-            bail!("replicas not quiesced after {timeout:?}: (broker, quiesced, replicas) = {seen:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await??;
+    Ok(start.elapsed())
 }
 
 async fn produce_all(client: &TestClient, round: u32) -> anyhow::Result<Vec<u64>> {
@@ -72,19 +76,21 @@ async fn quiesced_partitions_serve_fail_over_and_rebalance() -> anyhow::Result<(
     let d = client.client().wait_leaders("idle", START).await?;
     for p in &d.partitions {
         let follower = p.replicas.iter().copied().find(|b| Some(*b) != p.leader).expect("a follower");
-        let deadline = Instant::now() + START;
-        loop {
-            let (log, hw) = client.fetch_from(&cluster.node(follower).addr, "idle", p.partition, 0).await?;
+        // A failed fetch fails the test (`Ok(Err)`), as before.
+        let log = eventually(&format!("follower {follower} of partition {} at hw 2", p.partition), START, || async {
+            let (log, hw) = match client.fetch_from(&cluster.node(follower).addr, "idle", p.partition, 0).await {
+                Ok(r) => r,
+                Err(e) => return Ok(Err(e)),
+            };
             if hw == 2 {
-                let want: Vec<Vec<u8>> = (0..2).map(|r| format!("round-{r}-p{}", p.partition).into_bytes()).collect();
-                assert_eq!(log.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>(), want);
-                break;
+                Ok(Ok(log))
+            } else {
+                Err(format!("follower {follower} of partition {} still at hw {hw}", p.partition))
             }
-            if Instant::now() > deadline {
-                bail!("follower {follower} of partition {} still at hw {hw}", p.partition);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await??;
+        let want: Vec<Vec<u8>> = (0..2).map(|r| format!("round-{r}-p{}", p.partition).into_bytes()).collect();
+        assert_eq!(log.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>(), want);
     }
 
     // Kill a broker while everything is quiesced: every partition it led
@@ -106,9 +112,12 @@ async fn quiesced_partitions_serve_fail_over_and_rebalance() -> anyhow::Result<(
     // Back again: it catches up and gets its preferred leaderships back.
     cluster.restart(victim)?;
     cluster.wait_serving(START).await?;
-    let deadline = Instant::now() + START;
-    loop {
-        let d = client.client().wait_leaders("idle", START).await?;
+    // A failed describe fails the test (`Ok(Err)`), as before.
+    eventually("every partition led by its preferred replica", START, || async {
+        let d = match client.client().wait_leaders("idle", START).await {
+            Ok(d) => d,
+            Err(e) => return Ok(Err(anyhow::Error::from(e))),
+        };
         let off: Vec<(u32, u64, u64)> = d
             .partitions
             .iter()
@@ -116,28 +125,29 @@ async fn quiesced_partitions_serve_fail_over_and_rebalance() -> anyhow::Result<(
             .map(|p| (p.partition, p.leader.unwrap_or(0), p.replicas[0]))
             .collect();
         if off.is_empty() {
-            break;
+            Ok(Ok(()))
+        } else {
+            Err(format!("partitions not led by their preferred replica: (partition, leader, preferred) = {off:?}"))
         }
-        if Instant::now() > deadline {
-            bail!("partitions not led by their preferred replica: (partition, leader, preferred) = {off:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await??;
     // Every record is there once, in order, on the restarted broker too.
     for p in 0..PARTITIONS {
         let want: Vec<Vec<u8>> = (0..3).map(|r| format!("round-{r}-p{p}").into_bytes()).collect();
-        let deadline = Instant::now() + START;
-        loop {
-            let (log, _) = client.fetch_from(&cluster.node(victim).addr, "idle", p, 0).await?;
+        // A failed fetch fails the test (`Ok(Err)`), as before.
+        eventually(&format!("partition {p} on broker {victim} to hold every record"), START, || async {
+            let (log, _) = match client.fetch_from(&cluster.node(victim).addr, "idle", p, 0).await {
+                Ok(r) => r,
+                Err(e) => return Ok(Err(e)),
+            };
             let got: Vec<Vec<u8>> = log.into_iter().map(|(_, v)| v).collect();
             if got == want {
-                break;
+                Ok(Ok(()))
+            } else {
+                Err(format!("partition {p} on broker {victim}: {} records, want {}", got.len(), want.len()))
             }
-            if Instant::now() > deadline {
-                bail!("partition {p} on broker {victim}: {} records, want {}", got.len(), want.len());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await??;
     }
     Ok(())
 }

@@ -4,13 +4,13 @@
 //! catches up through that snapshot.
 
 use std::time::Duration;
-use std::time::Instant;
 
 use ferrolog_proto::v1;
 use ferrolog_tests::client::TestClient;
 use ferrolog_tests::cluster::Cluster;
 use ferrolog_tests::cluster::sample;
 use ferrolog_tests::cluster::scrape;
+use ferrolog_tests::eventually;
 use tonic::Code;
 
 const START: Duration = Duration::from_secs(60);
@@ -46,23 +46,29 @@ async fn retention_bytes_trims_purges_and_a_lagging_follower_catches_up_by_snaps
     }
     // The leader trims, snapshots and purges its Raft log.
     let leader_addr = cluster.node(leader).addr.clone();
-    let deadline = Instant::now() + OP;
-    let (log_start, hw) = loop {
-        let r = fetch_meta(&leader_addr, "logs", 99).await?;
-        let purged =
-            sample(&scrape(&cluster.node(leader).metrics_addr)?, "ferrolog_raft_purged_entries").unwrap_or(0.0);
+    // A failed fetch or scrape fails the test (`Ok(Err)`), as before.
+    let (log_start, hw) = eventually("the leader to trim and purge", OP, || async {
+        let r = match fetch_meta(&leader_addr, "logs", 99).await {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(anyhow::Error::from(e))),
+        };
+        let text = match scrape(&cluster.node(leader).metrics_addr) {
+            Ok(text) => text,
+            Err(e) => return Ok(Err(e)),
+        };
+        let purged = sample(&text, "ferrolog_raft_purged_entries").unwrap_or(0.0);
         // Retention may first run while the batches are still arriving:
         // wait for a pass after the last one (about 20 KB of 100 KB kept).
         if r.log_start_offset >= 75 && purged > 0.0 {
-            break (r.log_start_offset as u64, r.high_watermark as u64);
+            Ok(Ok((r.log_start_offset as u64, r.high_watermark as u64)))
+        } else {
+            Err(format!(
+                "no trim to about 20 KB of 100 KB and purge on the leader: log start {}, purged {purged}",
+                r.log_start_offset
+            ))
         }
-        assert!(
-            Instant::now() < deadline,
-            "no trim to about 20 KB of 100 KB and purge on the leader: log start {}, purged {purged}",
-            r.log_start_offset
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    })
+    .await??;
     assert_eq!(hw, 100);
     assert!(log_start >= 75, "about 20 KB of 100 KB kept, log start {log_start}");
     let e = fetch_meta(&leader_addr, "logs", 0).await.expect_err("offset 0 was deleted");
@@ -74,16 +80,14 @@ async fn retention_bytes_trims_purges_and_a_lagging_follower_catches_up_by_snaps
     cluster.wait_serving(START).await?;
     let follower_addr = cluster.node(follower).addr.clone();
     let (want, _) = client.fetch_from(&leader_addr, "logs", 0, log_start).await?;
-    let deadline = Instant::now() + OP;
-    loop {
-        if let Ok(r) = fetch_meta(&follower_addr, "logs", log_start as i64).await
-            && r.high_watermark as u64 == hw
-        {
-            break;
+    eventually(&format!("follower {follower} to catch up"), OP, || async {
+        match fetch_meta(&follower_addr, "logs", log_start as i64).await {
+            Ok(r) if r.high_watermark as u64 == hw => Ok(()),
+            Ok(r) => Err(format!("follower {follower} did not catch up: hw {} of {hw}", r.high_watermark)),
+            Err(e) => Err(format!("follower {follower} did not catch up: {e}")),
         }
-        assert!(Instant::now() < deadline, "follower {follower} did not catch up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await?;
     let (got, _) = client.fetch_from(&follower_addr, "logs", 0, log_start).await?;
     assert_eq!(got, want, "the follower serves exactly the retained records");
     let r = fetch_meta(&follower_addr, "logs", log_start as i64).await?;
@@ -117,15 +121,19 @@ async fn retention_ms_deletes_expired_batches() -> anyhow::Result<()> {
         client.client().produce("old", 0, ferrolog_client::Acks::All, batch, OP).await?;
     }
     let addr = cluster.node(leader).addr.clone();
-    let deadline = Instant::now() + OP;
-    loop {
-        let r = fetch_meta(&addr, "old", 5).await?;
+    // A failed fetch fails the test (`Ok(Err)`), as before.
+    let r = eventually("the expired batches to be deleted", OP, || async {
+        let r = match fetch_meta(&addr, "old", 5).await {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(anyhow::Error::from(e))),
+        };
         if r.log_start_offset == 5 {
-            assert!(r.batches.is_empty());
-            break;
+            Ok(Ok(r))
+        } else {
+            Err(format!("expired batches not deleted: log start {}", r.log_start_offset))
         }
-        assert!(Instant::now() < deadline, "expired batches not deleted: log start {}", r.log_start_offset);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await??;
+    assert!(r.batches.is_empty());
     Ok(())
 }

@@ -9,8 +9,8 @@ use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 
 use ferrolog_raft::LogStore;
+use ferrolog_raft::PartitionConfig as TypeConfig;
 use ferrolog_raft::StateMachine;
-use ferrolog_raft::TypeConfig;
 use ferrolog_storage::Storage;
 use ferrolog_storage::StorageConfig;
 use ferrolog_types::GroupId;

@@ -10,7 +10,7 @@ use std::io;
 use std::sync::Arc;
 
 use ferrolog_raft::LogStore;
-use ferrolog_raft::Request;
+use ferrolog_raft::PartitionEntry;
 use ferrolog_raft::StateMachine;
 use ferrolog_raft::state_machine::PartitionReader;
 use ferrolog_raft::types::log_id;
@@ -34,7 +34,7 @@ const ENTRIES: u64 = 400;
 
 fn entry(index: u64) -> ferrolog_raft::types::alias::Entry {
     let batch = Batch::seal(BatchHeader::plain(1, 0), payload_for(1, index, 2000).into());
-    RaftEntry::new_normal(log_id(1, 1, index), Request::append(batch))
+    RaftEntry::new_normal(log_id(1, 1, index), PartitionEntry::append(batch))
 }
 
 async fn fill(storage: &Arc<Storage>) -> anyhow::Result<()> {
@@ -145,7 +145,7 @@ async fn a_record_batch_with_a_bad_crc_is_an_error_on_fetch() -> anyhow::Result<
     // Three good batches appended and applied as a producer's would be.
     let good = |n: u8| Batch::seal(BatchHeader::plain(2, 0), vec![n; 100].into());
     let entries: Vec<_> =
-        (1..=3u64).map(|i| RaftEntry::new_normal(log_id(1, 1, i), Request::append(good(i as u8)))).collect();
+        (1..=3u64).map(|i| RaftEntry::new_normal(log_id(1, 1, i), PartitionEntry::append(good(i as u8)))).collect();
     let mut log = LogStore::new(storage.clone(), group);
     let (cb, flushed) = ferrolog_raft::flush_signal();
     log.append(entries.clone(), cb).await?;
@@ -158,7 +158,8 @@ async fn a_record_batch_with_a_bad_crc_is_an_error_on_fetch() -> anyhow::Result<
     // the store's own seal is valid, only the batch CRC can catch it.
     let mut bad = good(2);
     bad.records = vec![9u8; 100].into();
-    let damaged: ferrolog_raft::types::alias::Entry = RaftEntry::new_normal(log_id(1, 1, 2), Request::append(bad));
+    let damaged: ferrolog_raft::types::alias::Entry =
+        RaftEntry::new_normal(log_id(1, 1, 2), PartitionEntry::append(bad));
     let mut wb = storage.batch();
     storage.put(&mut wb, Cf::Log, &keys::indexed(group, 2), &ferrolog_raft::codec::encode(&damaged)?);
     storage.write_durable(wb).await?;

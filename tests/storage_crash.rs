@@ -18,7 +18,7 @@ use anyhow::Context;
 use anyhow::bail;
 use ferrolog_partition::Command as PartitionCommand;
 use ferrolog_raft::LogStore;
-use ferrolog_raft::Request;
+use ferrolog_raft::PartitionEntry;
 use ferrolog_raft::types::log_id;
 use ferrolog_storage::Storage;
 use ferrolog_storage::StorageConfig;
@@ -47,7 +47,7 @@ fn payload_len(group: u64, index: u64) -> usize {
 fn entry(group: u64, index: u64, term: u64) -> ferrolog_raft::types::alias::Entry {
     let records = payload_for(group, index, payload_len(group, index));
     let batch = Batch::seal(BatchHeader::plain(1, index as i64), records.into());
-    RaftEntry::new_normal(log_id(term, 1, index), Request::append(batch))
+    RaftEntry::new_normal(log_id(term, 1, index), PartitionEntry::append(batch))
 }
 
 /// The child: appends forever in every group and prints `F group last_index`
@@ -194,8 +194,7 @@ fn verify(dir: &std::path::Path, flushed: &[u64], voted: &[u64]) -> anyhow::Resu
             }
             for e in &entries {
                 let i = e.log_id().index;
-                let EntryPayload::Normal(Request::Partition { cmd: PartitionCommand::Append(b), .. }) = &e.payload
-                else {
+                let EntryPayload::Normal(PartitionEntry { cmd: PartitionCommand::Append(b), .. }) = &e.payload else {
                     bail!("group {g} index {i}: unexpected payload");
                 };
                 b.verify()?;

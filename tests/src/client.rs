@@ -24,19 +24,7 @@ pub fn make_batch(values: &[Vec<u8>]) -> RecordBatch {
 /// The same batch as the wire carries it, for tests that send raw (and
 /// broken) requests.
 pub fn make_proto_batch(values: &[Vec<u8>]) -> v1::RecordBatch {
-    let b = make_batch(values);
-    v1::RecordBatch {
-        base_offset: 0,
-        producer_id: b.header.producer_id,
-        producer_epoch: b.header.producer_epoch,
-        base_sequence: b.header.base_sequence,
-        record_count: b.header.record_count,
-        compression: b.header.compression as i32,
-        first_timestamp_ms: b.header.first_timestamp_ms,
-        max_timestamp_ms: b.header.max_timestamp_ms,
-        records: b.records,
-        crc32c: b.crc32c,
-    }
+    ferrolog_proto::batch::to_proto(0, &make_batch(values))
 }
 
 /// A client for tests.

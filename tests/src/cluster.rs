@@ -14,6 +14,9 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
+use crate::eventually;
+use crate::wait_for;
+
 /// The `ferrolog` binary: `FERROLOG_BIN`, else next to the test binary's
 /// directory (`target/<profile>/ferrolog`), which `scripts/test.sh` builds.
 pub fn ferrolog_bin() -> anyhow::Result<PathBuf> {
@@ -205,18 +208,14 @@ impl Cluster {
         if unsafe { libc::kill(c.id() as i32, libc::SIGTERM) } != 0 {
             bail!("SIGTERM to broker {id}: {}", std::io::Error::last_os_error());
         }
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = c.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                let _ = c.wait();
-                bail!("broker {id} did not exit within {timeout:?} of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        // Stops at an exit or at an error of try_wait (read again below).
+        if let Err(e) = wait_for(&format!("broker {id} to exit"), timeout, || !matches!(c.try_wait(), Ok(None))) {
+            let _ = c.kill();
+            let _ = c.wait();
+            return Err(e.context(format!("broker {id} did not exit within {timeout:?} of SIGTERM")));
         }
+        // The status is kept by `Child` once reaped.
+        c.try_wait()?.with_context(|| format!("broker {id} exited but has no status"))
     }
 
     /// Sends `signal` (e.g. `libc::SIGSTOP`, `libc::SIGCONT`) to broker `id`.
@@ -274,18 +273,28 @@ impl Cluster {
     /// Waits up to `timeout` for broker `id` to exit on its own; returns its
     /// status (and forgets the process) if it did.
     pub async fn wait_exit(&mut self, id: u64, timeout: Duration) -> anyhow::Result<Option<std::process::ExitStatus>> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let node = &mut self.nodes[id as usize - 1];
-            let Some(c) = node.child.as_mut() else { return Ok(None) };
-            if let Some(status) = c.try_wait()? {
-                node.child = None;
-                return Ok(Some(status));
-            }
-            if Instant::now() > deadline {
-                return Ok(None);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let node = &mut self.nodes[id as usize - 1];
+        // Polled synchronously (it needs `&mut`), handed over as a ready
+        // future: `Ok` stops the wait (with try_wait's own answer, error
+        // included), `Err` keeps waiting.
+        let polled = eventually(&format!("broker {id} to exit"), timeout, || {
+            let answer: Option<std::io::Result<Option<std::process::ExitStatus>>> =
+                node.child.as_mut().map(|c| c.try_wait());
+            std::future::ready(match answer {
+                None => Ok(Ok(None)),
+                Some(Ok(Some(status))) => {
+                    node.child = None;
+                    Ok(Ok(Some(status)))
+                }
+                Some(Ok(None)) => Err("still running".to_string()),
+                Some(Err(e)) => Ok(Err(e)),
+            })
+        })
+        .await;
+        match polled {
+            Ok(answer) => Ok(answer?),
+            // Still running after `timeout`: not an error here.
+            Err(_) => Ok(None),
         }
     }
 
@@ -296,25 +305,32 @@ impl Cluster {
 
     /// Waits until every running broker reports SERVING on grpc.health.v1.
     pub async fn wait_serving(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        // One deadline for all brokers: each waits for what is left of it.
         let deadline = Instant::now() + timeout;
         for i in 0..self.nodes.len() {
-            if self.nodes[i].child.is_none() {
-                continue;
-            }
-            loop {
-                let n = &self.nodes[i];
-                if serving(&n.addr).await {
-                    break;
+            let id = self.nodes[i].id;
+            let addr = self.nodes[i].addr.clone();
+            let Some(child) = self.nodes[i].child.as_mut() else { continue };
+            let left = deadline.saturating_duration_since(Instant::now());
+            // `Ok(None)`: serving; `Ok(Some(status))`: exited first.
+            let polled = eventually(&format!("broker {id} to serve"), left, || {
+                // Checked before the await (it needs `&mut`).
+                let exited = child.try_wait().ok().flatten();
+                let addr = addr.clone();
+                async move {
+                    if let Some(status) = exited {
+                        return Ok(Some(status));
+                    }
+                    if serving(&addr).await { Ok(None) } else { Err(format!("broker {id} not serving")) }
                 }
-                if let Some(status) = self.nodes[i].child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                    let n = &self.nodes[i];
-                    bail!("broker {} exited with {status} before serving; log:\n{}", n.id, self.log_tail(n.id));
+            })
+            .await;
+            match polled {
+                Ok(None) => {}
+                Ok(Some(status)) => {
+                    bail!("broker {id} exited with {status} before serving; log:\n{}", self.log_tail(id))
                 }
-                let n = &self.nodes[i];
-                if Instant::now() > deadline {
-                    bail!("broker {} not serving after {timeout:?}; log:\n{}", n.id, self.log_tail(n.id));
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                Err(_) => bail!("broker {id} not serving after {timeout:?}; log:\n{}", self.log_tail(id)),
             }
         }
         Ok(())

@@ -37,7 +37,11 @@ impl InProcCluster {
     /// Starts `n` brokers (all initial metadata voters) and waits until the
     /// metadata group has a leader.
     pub async fn start(n: usize) -> anyhow::Result<Self> {
-        let ports = free_ports(n)?;
+        Self::start_on(free_ports(n)?).await
+    }
+
+    /// Starts one broker on each of `ports` (ids 1..), as [`Self::start`].
+    pub async fn start_on(ports: Vec<u16>) -> anyhow::Result<Self> {
         let peers: BTreeMap<u64, String> =
             ports.iter().enumerate().map(|(i, p)| (i as u64 + 1, format!("127.0.0.1:{p}"))).collect();
         let mut brokers = Vec::new();

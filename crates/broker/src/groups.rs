@@ -17,16 +17,15 @@ use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
 
 use ferrolog_raft::LogStore;
+use ferrolog_raft::MetaConfig;
 use ferrolog_raft::MetaStateMachine;
+use ferrolog_raft::PartitionConfig;
 use ferrolog_raft::StateMachine;
-use ferrolog_raft::TypeConfig;
 use ferrolog_raft::acks::AckTracker;
 use ferrolog_raft::meta_sm::AppliedMeta;
 use ferrolog_raft::meta_sm::MetaView;
 use ferrolog_raft::state_machine::PartitionReader;
 use ferrolog_raft::state_machine::Progress;
-use ferrolog_raft::types::alias::Snapshot;
-use ferrolog_raft::types::alias::Vote;
 use ferrolog_storage::Storage;
 use ferrolog_types::GroupId;
 use ferrolog_types::NodeId;
@@ -34,22 +33,17 @@ use openraft::BasicNode;
 use openraft::Config;
 use openraft::Raft;
 use openraft::SnapshotPolicy;
-use openraft::error::RaftError;
-use openraft::raft::AppendEntriesRequest;
-use openraft::raft::AppendEntriesResponse;
-use openraft::raft::SnapshotResponse;
-use openraft::raft::VoteRequest;
-use openraft::raft::VoteResponse;
 use tokio::sync::watch;
 
 use crate::config::Timings;
 use crate::liveness::Liveness;
+use crate::transport::GroupRaft;
 use crate::transport::Transport;
 
 /// A partition group's Raft.
-pub type PartitionRaft = Raft<TypeConfig, StateMachine>;
+pub type PartitionRaft = Raft<PartitionConfig, StateMachine>;
 /// The metadata group's Raft.
-pub type MetaRaft = Raft<TypeConfig, MetaStateMachine>;
+pub type MetaRaft = Raft<MetaConfig, MetaStateMachine>;
 
 /// The Raft configuration of partition groups (heartbeats and elections
 /// from `t`). No automatic snapshots: retention snapshots and purges
@@ -133,77 +127,6 @@ impl Replica {
     /// Whether [`Replica::wake`] was called since the last call.
     pub fn take_woken(&self) -> bool {
         self.woken.swap(false, Ordering::Relaxed)
-    }
-}
-
-/// Either kind of Raft, for the transport's dispatch.
-#[derive(Clone, Debug)]
-pub enum AnyRaft {
-    /// The metadata group.
-    Meta(MetaRaft),
-    /// A partition group.
-    Partition(PartitionRaft),
-}
-
-type RaftResult<T> = Result<T, RaftError<TypeConfig>>;
-
-impl AnyRaft {
-    fn metrics(&self) -> openraft::RaftMetrics<TypeConfig> {
-        use openraft::async_runtime::watch::WatchReceiver;
-        match self {
-            AnyRaft::Meta(r) => r.metrics().borrow_watched().clone(),
-            AnyRaft::Partition(r) => r.metrics().borrow_watched().clone(),
-        }
-    }
-
-    /// Hands an AppendEntries request to the group.
-    pub async fn append_entries(
-        &self,
-        req: AppendEntriesRequest<TypeConfig>,
-    ) -> RaftResult<AppendEntriesResponse<TypeConfig>> {
-        match self {
-            AnyRaft::Meta(r) => r.append_entries(req).await,
-            AnyRaft::Partition(r) => r.append_entries(req).await,
-        }
-    }
-
-    /// Hands a vote request to the group.
-    pub async fn vote(&self, req: VoteRequest<TypeConfig>) -> RaftResult<VoteResponse<TypeConfig>> {
-        match self {
-            AnyRaft::Meta(r) => r.vote(req).await,
-            AnyRaft::Partition(r) => r.vote(req).await,
-        }
-    }
-
-    /// Hands a pre-vote request to the group.
-    pub async fn pre_vote(&self, req: VoteRequest<TypeConfig>) -> RaftResult<VoteResponse<TypeConfig>> {
-        match self {
-            AnyRaft::Meta(r) => r.pre_vote(req).await,
-            AnyRaft::Partition(r) => r.pre_vote(req).await,
-        }
-    }
-
-    /// Hands a leadership transfer request to the group.
-    pub async fn handle_transfer_leader(
-        &self,
-        req: openraft::raft::TransferLeaderRequest<TypeConfig>,
-    ) -> Result<openraft::raft::TransferLeaderResponse<TypeConfig>, openraft::error::Fatal<TypeConfig>> {
-        match self {
-            AnyRaft::Meta(r) => r.handle_transfer_leader(req).await,
-            AnyRaft::Partition(r) => r.handle_transfer_leader(req).await,
-        }
-    }
-
-    /// Installs a snapshot received from the leader.
-    pub async fn install_full_snapshot(
-        &self,
-        vote: Vote,
-        snapshot: Snapshot,
-    ) -> Result<SnapshotResponse<TypeConfig>, openraft::error::Fatal<TypeConfig>> {
-        match self {
-            AnyRaft::Meta(r) => r.install_full_snapshot(vote, snapshot).await,
-            AnyRaft::Partition(r) => r.install_full_snapshot(vote, snapshot).await,
-        }
     }
 }
 
@@ -310,12 +233,12 @@ impl Groups {
         self.meta.get()
     }
 
-    /// The Raft of `group`, if this broker runs it.
-    pub fn raft(&self, group: GroupId) -> Option<AnyRaft> {
+    /// The Raft of `group`, whichever its kind, if this broker runs it.
+    pub fn raft(&self, group: GroupId) -> Option<Box<dyn GroupRaft>> {
         if group == GroupId::METADATA {
-            return self.meta().map(|m| AnyRaft::Meta(m.raft.clone()));
+            return self.meta().map(|m| Box::new(m.raft.clone()) as Box<dyn GroupRaft>);
         }
-        self.replica(group).map(|r| AnyRaft::Partition(r.raft.clone()))
+        self.replica(group).map(|r| Box::new(r.raft.clone()) as Box<dyn GroupRaft>)
     }
 
     /// The local replica of `group`.
@@ -383,7 +306,7 @@ impl Groups {
         let sm = StateMachine::open(self.storage.clone(), group)?.with_acks(acks.clone());
         let progress = sm.subscribe();
         let config = partition_raft_config(&self.timings);
-        let raft = Raft::new(self.node_id, config, self.transport.factory(group), log, sm).await?;
+        let raft = Raft::new(self.node_id, config, self.transport.factory::<PartitionConfig>(group), log, sm).await?;
         if !raft.is_initialized().await? {
             // The preferred leader (first replica) initializes the new group
             // at once and so usually wins the first election: leaders start
@@ -424,49 +347,36 @@ impl Groups {
     /// follower and waits (up to `timeout`) until it moved. Best effort: a
     /// group with no caught-up follower keeps its leader until it stops.
     pub async fn hand_off_leadership(&self, timeout: std::time::Duration) -> usize {
-        use openraft::async_runtime::watch::WatchReceiver;
         let me = self.node_id;
-        let mut pending: Vec<AnyRaft> = Vec::new();
-        let mut rafts: Vec<AnyRaft> = self.replicas().into_iter().map(|r| AnyRaft::Partition(r.raft.clone())).collect();
+        let mut pending: Vec<Box<dyn GroupRaft>> = Vec::new();
+        let mut rafts: Vec<Box<dyn GroupRaft>> =
+            self.replicas().into_iter().map(|r| Box::new(r.raft.clone()) as Box<dyn GroupRaft>).collect();
         if let Some(m) = self.meta() {
-            rafts.push(AnyRaft::Meta(m.raft.clone()));
+            rafts.push(Box::new(m.raft.clone()));
         }
         for raft in rafts {
-            let metrics = raft.metrics();
-            if metrics.current_leader != Some(me) {
+            let l = raft.leadership();
+            if l.leader != Some(me) {
                 continue;
             }
-            let last = metrics.last_log_index;
             // The most caught-up follower (matched == last if possible).
-            let target = metrics.replication.as_ref().and_then(|repl| {
-                repl.iter()
-                    .filter(|(id, _)| **id != me)
-                    .max_by_key(|(_, m)| m.map(|l| l.index))
-                    .filter(|(_, m)| m.map(|l| l.index) == last)
-                    .map(|(id, _)| *id)
-            });
-            if let Some(to) = target {
-                let r = match &raft {
-                    AnyRaft::Meta(r) => r.trigger().transfer_leader(to).await,
-                    AnyRaft::Partition(r) => r.trigger().transfer_leader(to).await,
-                };
-                if r.is_ok() {
-                    pending.push(raft);
-                }
+            let target = l
+                .matched
+                .iter()
+                .filter(|(id, _)| *id != me)
+                .max_by_key(|(_, m)| *m)
+                .filter(|(_, m)| *m == l.last_log_index)
+                .map(|(id, _)| *id);
+            if let Some(to) = target
+                && raft.transfer_leader(to).await
+            {
+                pending.push(raft);
             }
         }
         let started = pending.len();
         let deadline = tokio::time::Instant::now() + timeout;
         for raft in pending {
-            let mut rx = match &raft {
-                AnyRaft::Meta(r) => r.metrics(),
-                AnyRaft::Partition(r) => r.metrics(),
-            };
-            while rx.borrow_watched().current_leader == Some(me) {
-                if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
-                    break;
-                }
-            }
+            raft.wait_not_led_by(me, deadline).await;
         }
         started
     }

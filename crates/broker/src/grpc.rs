@@ -3,7 +3,6 @@
 //! types, nothing else. What a request does lives in [`crate::handles`];
 //! errors become statuses in one place (`crate::error`).
 
-use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -11,7 +10,6 @@ use ferrolog_metadata::groups::Assignor;
 use ferrolog_metadata::groups::Tp;
 use ferrolog_proto::v1;
 use ferrolog_types::Batch;
-use ferrolog_types::BatchHeader;
 use tonic::Request as TReq;
 use tonic::Response as TResp;
 use tonic::Status;
@@ -52,34 +50,8 @@ fn ok<T>(t: T) -> Answer<T> {
 
 /// A produced batch, as sent (checked by the partition handle).
 fn batch_from_proto(b: v1::RecordBatch) -> Result<Batch, BrokerError> {
-    let compression = u32::try_from(b.compression)
-        .map_err(|_| BrokerError::InvalidArgument(format!("unknown compression {}", b.compression)))?;
-    let header = BatchHeader {
-        producer_id: b.producer_id,
-        producer_epoch: b.producer_epoch,
-        base_sequence: b.base_sequence,
-        record_count: b.record_count,
-        compression,
-        first_timestamp_ms: b.first_timestamp_ms,
-        max_timestamp_ms: b.max_timestamp_ms,
-    };
-    Ok(Batch { header, records: b.records, crc32c: b.crc32c })
-}
-
-/// A stored batch, for a fetch response.
-pub fn batch_to_proto(base_offset: u64, b: &Batch) -> v1::RecordBatch {
-    v1::RecordBatch {
-        base_offset: base_offset as i64,
-        producer_id: b.header.producer_id,
-        producer_epoch: b.header.producer_epoch,
-        base_sequence: b.header.base_sequence,
-        record_count: b.header.record_count,
-        compression: b.header.compression as i32,
-        first_timestamp_ms: b.header.first_timestamp_ms,
-        max_timestamp_ms: b.header.max_timestamp_ms,
-        records: b.records.clone(),
-        crc32c: b.crc32c,
-    }
+    let (_, batch) = ferrolog_proto::batch::from_proto(b).map_err(|e| BrokerError::InvalidArgument(e.to_string()))?;
+    Ok(batch)
 }
 
 fn known(v: Option<u64>) -> i64 {
@@ -226,15 +198,11 @@ impl From<GroupDescription> for v1::DescribeGroupResponse {
 }
 
 fn tps(list: &[v1::TopicPartitions]) -> BTreeSet<Tp> {
-    list.iter().flat_map(|t| t.partitions.iter().map(move |p| (t.topic.clone(), *p))).collect()
+    ferrolog_proto::partitions::from_proto(list)
 }
 
 fn tps_to_proto(set: &BTreeSet<Tp>) -> Vec<v1::TopicPartitions> {
-    let mut by_topic: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
-    for (t, p) in set {
-        by_topic.entry(t).or_default().push(*p);
-    }
-    by_topic.into_iter().map(|(t, ps)| v1::TopicPartitions { topic: t.to_string(), partitions: ps }).collect()
+    ferrolog_proto::partitions::to_proto(set)
 }
 
 fn offset_commit(((topic, partition), offset, metadata): (Tp, i64, String)) -> v1::OffsetCommit {
@@ -274,7 +242,7 @@ impl v1::broker_server::Broker for GrpcServices {
         };
         let f = self.core.fetch(&req.topic, req.partition, args).await?;
         ok(v1::FetchResponse {
-            batches: f.batches.iter().map(|(base, b)| batch_to_proto(*base, b)).collect(),
+            batches: f.batches.iter().map(|(base, b)| ferrolog_proto::batch::to_proto(*base, b)).collect(),
             high_watermark: f.high_watermark as i64,
             log_start_offset: f.log_start as i64,
         })

@@ -22,7 +22,7 @@ use std::time::SystemTime;
 
 use ferrolog_metadata::Topic;
 use ferrolog_partition::Command;
-use ferrolog_raft::Request;
+use ferrolog_raft::PartitionEntry;
 use ferrolog_types::Offset;
 use openraft::async_runtime::watch::WatchReceiver;
 use tokio_util::sync::CancellationToken;
@@ -68,7 +68,7 @@ async fn advance_clock(groups: &Groups, r: &Replica, expiry: Duration) -> anyhow
     }
     r.wake();
     let cmd = Command::Clock { now_ms, producer_idle_ms: expiry.as_millis() as i64 };
-    r.raft.client_write(Request::Partition { cmd, ack: 0 }).await?;
+    r.raft.client_write(PartitionEntry::new(cmd)).await?;
     Ok(())
 }
 
@@ -85,7 +85,7 @@ async fn check(groups: &Groups, r: &Replica, topic: &Topic) -> anyhow::Result<()
             "retention: trimming"
         );
         r.wake();
-        r.raft.client_write(Request::Partition { cmd: Command::TrimBefore(trim), ack: 0 }).await?;
+        r.raft.client_write(PartitionEntry::new(Command::TrimBefore(trim))).await?;
     }
     // Snapshot, then purge, once the log start moved past what the last
     // snapshot covers.

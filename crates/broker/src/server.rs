@@ -65,17 +65,25 @@ const FAIL_STOP_CHECK: Duration = Duration::from_millis(20);
 /// acknowledged anything; halting also stops this broker from voting or
 /// serving reads from a state it cannot trust. On restart RocksDB replays
 /// its WAL, and Raft repairs anything missing from the other replicas.
-async fn halt_when_storage_fails(node_id: u64, storage: Arc<Storage>, shutdown: CancellationToken) {
+///
+/// It watches until the broker's last write (the final flush of an orderly
+/// stop) is done: a sync that fails during the hand-off or the flush halts
+/// the broker the same way, with the same exit status.
+async fn halt_when_storage_fails(node_id: u64, storage: Arc<Storage>, stop_watching: CancellationToken) {
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = stop_watching.cancelled() => return,
             _ = tokio::time::sleep(FAIL_STOP_CHECK) => {}
         }
-        if storage.has_failed() {
-            tracing::error!(node = node_id, "a WAL fsync failed: halting the broker (fail-stop)");
-            // Not a graceful shutdown: no leadership hand-off, no flush.
-            std::process::exit(FAIL_STOP_EXIT_CODE);
-        }
+        halt_if_failed(node_id, &storage);
+    }
+}
+
+fn halt_if_failed(node_id: u64, storage: &Storage) {
+    if storage.has_failed() {
+        tracing::error!(node = node_id, "a WAL fsync failed: halting the broker (fail-stop)");
+        // Not a graceful shutdown: no leadership hand-off, no flush.
+        std::process::exit(FAIL_STOP_EXIT_CODE);
     }
 }
 
@@ -124,13 +132,26 @@ async fn run_inner(
 ) -> anyhow::Result<()> {
     let node_id = config.node_id;
     crate::failpoints::check_supported().map_err(anyhow::Error::msg)?;
+    config.timings.validate().context("invalid timings")?;
+    // Bound before anything starts: a port in use fails the start at once,
+    // before any group or task runs. (Accepted here, not by tonic, so that
+    // open connections are counted.)
+    let listener =
+        tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("listen on {}", config.listen))?;
     tracing::info!(node = node_id, data_dir = %config.data_dir.display(), "opening the store");
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("create {}", config.data_dir.display()))?;
     let mut storage_config = StorageConfig::new(config.data_dir.join("db"));
     storage_config.fail_syncs_after = crate::failpoints::fail_syncs_after();
     let storage = Arc::new(Storage::open(&storage_config).context("open the store")?);
     let tasks = crate::tasks::Supervisor::new(node_id, shutdown.clone());
-    tasks.spawn("fail-stop watchdog", halt_when_storage_fails(node_id, storage.clone(), shutdown.clone()));
+    // Not one of the supervised tasks: those stop when shutdown starts, the
+    // watchdog only when this function returns (the guard), after the flush.
+    let stop_watching = CancellationToken::new();
+    let _stop_watching = stop_watching.clone().drop_guard();
+    tokio::spawn(halt_when_storage_fails(node_id, storage.clone(), stop_watching));
+    // An early return from here on (a failed start) stops the tasks
+    // already spawned.
+    let _stop_tasks = shutdown.clone().drop_guard();
     tracing::info!(node = node_id, "store open; starting the metadata group");
     let transport = Transport::new(node_id, config.listen);
     let groups = Groups::with_timings(node_id, storage.clone(), transport.clone(), config.timings.clone());
@@ -138,9 +159,9 @@ async fn run_inner(
     // The metadata group.
     let sm = MetaStateMachine::open(storage.clone())?;
     let meta_state = sm.subscribe();
-    let log = LogStore::new(storage.clone(), GroupId::METADATA);
-    let raft = Raft::new(node_id, metadata_raft_config(&config.timings), transport.factory(GroupId::METADATA), log, sm)
-        .await?;
+    let log = LogStore::metadata(storage.clone());
+    let factory = transport.factory::<ferrolog_raft::MetaConfig>(GroupId::METADATA);
+    let raft = Raft::new(node_id, metadata_raft_config(&config.timings), factory, log, sm).await?;
     if !raft.is_initialized().await? {
         if config.peers.contains_key(&node_id) {
             // Bootstrap: every initial voter initializes with the same
@@ -253,9 +274,6 @@ async fn run_inner(
     tasks.spawn("quiescer", crate::quiesce::run(groups.clone(), config.quiesce, shutdown.clone()));
     let stop_serving = CancellationToken::new();
     tracing::info!(node = node_id, listen = %config.listen, advertise = config.advertise, "broker starting");
-    // Accepted here (not by tonic) so that open connections are counted.
-    let listener =
-        tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("listen on {}", config.listen))?;
     let incoming = {
         use tokio_stream::StreamExt;
         let metrics = core.metrics().clone();
@@ -298,7 +316,10 @@ async fn run_inner(
     shutdown.cancel();
     tasks.join().await;
     groups.shutdown().await;
-    storage.flush().context("flush the store")?;
+    let flushed = storage.flush();
+    // A sync that failed during the stop halts as one at any other time.
+    halt_if_failed(node_id, &storage);
+    flushed.context("flush the store")?;
     served.context("serve")?;
     match tasks.failure() {
         Some(why) => anyhow::bail!("{why}"),

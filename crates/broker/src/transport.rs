@@ -25,9 +25,10 @@ use ferrolog_proto::internal::RaftReply;
 use ferrolog_proto::internal::ReplyError;
 use ferrolog_proto::internal::SnapshotChunk;
 use ferrolog_proto::internal::raft_client::RaftClient;
-use ferrolog_raft::TypeConfig;
 use ferrolog_raft::snapshot::Assembler;
+use ferrolog_raft::snapshot::SnapshotData;
 use ferrolog_raft::snapshot::SnapshotHeader;
+use ferrolog_raft::types::GroupConfig;
 use ferrolog_raft::types::alias::Snapshot;
 use ferrolog_raft::types::alias::SnapshotMeta;
 use ferrolog_raft::types::alias::Vote;
@@ -35,6 +36,7 @@ use ferrolog_types::GroupId;
 use ferrolog_types::NodeId;
 use ferrolog_types::limits::RAFT_MESSAGE_LIMIT;
 use openraft::BasicNode;
+use openraft::Raft;
 use openraft::RaftNetworkFactory;
 use openraft::RaftNetworkV2;
 use openraft::error::NetworkError;
@@ -52,6 +54,7 @@ use openraft::raft::TransferLeaderRequest;
 use openraft::raft::TransferLeaderResponse;
 use openraft::raft::VoteRequest;
 use openraft::raft::VoteResponse;
+use openraft::storage::RaftStateMachine;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::net::IpAddr;
@@ -162,24 +165,26 @@ impl Transport {
         Ok(c)
     }
 
-    /// A network factory for one group.
-    pub fn factory(self: &Arc<Self>, group: GroupId) -> NetworkFactory {
-        NetworkFactory { group, transport: self.clone() }
+    /// A network factory for one group of kind `C`.
+    pub fn factory<C: GroupConfig>(self: &Arc<Self>, group: GroupId) -> NetworkFactory<C> {
+        NetworkFactory { group, transport: self.clone(), _kind: std::marker::PhantomData }
     }
 }
 
-/// openraft's network factory for one group.
-#[derive(Debug, Clone)]
-pub struct NetworkFactory {
+/// openraft's network factory for one group (of kind `C`).
+#[derive(Debug)]
+pub struct NetworkFactory<C> {
     group: GroupId,
     transport: Arc<Transport>,
+    _kind: std::marker::PhantomData<fn() -> C>,
 }
 
-impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
-    type Network = GroupClient;
+impl<C: GroupConfig> RaftNetworkFactory<C> for NetworkFactory<C> {
+    type Network = GroupClient<C>;
 
-    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> GroupClient {
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> GroupClient<C> {
         GroupClient {
+            _kind: std::marker::PhantomData,
             group: self.group,
             from: self.transport.node_id,
             target,
@@ -192,16 +197,17 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     }
 }
 
-/// A client of one group on one peer.
+/// A client of one group (of kind `C`) on one peer.
 #[derive(Debug)]
-pub struct GroupClient {
+pub struct GroupClient<C> {
+    _kind: std::marker::PhantomData<fn() -> C>,
     group: GroupId,
     from: NodeId,
     target: NodeId,
     client: Result<RaftClient<Channel>, String>,
 }
 
-fn unreachable<E: std::fmt::Display>(e: E) -> RPCError<TypeConfig> {
+fn unreachable<C: GroupConfig, E: std::fmt::Display>(e: E) -> RPCError<C> {
     RPCError::Unreachable(Unreachable::from_string(e.to_string()))
 }
 
@@ -209,7 +215,7 @@ fn unreachable<E: std::fmt::Display>(e: E) -> RPCError<TypeConfig> {
 /// connection lost) or an answer the peer could not give is unreachable
 /// (back off); a message the peer refused to decode (over its size limit)
 /// is a network error.
-fn status_error(s: tonic::Status) -> RPCError<TypeConfig> {
+fn status_error<C: GroupConfig>(s: tonic::Status) -> RPCError<C> {
     match s.code() {
         tonic::Code::ResourceExhausted | tonic::Code::InvalidArgument | tonic::Code::Internal => {
             RPCError::Network(NetworkError::from_string(format!("{}: {}", s.code(), s.message())))
@@ -218,13 +224,13 @@ fn status_error(s: tonic::Status) -> RPCError<TypeConfig> {
     }
 }
 
-impl GroupClient {
-    fn message<T: Serialize>(&self, req: &T) -> Result<RaftMessage, RPCError<TypeConfig>> {
+impl<C: GroupConfig> GroupClient<C> {
+    fn message<T: Serialize>(&self, req: &T) -> Result<RaftMessage, RPCError<C>> {
         let payload = encode(req).map_err(|e| RPCError::Network(NetworkError::from_string(e.to_string())))?;
         Ok(RaftMessage { group_id: self.group.0, from_node: self.from, to_node: self.target, payload })
     }
 
-    fn client(&self) -> Result<RaftClient<Channel>, RPCError<TypeConfig>> {
+    fn client(&self) -> Result<RaftClient<Channel>, RPCError<C>> {
         self.client.clone().map_err(unreachable)
     }
 
@@ -235,7 +241,7 @@ impl GroupClient {
         req: &Req,
         option: RPCOption,
         send: F,
-    ) -> Result<Resp, RPCError<TypeConfig>>
+    ) -> Result<Resp, RPCError<C>>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
@@ -250,7 +256,7 @@ impl GroupClient {
         Self::reply(r.into_inner())
     }
 
-    fn reply<T: DeserializeOwned>(reply: RaftReply) -> Result<T, RPCError<TypeConfig>> {
+    fn reply<T: DeserializeOwned>(reply: RaftReply) -> Result<T, RPCError<C>> {
         if !reply.error.is_empty() {
             return Err(match ReplyError::try_from(reply.error_kind).unwrap_or(ReplyError::Unspecified) {
                 // A version mismatch: retried at once (openraft backs off
@@ -267,38 +273,30 @@ impl GroupClient {
     }
 }
 
-impl RaftNetworkV2<TypeConfig> for GroupClient {
-    type SnapshotData = ferrolog_raft::snapshot::SnapshotData;
+impl<C: GroupConfig> RaftNetworkV2<C> for GroupClient<C> {
+    type SnapshotData = SnapshotData;
 
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        rpc: AppendEntriesRequest<C>,
         option: RPCOption,
-    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+    ) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
         self.call(RPCTypes::AppendEntries, &rpc, option, |mut c, m| async move { c.append_entries(m).await }).await
     }
 
-    async fn vote(
-        &mut self,
-        rpc: VoteRequest<TypeConfig>,
-        option: RPCOption,
-    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+    async fn vote(&mut self, rpc: VoteRequest<C>, option: RPCOption) -> Result<VoteResponse<C>, RPCError<C>> {
         self.call(RPCTypes::Vote, &rpc, option, |mut c, m| async move { c.vote(m).await }).await
     }
 
-    async fn pre_vote(
-        &mut self,
-        rpc: VoteRequest<TypeConfig>,
-        option: RPCOption,
-    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+    async fn pre_vote(&mut self, rpc: VoteRequest<C>, option: RPCOption) -> Result<VoteResponse<C>, RPCError<C>> {
         self.call(RPCTypes::Vote, &rpc, option, |mut c, m| async move { c.pre_vote(m).await }).await
     }
 
     async fn transfer_leader(
         &mut self,
-        req: TransferLeaderRequest<TypeConfig>,
+        req: TransferLeaderRequest<C>,
         option: RPCOption,
-    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+    ) -> Result<TransferLeaderResponse<C>, RPCError<C>> {
         self.call(RPCTypes::TransferLeader, &req, option, |mut c, m| async move { c.transfer_leader(m).await }).await
     }
 
@@ -308,8 +306,8 @@ impl RaftNetworkV2<TypeConfig> for GroupClient {
         snapshot: Snapshot,
         cancel: impl std::future::Future<Output = ReplicationClosed> + Send + 'static,
         _option: RPCOption,
-    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let to_streaming = |e: RPCError<TypeConfig>| match e {
+    ) -> Result<SnapshotResponse<C>, StreamingError<C>> {
+        let to_streaming = |e: RPCError<C>| match e {
             RPCError::Unreachable(u) => StreamingError::Unreachable(u),
             other => StreamingError::Unreachable(Unreachable::from_string(other.to_string())),
         };
@@ -394,30 +392,149 @@ impl RaftService {
     }
 }
 
-fn ok_reply<T: Serialize>(group: u64, v: &T) -> RaftReply {
-    match encode(v) {
-        Ok(payload) => RaftReply { group_id: group, payload, error: String::new(), error_kind: 0 },
-        Err(e) => err_reply(group, ReplyError::Undecodable, format!("encode reply: {e}")),
-    }
-}
-
 fn err_reply(group: u64, kind: ReplyError, error: impl Into<String>) -> RaftReply {
     RaftReply { group_id: group, payload: bytes::Bytes::new(), error: error.into(), error_kind: kind as i32 }
 }
 
 type TonicResult<T> = Result<tonic::Response<T>, tonic::Status>;
 
+/// The unary Raft RPCs a group serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rpc {
+    /// AppendEntries (and heartbeats).
+    AppendEntries,
+    /// A vote request.
+    Vote,
+    /// A pre-vote request.
+    PreVote,
+    /// A leadership transfer.
+    TransferLeader,
+}
+
+impl Rpc {
+    fn name(self) -> &'static str {
+        match self {
+            Rpc::AppendEntries => "append-entries",
+            Rpc::Vote => "vote",
+            Rpc::PreVote => "pre-vote",
+            Rpc::TransferLeader => "transfer-leader",
+        }
+    }
+}
+
+/// A failed RPC: the kind the sender keeps, and a message.
+pub type RpcFailure = (ReplyError, String);
+
+/// One Raft group, whichever its kind, as the transport's server side and
+/// the leadership hand-off see it: written once, generically, for
+/// `Raft<C, SM>` of either kind (each decodes its own message types).
+#[tonic::async_trait]
+pub trait GroupRaft: Send + Sync {
+    /// Serves one unary RPC whose request is `payload`; the encoded reply.
+    async fn rpc(&self, rpc: Rpc, payload: &[u8]) -> Result<bytes::Bytes, RpcFailure>;
+
+    /// Installs a snapshot received from the leader; the encoded reply.
+    async fn install(&self, vote: Vote, snapshot: Snapshot) -> Result<bytes::Bytes, RpcFailure>;
+
+    /// Who leads, as this replica's Raft metrics last said, its last log
+    /// index, and (on the leader) each follower's matched index.
+    fn leadership(&self) -> Leadership;
+
+    /// Asks the group to hand leadership to `to`; whether it accepted.
+    async fn transfer_leader(&self, to: NodeId) -> bool;
+
+    /// Waits (until `deadline`) until `me` no longer leads the group.
+    async fn wait_not_led_by(&self, me: NodeId, deadline: tokio::time::Instant);
+}
+
+/// A group's leadership as its Raft metrics say.
+#[derive(Debug, Clone, Default)]
+pub struct Leadership {
+    /// The current leader, if known.
+    pub leader: Option<NodeId>,
+    /// The last log index.
+    pub last_log_index: Option<u64>,
+    /// On the leader: each replica's matched log index.
+    pub matched: Vec<(NodeId, Option<u64>)>,
+}
+
+async fn serve<Req, Resp, E, F, Fut>(rpc: Rpc, payload: &[u8], call: F) -> Result<bytes::Bytes, RpcFailure>
+where
+    Req: DeserializeOwned,
+    Resp: Serialize,
+    E: std::fmt::Display,
+    F: FnOnce(Req) -> Fut,
+    Fut: std::future::Future<Output = Result<Resp, E>>,
+{
+    let req = decode::<Req>(payload)
+        .map_err(|e| (ReplyError::Undecodable, format!("undecodable {} request: {e}", rpc.name())))?;
+    let resp = call(req).await.map_err(|e| (ReplyError::RaftStopped, e.to_string()))?;
+    encode(&resp).map_err(|e| (ReplyError::Undecodable, format!("encode {} reply: {e}", rpc.name())))
+}
+
+#[tonic::async_trait]
+impl<C, SM> GroupRaft for Raft<C, SM>
+where
+    C: GroupConfig,
+    SM: RaftStateMachine<C, SnapshotData = SnapshotData>,
+{
+    async fn rpc(&self, rpc: Rpc, payload: &[u8]) -> Result<bytes::Bytes, RpcFailure> {
+        match rpc {
+            Rpc::AppendEntries => {
+                serve(rpc, payload, |req: AppendEntriesRequest<C>| async move { self.append_entries(req).await }).await
+            }
+            Rpc::Vote => serve(rpc, payload, |req: VoteRequest<C>| async move { self.vote(req).await }).await,
+            Rpc::PreVote => serve(rpc, payload, |req: VoteRequest<C>| async move { self.pre_vote(req).await }).await,
+            Rpc::TransferLeader => {
+                serve(
+                    rpc,
+                    payload,
+                    |req: TransferLeaderRequest<C>| async move { self.handle_transfer_leader(req).await },
+                )
+                .await
+            }
+        }
+    }
+
+    async fn install(&self, vote: Vote, snapshot: Snapshot) -> Result<bytes::Bytes, RpcFailure> {
+        let resp: SnapshotResponse<C> =
+            self.install_full_snapshot(vote, snapshot).await.map_err(|e| (ReplyError::RaftStopped, e.to_string()))?;
+        encode(&resp).map_err(|e| (ReplyError::Undecodable, format!("encode snapshot reply: {e}")))
+    }
+
+    fn leadership(&self) -> Leadership {
+        use openraft::async_runtime::watch::WatchReceiver;
+        let m = self.metrics().borrow_watched().clone();
+        Leadership {
+            leader: m.current_leader,
+            last_log_index: m.last_log_index,
+            matched: m
+                .replication
+                .map(|r| r.iter().map(|(id, l)| (*id, l.as_ref().map(|l| l.index))).collect())
+                .unwrap_or_default(),
+        }
+    }
+
+    async fn transfer_leader(&self, to: NodeId) -> bool {
+        self.trigger().transfer_leader(to).await.is_ok()
+    }
+
+    async fn wait_not_led_by(&self, me: NodeId, deadline: tokio::time::Instant) {
+        use openraft::async_runtime::watch::WatchReceiver;
+        let mut rx = self.metrics();
+        while rx.borrow_watched().current_leader == Some(me) {
+            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+                break;
+            }
+        }
+    }
+}
+
 impl RaftService {
-    /// Checks the target, decodes the request, finds the group and runs
-    /// `call` on it; every failure becomes an error reply (the sender backs
-    /// off and retries).
-    async fn dispatch<Req, Resp, F, Fut>(&self, msg: RaftMessage, what: &str, call: F) -> RaftReply
-    where
-        Req: DeserializeOwned,
-        Resp: Serialize,
-        F: FnOnce(crate::groups::AnyRaft, Req) -> Fut,
-        Fut: std::future::Future<Output = Result<Resp, String>>,
-    {
+    /// Checks the target, finds the group and runs the RPC on it; every
+    /// failure becomes an error reply of its kind (the sender backs off or
+    /// retries by kind).
+    async fn dispatch(&self, msg: RaftMessage, rpc: Rpc) -> RaftReply {
         let g = msg.group_id;
         self.groups.transport().heard_from(msg.from_node);
         if msg.to_node != self.groups.node_id() {
@@ -427,15 +544,12 @@ impl RaftService {
                 format!("message for broker {} reached broker {}", msg.to_node, self.groups.node_id()),
             );
         }
-        let Ok(req) = decode::<Req>(&msg.payload) else {
-            return err_reply(g, ReplyError::Undecodable, format!("undecodable {what} request"));
+        let Some(raft) = self.groups.raft(GroupId(g)) else {
+            return err_reply(g, ReplyError::GroupNotRunning, format!("group {g} is not running on this broker"));
         };
-        match self.groups.raft(GroupId(g)) {
-            None => err_reply(g, ReplyError::GroupNotRunning, format!("group {g} is not running on this broker")),
-            Some(raft) => match call(raft, req).await {
-                Ok(resp) => ok_reply(g, &resp),
-                Err(e) => err_reply(g, ReplyError::RaftStopped, e),
-            },
+        match raft.rpc(rpc, &msg.payload).await {
+            Ok(payload) => RaftReply { group_id: g, payload, error: String::new(), error_kind: 0 },
+            Err((kind, e)) => err_reply(g, kind, e),
         }
     }
 }
@@ -452,47 +566,19 @@ impl ferrolog_proto::internal::raft_server::Raft for RaftService {
     }
 
     async fn append_entries(&self, request: tonic::Request<RaftMessage>) -> TonicResult<RaftReply> {
-        let reply = self
-            .dispatch(
-                request.into_inner(),
-                "append-entries",
-                |raft, req: AppendEntriesRequest<TypeConfig>| async move {
-                    raft.append_entries(req).await.map_err(|e| e.to_string())
-                },
-            )
-            .await;
-        Ok(tonic::Response::new(reply))
+        Ok(tonic::Response::new(self.dispatch(request.into_inner(), Rpc::AppendEntries).await))
     }
 
     async fn vote(&self, request: tonic::Request<RaftMessage>) -> TonicResult<RaftReply> {
-        let reply = self
-            .dispatch(request.into_inner(), "vote", |raft, req: VoteRequest<TypeConfig>| async move {
-                raft.vote(req).await.map_err(|e| e.to_string())
-            })
-            .await;
-        Ok(tonic::Response::new(reply))
+        Ok(tonic::Response::new(self.dispatch(request.into_inner(), Rpc::Vote).await))
     }
 
     async fn pre_vote(&self, request: tonic::Request<RaftMessage>) -> TonicResult<RaftReply> {
-        let reply = self
-            .dispatch(request.into_inner(), "pre-vote", |raft, req: VoteRequest<TypeConfig>| async move {
-                raft.pre_vote(req).await.map_err(|e| e.to_string())
-            })
-            .await;
-        Ok(tonic::Response::new(reply))
+        Ok(tonic::Response::new(self.dispatch(request.into_inner(), Rpc::PreVote).await))
     }
 
     async fn transfer_leader(&self, request: tonic::Request<RaftMessage>) -> TonicResult<RaftReply> {
-        let reply = self
-            .dispatch(
-                request.into_inner(),
-                "transfer-leader",
-                |raft, req: TransferLeaderRequest<TypeConfig>| async move {
-                    raft.handle_transfer_leader(req).await.map_err(|e| e.to_string())
-                },
-            )
-            .await;
-        Ok(tonic::Response::new(reply))
+        Ok(tonic::Response::new(self.dispatch(request.into_inner(), Rpc::TransferLeader).await))
     }
 
     async fn heartbeat(
@@ -594,9 +680,9 @@ impl ferrolog_proto::internal::raft_server::Raft for RaftService {
             None => {
                 err_reply(group, ReplyError::GroupNotRunning, format!("group {group} is not running on this broker"))
             }
-            Some(raft) => match raft.install_full_snapshot(vote, Snapshot { meta, snapshot: data }).await {
-                Ok(resp) => ok_reply(group, &resp),
-                Err(e) => err_reply(group, ReplyError::RaftStopped, e.to_string()),
+            Some(raft) => match raft.install(vote, Snapshot { meta, snapshot: data }).await {
+                Ok(payload) => RaftReply { group_id: group, payload, error: String::new(), error_kind: 0 },
+                Err((kind, e)) => err_reply(group, kind, e),
             },
         };
         Ok(tonic::Response::new(reply))
@@ -618,13 +704,28 @@ mod tests {
         for kind in
             [ReplyError::GroupNotRunning, ReplyError::WrongBroker, ReplyError::RaftStopped, ReplyError::Unspecified]
         {
-            assert!(matches!(GroupClient::reply::<u64>(reply(kind)), Err(RPCError::Unreachable(_))), "{kind:?}");
+            assert!(
+                matches!(
+                    GroupClient::<ferrolog_raft::PartitionConfig>::reply::<u64>(reply(kind)),
+                    Err(RPCError::Unreachable(_))
+                ),
+                "{kind:?}"
+            );
         }
-        assert!(matches!(GroupClient::reply::<u64>(reply(ReplyError::Undecodable)), Err(RPCError::Network(_))));
+        assert!(matches!(
+            GroupClient::<ferrolog_raft::PartitionConfig>::reply::<u64>(reply(ReplyError::Undecodable)),
+            Err(RPCError::Network(_))
+        ));
         let ok =
             RaftReply { group_id: 1, payload: encode(&7u64).expect("encode"), error: String::new(), error_kind: 0 };
-        assert_eq!(GroupClient::reply::<u64>(ok).ok(), Some(7));
-        assert!(matches!(status_error(tonic::Status::unavailable("tcp connect error")), RPCError::Unreachable(_)));
-        assert!(matches!(status_error(tonic::Status::resource_exhausted("too large")), RPCError::Network(_)));
+        assert_eq!(GroupClient::<ferrolog_raft::PartitionConfig>::reply::<u64>(ok).ok(), Some(7));
+        assert!(matches!(
+            status_error::<ferrolog_raft::PartitionConfig>(tonic::Status::unavailable("tcp connect error")),
+            RPCError::Unreachable(_)
+        ));
+        assert!(matches!(
+            status_error::<ferrolog_raft::PartitionConfig>(tonic::Status::resource_exhausted("too large")),
+            RPCError::Network(_)
+        ));
     }
 }

@@ -380,15 +380,11 @@ async fn range_of(client: &Client, topic: &str, partition: u32) -> Option<(u64, 
 }
 
 fn tps(list: &[v1::TopicPartitions]) -> BTreeSet<Tp> {
-    list.iter().flat_map(|t| t.partitions.iter().map(move |p| (t.topic.clone(), *p))).collect()
+    ferrolog_proto::partitions::from_proto(list)
 }
 
 fn to_proto(set: &BTreeSet<Tp>) -> Vec<v1::TopicPartitions> {
-    let mut by_topic: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
-    for (t, p) in set {
-        by_topic.entry(t).or_default().push(*p);
-    }
-    by_topic.into_iter().map(|(t, ps)| v1::TopicPartitions { topic: t.to_string(), partitions: ps }).collect()
+    ferrolog_proto::partitions::to_proto(set)
 }
 
 impl Member {

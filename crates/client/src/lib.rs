@@ -81,6 +81,11 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest one attempt of a metadata or admin request waits for a broker
 /// before trying the next (a hung broker is skipped, not waited out).
 pub const ADMIN_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+/// The same for InitProducer, whose answer may wait for the new epoch to
+/// reach every live broker (the broker's `fence_propagation_timeout`, 5 s
+/// by default): an attempt cut short would be run again and bump the
+/// epoch again.
+pub const INIT_PRODUCER_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a broker that refused a connection or did not answer is tried
 /// only after the others.
 pub const SUSPECT_FOR: Duration = Duration::from_secs(10);
@@ -265,18 +270,7 @@ pub fn set_producer(b: &mut RecordBatch, producer_id: i64, producer_epoch: i32, 
 }
 
 pub(crate) fn batch_to_proto(b: &RecordBatch) -> v1::RecordBatch {
-    v1::RecordBatch {
-        base_offset: 0,
-        producer_id: b.header.producer_id,
-        producer_epoch: b.header.producer_epoch,
-        base_sequence: b.header.base_sequence,
-        record_count: b.header.record_count,
-        compression: b.header.compression as i32,
-        first_timestamp_ms: b.header.first_timestamp_ms,
-        max_timestamp_ms: b.header.max_timestamp_ms,
-        records: b.records.clone(),
-        crc32c: b.crc32c,
-    }
+    ferrolog_proto::batch::to_proto(0, b)
 }
 
 /// Milliseconds since the Unix epoch.
@@ -326,17 +320,10 @@ pub fn decode_batch(base_offset: u64, b: &RecordBatch) -> Result<Vec<FetchedReco
 
 /// A fetched proto batch, checked and decoded.
 pub(crate) fn decode_proto(b: &v1::RecordBatch) -> Result<Vec<FetchedRecord>, ClientError> {
-    let header = BatchHeader {
-        producer_id: b.producer_id,
-        producer_epoch: b.producer_epoch,
-        base_sequence: b.base_sequence,
-        record_count: b.record_count,
-        compression: b.compression as u32,
-        first_timestamp_ms: b.first_timestamp_ms,
-        max_timestamp_ms: b.max_timestamp_ms,
-    };
-    let base = u64::try_from(b.base_offset).map_err(|_| ClientError::corrupt(b.base_offset, "negative base offset"))?;
-    decode_batch(base, &Batch { header, records: b.records.clone(), crc32c: b.crc32c })
+    let (base, batch) =
+        ferrolog_proto::batch::from_proto(b.clone()).map_err(|e| ClientError::corrupt(b.base_offset, e))?;
+    let base = base.ok_or_else(|| ClientError::corrupt(b.base_offset, "negative base offset"))?;
+    decode_batch(base, &batch)
 }
 
 /// Partition leaders as last learned. An entry is dropped on any error from
@@ -402,15 +389,93 @@ pub struct Client {
     suspects: Mutex<HashMap<String, Instant>>,
 }
 
-/// The brokers of one request that could not be reached, and why: when
-/// every bootstrap broker is among them, the request fails at once.
+/// The brokers of one request that could not be reached, and why.
+///
+/// `fresh` holds those that failed since the request last backed off: a
+/// hint naming one of them is not followed (the broker that just refused
+/// the connection is often the dead leader every follower still names, and
+/// following it would spin), and a request retries at once only while a
+/// bootstrap broker outside it is left.
 #[derive(Debug, Default)]
-struct Unreached(BTreeMap<String, String>);
+struct Unreached {
+    all: BTreeMap<String, String>,
+    fresh: std::collections::HashSet<String>,
+}
 
 impl Unreached {
+    fn insert(&mut self, addr: &str, why: String) {
+        self.all.insert(addr.to_string(), why);
+        self.fresh.insert(addr.to_string());
+    }
+
+    /// Whether `addr` failed since the last backoff.
+    fn just_failed(&self, addr: &str) -> bool {
+        self.fresh.contains(addr)
+    }
+
+    /// Whether every bootstrap broker failed since the last backoff.
+    fn covers(&self, bootstrap: &[String]) -> bool {
+        bootstrap.iter().all(|b| self.fresh.contains(b))
+    }
+
+    /// A backoff passed: brokers may have come back.
+    fn backed_off(&mut self) {
+        self.fresh.clear();
+    }
+
     fn error(&self, what: &str) -> ClientError {
-        let list: Vec<String> = self.0.iter().map(|(a, why)| format!("{a} ({why})")).collect();
+        let list: Vec<String> = self.all.iter().map(|(a, why)| format!("{a} ({why})")).collect();
         ClientError::new(ErrorKind::Unreachable, format!("{what}: no broker reachable: {}", list.join(", ")))
+    }
+}
+
+/// Where a produce or fetch goes after a failure: a leader hint is followed
+/// at once unless it names a broker that just failed; an unreachable broker
+/// is followed by the next bootstrap broker at once while one is left that
+/// has not failed; otherwise the request backs off. Retries end at
+/// `deadline`, with the unreachable brokers named when every bootstrap
+/// broker was among them (a bootstrap list that refuses connections is
+/// retried until then: a one-broker list restarting comes back).
+struct Route {
+    what: &'static str,
+    deadline: Instant,
+    backoff: Backoff,
+    unreached: Unreached,
+}
+
+impl Route {
+    fn new(what: &'static str, timeout: Duration) -> Self {
+        Route { what, deadline: Instant::now() + timeout, backoff: Backoff::new(), unreached: Unreached::default() }
+    }
+
+    /// After `e` from `addr` (which the caller chose to retry): records it,
+    /// and returns the hint to follow, or `None` to pick again from the
+    /// bootstrap list; `Err` when the deadline has passed.
+    async fn after(&mut self, client: &Client, addr: &str, e: ClientError) -> Result<Option<String>, ClientError> {
+        if e.kind() == ErrorKind::Unreachable {
+            client.suspect(addr);
+            self.unreached.insert(addr, e.to_string());
+        }
+        if Instant::now() >= self.deadline {
+            let all_down = client.bootstrap.iter().all(|b| self.unreached.all.contains_key(b));
+            return Err(if all_down && e.kind() == ErrorKind::Unreachable {
+                self.unreached.error(self.what)
+            } else {
+                e
+            });
+        }
+        if let Some(hint) = e.leader_hint().and_then(|h| h.leader_address.clone())
+            && hint != addr
+            && !self.unreached.just_failed(&hint)
+        {
+            return Ok(Some(hint));
+        }
+        if e.kind() == ErrorKind::Unreachable && !self.unreached.covers(&client.bootstrap) {
+            return Ok(None);
+        }
+        self.backoff.wait().await;
+        self.unreached.backed_off();
+        Ok(None)
     }
 }
 
@@ -470,7 +535,7 @@ impl Client {
     pub async fn init_producer(&self, name: Option<&str>) -> Result<(i64, i32), ClientError> {
         let req = v1::InitProducerRequest { producer_name: name.map(String::from) };
         let r = self
-            .on_meta_leader("init producer", Duration::from_secs(20), |ch| {
+            .on_meta_leader_with("init producer", Duration::from_secs(20), INIT_PRODUCER_ATTEMPT_TIMEOUT, |ch| {
                 let req = req.clone();
                 async move { ProducersClient::new(ch).max_decoding_message_size(API_MESSAGE_LIMIT).init_producer(req).await }
             })
@@ -488,6 +553,21 @@ impl Client {
         &self,
         what: &str,
         timeout: Duration,
+        call: F,
+    ) -> Result<T, ClientError>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.on_meta_leader_with(what, timeout, ADMIN_ATTEMPT_TIMEOUT, call).await
+    }
+
+    /// [`Client::on_meta_leader`] with attempts of up to `attempt_timeout`.
+    pub(crate) async fn on_meta_leader_with<T, F, Fut>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        attempt_timeout: Duration,
         mut call: F,
     ) -> Result<T, ClientError>
     where
@@ -506,7 +586,7 @@ impl Client {
             });
             let left = deadline.saturating_duration_since(Instant::now());
             // The last attempt gets at least a short while, never zero.
-            let attempt = ADMIN_ATTEMPT_TIMEOUT.min(left.max(Duration::from_millis(200)));
+            let attempt = attempt_timeout.min(left.max(Duration::from_millis(200)));
             let r = match self.channel_to(&addr) {
                 Ok(ch) => match tokio::time::timeout(attempt, call(ch)).await {
                     Ok(r) => r.map(|r| r.into_inner()).map_err(ClientError::from),
@@ -526,8 +606,9 @@ impl Client {
                 self.suspect(&addr);
                 let why =
                     if e.kind() == ErrorKind::Timeout { format!("no answer in {attempt:?}") } else { e.to_string() };
-                unreached.0.insert(addr.clone(), why);
-                if self.bootstrap.iter().all(|b| unreached.0.contains_key(b)) || Instant::now() >= deadline {
+                unreached.insert(&addr, why);
+                // Fail fast: every bootstrap broker refused or hung.
+                if self.bootstrap.iter().all(|b| unreached.all.contains_key(b)) || Instant::now() >= deadline {
                     return Err(unreached.error(what));
                 }
                 continue;
@@ -539,9 +620,12 @@ impl Client {
             if !transient || Instant::now() >= deadline {
                 return Err(e);
             }
-            next = e.leader_hint().and_then(|h| h.leader_address.clone());
+            // A hint to a broker that just failed (the dead leader the
+            // followers still name) is not followed: back off instead.
+            next = e.leader_hint().and_then(|h| h.leader_address.clone()).filter(|h| !unreached.just_failed(h));
             if next.is_none() {
                 backoff.wait().await;
+                unreached.backed_off();
             }
         }
     }
@@ -655,11 +739,9 @@ impl Client {
             )));
         }
         let proto = batch_to_proto(&batch);
-        let deadline = Instant::now() + timeout;
         let key = (topic.to_string(), partition);
         let mut i = partition as usize;
-        let mut backoff = Backoff::new();
-        let mut unreached = Unreached::default();
+        let mut route = Route::new("produce", timeout);
         loop {
             let cached = self.leaders.get(&key);
             let addr = cached.clone().unwrap_or_else(|| {
@@ -692,24 +774,13 @@ impl Client {
                 Err(e) => e,
             };
             self.leaders.remove(&key);
-            if e.kind() == ErrorKind::Unreachable {
-                self.suspect(&addr);
-                unreached.0.insert(addr.clone(), e.to_string());
-                if self.bootstrap.iter().all(|b| unreached.0.contains_key(b)) {
-                    return Err(unreached.error("produce"));
-                }
-            }
             // A refused connection sent nothing: safe to retry elsewhere.
             let may_retry = e.not_sent() || (retry_ambiguous && e.is_retriable());
-            if !may_retry || Instant::now() > deadline {
+            if !may_retry {
                 return Err(e);
             }
-            match e.leader_hint().and_then(|h| h.leader_address.clone()) {
-                Some(a) if a != addr => {
-                    self.leaders.insert(key.clone(), a);
-                }
-                _ if e.kind() == ErrorKind::Unreachable => {}
-                _ => backoff.wait().await,
+            if let Some(hint) = route.after(self, &addr, e).await? {
+                self.leaders.insert(key.clone(), hint);
             }
         }
     }
@@ -726,11 +797,9 @@ impl Client {
         max_wait: Duration,
         timeout: Duration,
     ) -> Result<(Vec<FetchedRecord>, FetchInfo), ClientError> {
-        let deadline = Instant::now() + timeout;
         let key = (topic.to_string(), partition);
         let mut i = partition as usize;
-        let mut backoff = Backoff::new();
-        let mut unreached = Unreached::default();
+        let mut route = Route::new("fetch", timeout);
         loop {
             let cached = self.leaders.get(&key);
             let addr = cached.clone().unwrap_or_else(|| {
@@ -772,22 +841,11 @@ impl Client {
                 Err(e) => e,
             };
             self.leaders.remove(&key);
-            if e.kind() == ErrorKind::Unreachable {
-                self.suspect(&addr);
-                unreached.0.insert(addr.clone(), e.to_string());
-                if self.bootstrap.iter().all(|b| unreached.0.contains_key(b)) {
-                    return Err(unreached.error("fetch"));
-                }
-            }
-            if !e.is_retriable() || Instant::now() > deadline {
+            if !e.is_retriable() {
                 return Err(e);
             }
-            match e.leader_hint().and_then(|h| h.leader_address.clone()) {
-                Some(a) if a != addr => {
-                    self.leaders.insert(key.clone(), a);
-                }
-                _ if e.kind() == ErrorKind::Unreachable => {}
-                _ => backoff.wait().await,
+            if let Some(hint) = route.after(self, &addr, e).await? {
+                self.leaders.insert(key.clone(), hint);
             }
         }
     }

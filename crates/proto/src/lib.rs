@@ -5,6 +5,8 @@
 //!   producer ids, consumer groups.
 //! - [`internal`]: the broker-to-broker Raft transport (`ferrolog.internal.v1`),
 //!   where every message names its Raft group.
+//! - [`batch`]: the wire batch to and from the domain batch;
+//!   [`partitions`]: `(topic, partition)` sets to and from the wire.
 //! - [`errors`]: how typed errors (not leader, fenced, ...) travel inside a
 //!   `tonic::Status` as `google.rpc.ErrorInfo` details.
 //!
@@ -28,4 +30,6 @@ pub mod internal {
 /// Serialized descriptors of every service, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ferrolog_descriptor");
 
+pub mod batch;
 pub mod errors;
+pub mod partitions;

@@ -112,13 +112,13 @@ mod tests {
 
     use super::*;
     use crate::LogStore;
-    use crate::Request;
+    use crate::PartitionEntry;
     use crate::types::alias::Entry;
     use crate::types::log_id;
 
     fn append_entry(term: u64, index: u64, records: u32, ack: u64) -> Entry {
         let batch = Batch::seal(BatchHeader::plain(records, 0), vec![index as u8; 8].into());
-        Entry::new_normal(log_id(term, 1, index), Request::Partition { cmd: Command::Append(batch), ack })
+        Entry::new_normal(log_id(term, 1, index), PartitionEntry { cmd: Command::Append(batch), ack })
     }
 
     fn acked(index: u64, base_offset: u64, last_offset: u64) -> Acked {

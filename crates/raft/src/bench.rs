@@ -25,7 +25,7 @@ use openraft::storage::RaftLogStorage;
 use serde::Serialize;
 
 use crate::LogStore;
-use crate::Request;
+use crate::PartitionEntry;
 use crate::types::alias::Entry;
 use crate::types::log_id;
 
@@ -102,7 +102,7 @@ pub async fn run(dir: &Path, case: &StorageBench) -> io::Result<StorageBenchRepo
             let batch = Batch::seal(BatchHeader::plain(1, 0), records);
             let mut index = 1u64;
             while Instant::now() < deadline {
-                let entry = Entry::new_normal(log_id(1, 1, index), Request::append(batch.clone()));
+                let entry = Entry::new_normal(log_id(1, 1, index), PartitionEntry::append(batch.clone()));
                 let (cb, flushed) = crate::flush_signal();
                 let t0 = Instant::now();
                 log.append([entry], cb).await?;

@@ -31,7 +31,7 @@ use openraft::EntryPayload;
 use serde::Deserialize;
 use serde::Serialize;
 
-use crate::Request;
+use crate::PartitionEntry;
 use crate::codec;
 use crate::types::alias::Entry;
 
@@ -174,7 +174,7 @@ impl PartitionReader {
     fn batch_of_entry(&self, base: Offset, index: u64, bytes: &[u8]) -> io::Result<Batch> {
         let entry: Entry = codec::decode("log entry", bytes)?;
         match entry.payload {
-            EntryPayload::Normal(Request::Partition { cmd: Command::Append(batch), .. }) => {
+            EntryPayload::Normal(PartitionEntry { cmd: Command::Append(batch), .. }) => {
                 batch.verify().map_err(|e| {
                     io::Error::new(io::ErrorKind::InvalidData, format!("{}: batch at offset {base}: {e}", self.group))
                 })?;

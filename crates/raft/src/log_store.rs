@@ -35,41 +35,75 @@ use openraft::storage::IOFlushed;
 use openraft::storage::LogState;
 use openraft::storage::RaftLogStorage;
 
-use crate::Request;
-use crate::TypeConfig;
 use crate::acks::AckTracker;
 use crate::acks::Acked;
 use crate::codec;
-use crate::types::alias::Entry;
+use crate::types::GroupConfig;
+use crate::types::MetaConfig;
+use crate::types::PartitionConfig;
 use crate::types::alias::LogId;
 use crate::types::alias::Vote;
+
+type Entry<C> = crate::types::alias::EntryOf<C>;
 
 const META_VOTE: u8 = 1;
 const META_COMMITTED: u8 = 2;
 const META_PURGED: u8 = 3;
 
-/// The log of one Raft group. Cheap to clone (a group id and `Arc`s).
-#[derive(Debug, Clone)]
-pub struct LogStore {
+/// The log of one Raft group of kind `C` (a partition group unless named).
+/// Cheap to clone (a group id and `Arc`s).
+#[derive(Debug)]
+pub struct LogStore<C: GroupConfig = PartitionConfig> {
     group: GroupId,
     storage: Arc<Storage>,
     /// acks=1 support; only partition groups on a broker have one.
     acks: Option<Arc<AckTracker>>,
+    _kind: std::marker::PhantomData<fn() -> C>,
 }
 
-impl LogStore {
-    /// The log of `group` in `storage`.
+impl<C: GroupConfig> Clone for LogStore<C> {
+    fn clone(&self) -> Self {
+        LogStore {
+            group: self.group,
+            storage: self.storage.clone(),
+            acks: self.acks.clone(),
+            _kind: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<C: GroupConfig> LogStore<C> {
+    fn open(storage: Arc<Storage>, group: GroupId, acks: Option<Arc<AckTracker>>) -> Self {
+        LogStore { group, storage, acks, _kind: std::marker::PhantomData }
+    }
+
+    /// The acks=1 waiters of this log, if it has any.
+    pub(crate) fn acks(&self) -> Option<&Arc<AckTracker>> {
+        self.acks.as_ref()
+    }
+}
+
+impl LogStore<MetaConfig> {
+    /// The metadata group's log in `storage`.
+    pub fn metadata(storage: Arc<Storage>) -> Self {
+        Self::open(storage, GroupId::METADATA, None)
+    }
+}
+
+impl LogStore<PartitionConfig> {
+    /// The log of partition group `group` in `storage`.
     pub fn new(storage: Arc<Storage>, group: GroupId) -> Self {
-        LogStore { group, storage, acks: None }
+        Self::open(storage, group, None)
     }
 
     /// The log of a partition group whose leader answers acks=1 producers.
     pub fn with_acks(storage: Arc<Storage>, group: GroupId, acks: Arc<AckTracker>) -> Self {
-        LogStore { group, storage, acks: Some(acks) }
+        Self::open(storage, group, Some(acks))
     }
 
     /// The projected outcomes of the acks=1 waiters among `entries`.
-    fn project(&self, acks: &AckTracker, entries: &[Entry]) -> io::Result<Vec<(u64, Acked)>> {
+    pub(crate) fn project_acks(&self, entries: &[Entry<PartitionConfig>]) -> io::Result<Vec<(u64, Acked)>> {
+        let Some(acks) = &self.acks else { return Ok(Vec::new()) };
         let Some(first) = entries.first().map(|e| e.log_id().index) else { return Ok(Vec::new()) };
         let mut state = match acks.take_projection_before(first) {
             Some(s) => s,
@@ -79,7 +113,7 @@ impl LogStore {
         let mut last_index = first.saturating_sub(1);
         for e in entries {
             last_index = e.log_id().index;
-            if let EntryPayload::Normal(Request::Partition { cmd, ack }) = &e.payload {
+            if let EntryPayload::Normal(crate::PartitionEntry { cmd, ack }) = &e.payload {
                 // Exactly what apply will do (checksum, dedup, offsets).
                 let (outcome, _) = state.apply(cmd.clone());
                 if *ack != 0 {
@@ -100,13 +134,15 @@ impl LogStore {
         for item in self.storage.scan(Cf::Log, self.group, from, before) {
             let (index, bytes) = item?;
             let e = self.decode_entry(index, &bytes)?;
-            if let EntryPayload::Normal(Request::Partition { cmd, .. }) = e.payload {
+            if let EntryPayload::Normal(crate::PartitionEntry { cmd, .. }) = e.payload {
                 state.apply(cmd);
             }
         }
         Ok(state)
     }
+}
 
+impl<C: GroupConfig> LogStore<C> {
     /// The group this log belongs to.
     pub fn group(&self) -> GroupId {
         self.group
@@ -119,8 +155,8 @@ impl LogStore {
         }
     }
 
-    fn decode_entry(&self, index: u64, bytes: &[u8]) -> io::Result<Entry> {
-        let entry: Entry = codec::decode("log entry", bytes)?;
+    fn decode_entry(&self, index: u64, bytes: &[u8]) -> io::Result<Entry<C>> {
+        let entry: Entry<C> = codec::decode("log entry", bytes)?;
         // A value stored under the wrong key (a bug, or a misdirected write)
         // would break log matching silently: refuse it.
         if entry.log_id().index != index {
@@ -147,11 +183,11 @@ fn bounds(range: &impl RangeBounds<u64>) -> (u64, u64) {
     (start, end)
 }
 
-impl RaftLogReader<TypeConfig> for LogStore {
+impl<C: GroupConfig> RaftLogReader<C> for LogStore<C> {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
         &mut self,
         range: RB,
-    ) -> io::Result<Vec<Entry>> {
+    ) -> io::Result<Vec<Entry<C>>> {
         let (start, end) = bounds(&range);
         if start >= end {
             return Ok(Vec::new());
@@ -168,7 +204,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
     /// [`MAX_APPEND_ENTRIES_BYTES`], and always at least one entry (an empty
     /// answer would stall replication). A follower any distance behind is
     /// sent requests of bounded size that its decode limit accepts.
-    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> io::Result<Vec<Entry>> {
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> io::Result<Vec<Entry<C>>> {
         let mut out = Vec::new();
         let mut bytes = 0usize;
         for item in self.storage.scan(Cf::Log, self.group, start, end) {
@@ -193,7 +229,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
     async fn entries_stream<RB>(
         &mut self,
         range: RB,
-    ) -> impl futures::Stream<Item = io::Result<Entry>> + openraft::OptionalSend
+    ) -> impl futures::Stream<Item = io::Result<Entry<C>>> + openraft::OptionalSend
     where
         RB: RangeBounds<u64> + Clone + Debug + openraft::OptionalSend,
     {
@@ -219,10 +255,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 }
 
-impl RaftLogStorage<TypeConfig> for LogStore {
-    type LogReader = LogStore;
+impl<C: GroupConfig> RaftLogStorage<C> for LogStore<C> {
+    type LogReader = LogStore<C>;
 
-    async fn get_log_state(&mut self) -> io::Result<LogState<TypeConfig>> {
+    async fn get_log_state(&mut self) -> io::Result<LogState<C>> {
         let last_purged: Option<LogId> = self.read_meta(META_PURGED, "purged log id")?;
         let last = match self.storage.last(Cf::Log, self.group)? {
             Some((index, bytes)) => Some(self.decode_entry(index, &bytes)?.log_id()),
@@ -261,21 +297,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.read_meta(META_COMMITTED, "committed log id")
     }
 
-    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> io::Result<()>
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<C>) -> io::Result<()>
     where
-        I: IntoIterator<Item = Entry> + Send,
+        I: IntoIterator<Item = Entry<C>> + Send,
         I::IntoIter: Send,
     {
-        let entries: Vec<Entry> = entries.into_iter().collect();
+        let entries: Vec<Entry<C>> = entries.into_iter().collect();
         let mut wb = self.storage.batch();
         for entry in &entries {
             let index = entry.log_id().index;
             self.storage.put(&mut wb, Cf::Log, &keys::indexed(self.group, index), &codec::encode(entry)?);
         }
-        let acked = match &self.acks {
-            Some(acks) => self.project(acks, &entries)?,
-            None => Vec::new(),
-        };
+        let acked = C::acks_among(self, &entries)?;
         let acks = self.acks.clone();
         // durability: the entries are readable when this returns; openraft
         // (and any acks=1 producer) is told they are flushed only from the
@@ -297,9 +330,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> io::Result<()> {
-        if let Some(acks) = &self.acks {
-            acks.invalidate();
-        }
+        C::on_truncate(self);
         let from = last_log_id.map(|l| l.index + 1).unwrap_or(0);
         let mut wb = self.storage.batch();
         self.storage.delete_range(&mut wb, Cf::Log, &keys::indexed(self.group, from), &keys::group_end(self.group));
@@ -327,9 +358,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
 /// A flush callback and a future that resolves when it fires: for callers
 /// outside openraft (benchmarks, tests, tools) that append directly.
-pub fn flush_signal() -> (IOFlushed<TypeConfig>, impl std::future::Future<Output = io::Result<()>> + Send) {
+pub fn flush_signal<C: GroupConfig>() -> (IOFlushed<C>, impl std::future::Future<Output = io::Result<()>> + Send) {
     use openraft::type_config::TypeConfigExt;
-    let (tx, rx) = TypeConfig::oneshot::<io::Result<()>>();
+    let (tx, rx) = C::oneshot::<io::Result<()>>();
     let fut = async move { rx.await.map_err(|_| io::Error::other("flush callback dropped"))? };
     (IOFlushed::signal(tx), fut)
 }

@@ -1,4 +1,5 @@
-//! [`MetaStateMachine`]: the metadata Raft group's state machine.
+//! [`MetaStateMachine`]: the metadata Raft group's state, driven by the
+//! generic [`crate::adapter::Applier`].
 //!
 //! The [`ClusterState`] is kept in memory and persisted per key in the
 //! `Metadata` CF (unsynced: it is derived from the fsynced log, like the
@@ -24,6 +25,7 @@ use std::sync::atomic::Ordering;
 
 use ferrolog_metadata::Changes;
 use ferrolog_metadata::ClusterState;
+use ferrolog_metadata::MetaOutcome;
 use ferrolog_metadata::StateKey;
 use ferrolog_metadata::Topic;
 use ferrolog_metadata::groups::Assignor;
@@ -35,27 +37,22 @@ use ferrolog_storage::Storage;
 use ferrolog_storage::WriteBatch;
 use ferrolog_storage::keys;
 use ferrolog_types::GroupId;
-use futures::Stream;
-use futures::StreamExt;
-use openraft::EntryPayload;
 use openraft::RaftSnapshotBuilder;
-use openraft::entry::RaftEntry;
-use openraft::storage::EntryResponder;
-use openraft::storage::RaftStateMachine;
 use serde::Deserialize;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use tokio::sync::watch;
 
-use crate::Request;
-use crate::Response;
-use crate::TypeConfig;
+use crate::adapter::Applier;
+use crate::adapter::GroupState;
 use crate::codec;
 use crate::snapshot::SnapshotData;
 use crate::snapshot_slot::SnapshotSlot;
+use crate::types::MetaConfig;
+use crate::types::MetaEntry;
 use crate::types::alias::LogId;
-use crate::types::alias::Snapshot;
-use crate::types::alias::SnapshotMeta;
+use crate::types::alias::MetaSnapshot;
+use crate::types::alias::MetaSnapshotMeta;
 use crate::types::alias::StoredMembership;
 
 /// Key kinds in the `Metadata` CF, after the metadata group's id.
@@ -313,14 +310,24 @@ impl MetaView {
     }
 }
 
-/// The metadata group's state machine.
+/// openraft's state machine of the metadata group.
+pub type MetaStateMachine = Applier<MetaGroup>;
+
+impl Applier<MetaGroup> {
+    /// Opens the metadata state machine, loading the persisted state.
+    pub fn open(storage: Arc<Storage>) -> io::Result<Self> {
+        Ok(Applier::new(MetaGroup::open(storage)?))
+    }
+}
+
+/// The metadata group's applied state.
 #[derive(Debug)]
-pub struct MetaStateMachine {
+pub struct MetaGroup {
     storage: Arc<Storage>,
     shared: Arc<Shared>,
 }
 
-impl MetaStateMachine {
+impl MetaGroup {
     /// Opens the metadata state machine, loading the persisted state.
     pub fn open(storage: Arc<Storage>) -> io::Result<Self> {
         let state = AppliedMeta::load(&storage)?;
@@ -330,7 +337,7 @@ impl MetaStateMachine {
             groups: watch::Sender::new(0),
             apply_bytes: AtomicU64::new(0),
         });
-        Ok(MetaStateMachine { storage, shared })
+        Ok(MetaGroup { storage, shared })
     }
 
     /// A view of the applied state.
@@ -360,64 +367,53 @@ impl MetaStateMachine {
     }
 }
 
-impl RaftStateMachine<TypeConfig> for MetaStateMachine {
-    type SnapshotData = SnapshotData;
-    type SnapshotBuilder = MetaSnapshotBuilder;
+impl GroupState for MetaGroup {
+    type Data = MetaEntry;
+    type Outcome = MetaOutcome;
+    type Round = Changes;
+    type Config = MetaConfig;
+    type Builder = MetaSnapshotBuilder;
 
-    async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
+    fn applied_state(&self) -> (Option<LogId>, StoredMembership) {
         let s = self.read();
-        Ok((s.last_applied, s.membership.clone()))
+        (s.last_applied, s.membership.clone())
     }
 
-    async fn apply<Strm>(&mut self, mut entries: Strm) -> io::Result<()>
-    where
-        Strm: Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + Send,
-    {
-        let mut replies = Vec::new();
-        let mut changes = Changes::default();
-        while let Some(item) = entries.next().await {
-            let (entry, responder) = item?;
-            let log_id = entry.log_id();
-            let mut s = self.write();
-            let response = match entry.payload {
-                EntryPayload::Blank => Response::None,
-                EntryPayload::Normal(Request::Metadata(cmd)) => {
-                    Response::Metadata(s.cluster.apply_tracked(cmd, &mut changes))
-                }
-                EntryPayload::Normal(Request::Partition { .. }) => {
-                    tracing::error!("partition command in the metadata group ignored");
-                    Response::None
-                }
-                EntryPayload::Membership(m) => {
-                    s.membership = StoredMembership::new(Some(log_id), m);
-                    changes.placement = true;
-                    Response::None
-                }
-            };
-            s.last_applied = Some(log_id);
-            drop(s);
-            if let Some(r) = responder {
-                replies.push((r, response));
-            }
-        }
+    fn begin(&self) -> Changes {
+        Changes::default()
+    }
+
+    fn apply(&mut self, _: LogId, entry: MetaEntry, changes: &mut Changes) -> io::Result<MetaOutcome> {
+        Ok(self.write().cluster.apply_tracked(entry.0, changes))
+    }
+
+    fn set_membership(&mut self, membership: StoredMembership, changes: &mut Changes) {
+        self.write().membership = membership;
+        changes.placement = true;
+    }
+
+    fn set_last_applied(&mut self, log_id: LogId) {
+        self.write().last_applied = Some(log_id);
+    }
+
+    fn persist(&mut self, changes: Changes) -> io::Result<()> {
         let mut wb = self.storage.batch();
         self.read().write_changes(&self.storage, &mut wb, &changes)?;
         self.shared.apply_bytes.fetch_add(wb.size_in_bytes() as u64, Ordering::Relaxed);
         // Not synced: derived from the fsynced log, replayed after a crash.
         self.storage.write_buffered(wb)?;
         self.notify(&changes);
-        for (r, response) in replies {
-            r.send(response);
-        }
         Ok(())
     }
 
-    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+    fn snapshot_builder(&mut self) -> MetaSnapshotBuilder {
         // A copy of the whole state, once per snapshot (they are rare).
         MetaSnapshotBuilder { storage: self.storage.clone(), state: self.read().clone() }
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> io::Result<()> {
+    async fn install_snapshot(&mut self, meta: &MetaSnapshotMeta, snapshot: SnapshotData) -> io::Result<()> {
+        // A peer's data, checked: a partition snapshot sent to the metadata
+        // group is refused, not installed.
         let SnapshotData::Bytes(snapshot) = snapshot else {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -438,13 +434,15 @@ impl RaftStateMachine<TypeConfig> for MetaStateMachine {
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {
-        Ok(slot().load(&self.storage)?.map(|(meta, data)| Snapshot { meta, snapshot: SnapshotData::Bytes(data) }))
+    fn current_snapshot(&mut self) -> io::Result<Option<MetaSnapshot>> {
+        Ok(slot()
+            .load(&self.storage)?
+            .map(|(meta, data)| openraft::storage::Snapshot { meta, snapshot: SnapshotData::Bytes(data) }))
     }
 }
 
 #[cfg(test)]
-impl MetaStateMachine {
+impl MetaGroup {
     /// A copy of the applied state.
     pub(crate) fn state(&self) -> AppliedMeta {
         self.read().clone()
@@ -458,14 +456,16 @@ pub struct MetaSnapshotBuilder {
     state: AppliedMeta,
 }
 
-impl RaftSnapshotBuilder<TypeConfig> for MetaSnapshotBuilder {
+impl RaftSnapshotBuilder<MetaConfig> for MetaSnapshotBuilder {
     type SnapshotData = SnapshotData;
 
-    async fn build_snapshot(&mut self) -> io::Result<Snapshot> {
+    async fn build_snapshot(&mut self) -> io::Result<MetaSnapshot> {
         let data = codec::encode(&self.state)?;
-        let meta =
-            SnapshotMeta { last_log_id: self.state.last_applied, last_membership: self.state.membership.clone() };
+        let meta = openraft::storage::SnapshotMeta {
+            last_log_id: self.state.last_applied,
+            last_membership: self.state.membership.clone(),
+        };
         slot().store(&self.storage, &meta, &data).await?;
-        Ok(Snapshot { meta, snapshot: SnapshotData::Bytes(data) })
+        Ok(openraft::storage::Snapshot { meta, snapshot: SnapshotData::Bytes(data) })
     }
 }

@@ -16,9 +16,9 @@ use openraft::RaftSnapshotBuilder;
 use openraft::entry::RaftEntry;
 use openraft::storage::RaftStateMachine;
 
+use crate::MetaEntry;
 use crate::MetaStateMachine;
-use crate::Request;
-use crate::types::alias::Entry;
+use crate::types::alias::MetaLogEntry as Entry;
 use crate::types::log_id;
 
 fn store(dir: &tempfile::TempDir) -> Arc<Storage> {
@@ -31,7 +31,7 @@ async fn apply(sm: &mut MetaStateMachine, next: &mut u64, cmds: Vec<MetaCommand>
         .into_iter()
         .map(|c| {
             *next += 1;
-            Entry::new_normal(log_id(1, 1, *next), Request::Metadata(c))
+            Entry::new_normal(log_id(1, 1, *next), MetaEntry(c))
         })
         .collect();
     sm.apply(futures::stream::iter(entries.into_iter().map(|e| Ok((e, None))))).await.expect("apply");

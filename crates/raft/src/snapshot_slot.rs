@@ -10,6 +10,8 @@ use ferrolog_storage::Storage;
 use ferrolog_storage::WriteBatch;
 
 use crate::codec;
+// (The same type for both group kinds: snapshot metadata holds only log
+// ids and memberships.)
 use crate::types::alias::SnapshotMeta;
 
 /// The current-snapshot slot of one state machine.

@@ -1,4 +1,5 @@
-//! [`StateMachine`]: openraft's state machine for one partition group.
+//! [`StateMachine`]: the state of one partition group, driven by the
+//! generic [`crate::adapter::Applier`] (openraft's state machine).
 //!
 //! Applying a committed entry runs the sans-IO partition logic
 //! ([`ferrolog_partition::PartitionState::apply`]) and performs its effects.
@@ -29,6 +30,7 @@ use std::sync::Arc;
 
 use ferrolog_partition::Command;
 use ferrolog_partition::Effect;
+use ferrolog_partition::Outcome;
 use ferrolog_partition::PartitionState;
 use ferrolog_partition::producers::ProducerEntry;
 use ferrolog_storage::Cf;
@@ -38,19 +40,12 @@ use ferrolog_storage::keys;
 use ferrolog_types::GroupId;
 use ferrolog_types::Offset;
 use ferrolog_types::batch::NO_PRODUCER_ID;
-use futures::Stream;
-use futures::StreamExt;
-use openraft::EntryPayload;
 use openraft::RaftSnapshotBuilder;
-use openraft::entry::RaftEntry;
-use openraft::storage::EntryResponder;
-use openraft::storage::RaftStateMachine;
 use serde::Deserialize;
 use serde::Serialize;
 
-use crate::Request;
-use crate::Response;
-use crate::TypeConfig;
+use crate::adapter::Applier;
+use crate::adapter::GroupState;
 use crate::codec;
 use crate::index::IndexEntry;
 use crate::index::Location;
@@ -60,6 +55,8 @@ use crate::snapshot::PartitionSnapshot;
 use crate::snapshot::SnapshotData;
 use crate::snapshot::SnapshotReceiver;
 use crate::snapshot_slot::SnapshotSlot;
+use crate::types::PartitionConfig;
+use crate::types::PartitionEntry;
 use crate::types::alias::LogId;
 use crate::types::alias::Snapshot;
 use crate::types::alias::SnapshotMeta;
@@ -149,9 +146,24 @@ pub fn log_floor(storage: &Arc<Storage>, group: GroupId) -> io::Result<Option<u6
     }
 }
 
-/// The state machine of one partition group.
+/// openraft's state machine of one partition group.
+pub type StateMachine = Applier<PartitionGroup>;
+
+impl Applier<PartitionGroup> {
+    /// Opens the state machine of `group`, loading its applied state.
+    pub fn open(storage: Arc<Storage>, group: GroupId) -> io::Result<Self> {
+        Ok(Applier::new(PartitionGroup::open(storage, group)?))
+    }
+
+    /// Also invalidates `acks`' projection when a snapshot is installed.
+    pub fn with_acks(self, acks: Arc<crate::acks::AckTracker>) -> Self {
+        Applier::new(self.into_inner().with_acks(acks))
+    }
+}
+
+/// The applied state of one partition group.
 #[derive(Debug)]
-pub struct StateMachine {
+pub struct PartitionGroup {
     group: GroupId,
     storage: Arc<Storage>,
     /// In-memory copy of what is persisted under `SM_APPLIED`.
@@ -162,12 +174,12 @@ pub struct StateMachine {
     acks: Option<Arc<crate::acks::AckTracker>>,
 }
 
-impl StateMachine {
+impl PartitionGroup {
     /// Opens the state machine of `group`, loading its applied state.
     pub fn open(storage: Arc<Storage>, group: GroupId) -> io::Result<Self> {
         let state = load_applied(&storage, group)?;
         let (progress, _) = tokio::sync::watch::channel(progress_of(&state));
-        Ok(StateMachine { group, storage, state, progress, acks: None })
+        Ok(PartitionGroup { group, storage, state, progress, acks: None })
     }
 
     /// Also invalidates `acks`' projection when a snapshot is installed.
@@ -240,80 +252,85 @@ impl StateMachine {
     }
 }
 
-impl RaftStateMachine<TypeConfig> for StateMachine {
-    type SnapshotData = SnapshotData;
-    type SnapshotBuilder = SnapshotBuilder;
+/// What one apply round of a partition accumulates.
+pub struct PartitionRound {
+    wb: WriteBatch,
+    /// Batches indexed in this round (not yet readable from the store).
+    indexed: Vec<(Offset, Offset)>,
+    /// Producers whose entries changed.
+    dirty: BTreeSet<i64>,
+}
 
-    async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
-        Ok((self.state.last_applied, self.state.membership.clone()))
+impl std::fmt::Debug for PartitionRound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartitionRound").field("indexed", &self.indexed).field("dirty", &self.dirty).finish()
+    }
+}
+
+impl GroupState for PartitionGroup {
+    type Data = PartitionEntry;
+    type Outcome = Outcome;
+    type Round = PartitionRound;
+    type Config = PartitionConfig;
+    type Builder = SnapshotBuilder;
+
+    fn applied_state(&self) -> (Option<LogId>, StoredMembership) {
+        (self.state.last_applied, self.state.membership.clone())
     }
 
-    async fn apply<Strm>(&mut self, mut entries: Strm) -> io::Result<()>
-    where
-        Strm: Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + Send,
-    {
-        let mut wb = self.storage.batch();
-        let mut replies = Vec::new();
-        let mut round = Vec::new();
-        let mut dirty = BTreeSet::new();
-        while let Some(item) = entries.next().await {
-            let (entry, responder) = item?;
-            let log_id = entry.log_id();
-            let response = match entry.payload {
-                EntryPayload::Blank => Response::None,
-                EntryPayload::Normal(Request::Partition { cmd, .. }) => {
-                    match &cmd {
-                        Command::Append(b) if b.header.producer_id != NO_PRODUCER_ID => {
-                            dirty.insert(b.header.producer_id);
-                        }
-                        // A clock tick may touch every producer (start idle
-                        // clocks, expire): rare (at most once a minute), so
-                        // it rewrites the table, before and after.
-                        Command::Clock { .. } => dirty.extend(self.state.partition.producers.keys().copied()),
-                        _ => {}
-                    }
-                    let clock = matches!(cmd, Command::Clock { .. });
-                    let (outcome, effect) = self.state.partition.apply(cmd);
-                    if clock {
-                        dirty.extend(self.state.partition.producers.keys().copied());
-                    }
-                    if let Some(effect) = effect {
-                        self.write_effect(&mut wb, effect, log_id.index, &mut round)?;
-                    }
-                    Response::Partition(outcome)
-                }
-                EntryPayload::Normal(Request::Metadata(_)) => {
-                    // Never proposed to a partition group; refusing it keeps
-                    // replicas in step (every replica refuses it alike).
-                    tracing::error!(group = %self.group, "metadata command in a partition group ignored");
-                    Response::None
-                }
-                EntryPayload::Membership(m) => {
-                    self.state.membership = StoredMembership::new(Some(log_id), m);
-                    Response::None
-                }
-            };
-            self.state.last_applied = Some(log_id);
-            if let Some(r) = responder {
-                replies.push((r, response));
+    fn begin(&self) -> PartitionRound {
+        PartitionRound { wb: self.storage.batch(), indexed: Vec::new(), dirty: BTreeSet::new() }
+    }
+
+    fn apply(&mut self, log_id: LogId, entry: PartitionEntry, round: &mut PartitionRound) -> io::Result<Outcome> {
+        // The ack token is the proposing leader's business (crate::acks).
+        let cmd = entry.cmd;
+        match &cmd {
+            Command::Append(b) if b.header.producer_id != NO_PRODUCER_ID => {
+                round.dirty.insert(b.header.producer_id);
             }
+            // A clock tick may touch every producer (start idle clocks,
+            // expire): rare (at most once a minute), so it rewrites the
+            // table, before and after.
+            Command::Clock { .. } => round.dirty.extend(self.state.partition.producers.keys().copied()),
+            _ => {}
         }
+        let clock = matches!(cmd, Command::Clock { .. });
+        let (outcome, effect) = self.state.partition.apply(cmd);
+        if clock {
+            round.dirty.extend(self.state.partition.producers.keys().copied());
+        }
+        if let Some(effect) = effect {
+            self.write_effect(&mut round.wb, effect, log_id.index, &mut round.indexed)?;
+        }
+        Ok(outcome)
+    }
+
+    fn set_membership(&mut self, membership: StoredMembership, _: &mut PartitionRound) {
+        self.state.membership = membership;
+    }
+
+    fn set_last_applied(&mut self, log_id: LogId) {
+        self.state.last_applied = Some(log_id);
+    }
+
+    fn persist(&mut self, round: PartitionRound) -> io::Result<()> {
+        let PartitionRound { mut wb, dirty, .. } = round;
         self.put_state(&mut wb, &dirty)?;
         // Not synced: see the module docs (the state is derived from the
         // fsynced log and replayed after a crash).
         self.storage.write_buffered(wb)?;
         self.progress.send_replace(progress_of(&self.state));
-        for (r, response) in replies {
-            r.send(response);
-        }
         Ok(())
     }
 
-    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+    fn snapshot_builder(&mut self) -> SnapshotBuilder {
         SnapshotBuilder { group: self.group, storage: self.storage.clone(), applied: self.state.clone() }
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotData) -> io::Result<()> {
+        // A peer's data, checked: a metadata snapshot sent to a partition
+        // group is refused, not installed.
         let SnapshotData::Partition(snap) = snapshot else {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -393,7 +410,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {
+    fn current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {
         let Some((meta, bytes)) = slot(self.group).load(&self.storage)? else { return Ok(None) };
         let applied: AppliedState = codec::decode("snapshot state", &bytes)?;
         Ok(Some(Snapshot { meta, snapshot: PartitionSnapshot::in_store(applied, self.storage.clone(), self.group) }))
@@ -423,7 +440,7 @@ pub struct SnapshotBuilder {
     applied: AppliedState,
 }
 
-impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+impl RaftSnapshotBuilder<PartitionConfig> for SnapshotBuilder {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> io::Result<Snapshot> {

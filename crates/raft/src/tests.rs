@@ -19,7 +19,7 @@ use openraft::storage::RaftLogStorage;
 use openraft::storage::RaftStateMachine;
 
 use crate::LogStore;
-use crate::Request;
+use crate::PartitionEntry;
 use crate::StateMachine;
 use crate::index::Location;
 use crate::index::PartitionReader;
@@ -40,7 +40,7 @@ fn batch(records: u32, bytes: usize, ts: i64) -> Batch {
 }
 
 fn entry(index: u64, cmd: Command) -> Entry {
-    Entry::new_normal(log_id(1, 1, index), Request::Partition { cmd, ack: 0 })
+    Entry::new_normal(log_id(1, 1, index), PartitionEntry::new(cmd))
 }
 
 /// Appends `entries` to the log (durably) and applies them.
@@ -241,10 +241,8 @@ async fn replication_reads_are_bounded_in_bytes_but_never_empty() {
     // One entry larger than the budget is still sent on its own.
     let (mut log2, mut sm2) =
         (LogStore::new(storage.clone(), GroupId(8)), StateMachine::open(storage.clone(), GroupId(8)).expect("sm"));
-    let big = vec![Entry::new_normal(
-        log_id(1, 1, 1),
-        Request::Partition { cmd: Command::Append(batch(1, MAX_APPEND_ENTRIES_BYTES + 1, 5)), ack: 0 },
-    )];
+    let big =
+        vec![Entry::new_normal(log_id(1, 1, 1), PartitionEntry::append(batch(1, MAX_APPEND_ENTRIES_BYTES + 1, 5)))];
     append_and_apply(&mut log2, &mut sm2, big).await;
     assert_eq!(log2.limited_get_log_entries(1, 2).await.expect("read").len(), 1);
     // The full-range reader (used outside replication) is not limited.

@@ -172,7 +172,7 @@ impl Coordinator {
         let cmd = MetaCommand::Group { group: group.to_string(), cmd };
         match self.core.metadata().propose(cmd, "group").await? {
             (MetaOutcome::Group(Ok(r)), _) => Ok(r),
-            (other, _) => Err(BrokerError::Internal(format!("group: unexpected outcome {other:?}"))),
+            (other, _) => Err(super::mismatch("group command", other)),
         }
     }
 
@@ -412,7 +412,7 @@ impl Coordinator {
             .await?
         {
             (MetaOutcome::Group(Ok(_)), _) => Ok(()),
-            (other, _) => Err(BrokerError::Internal(format!("delete group: unexpected outcome {other:?}"))),
+            (other, _) => Err(super::mismatch("delete group", other)),
         }
     }
 

@@ -6,14 +6,14 @@ use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use super::mismatch;
 use ferrolog_metadata::DEFAULT_MAX_MESSAGE_BYTES;
 use ferrolog_metadata::MetaCommand;
 use ferrolog_metadata::MetaOutcome;
 use ferrolog_metadata::Topic;
 use ferrolog_metadata::TopicConfig;
 use ferrolog_proto::v1;
-use ferrolog_raft::Request;
-use ferrolog_raft::Response;
+use ferrolog_raft::MetaEntry;
 use ferrolog_raft::meta_sm::AppliedMeta;
 use ferrolog_types::GroupId;
 use ferrolog_types::NodeId;
@@ -147,12 +147,12 @@ impl Metadata {
     /// and applied here: its outcome (a rejection is an error) and log index.
     pub async fn propose(&self, cmd: MetaCommand, what: &str) -> Result<(MetaOutcome, u64), BrokerError> {
         let meta = self.core.meta_leader().await?;
-        let resp = meta.raft.client_write(Request::Metadata(cmd)).await.map_err(|e| self.core.write_error(e, what))?;
-        match resp.data {
-            Response::Metadata(MetaOutcome::Rejected(e)) => Err(e.into()),
-            Response::Metadata(MetaOutcome::Group(Err(e))) => Err(e.into()),
-            Response::Metadata(o) => Ok((o, resp.log_id.index)),
-            other => Err(BrokerError::Internal(format!("{what}: unexpected metadata result {other:?}"))),
+        let resp = meta.raft.client_write(MetaEntry(cmd)).await.map_err(|e| self.core.write_error(e, what))?;
+        let index = resp.log_id.index;
+        match resp.data.outcome().map_err(|e| BrokerError::Internal(format!("{what}: {e}")))? {
+            MetaOutcome::Rejected(e) => Err(e.into()),
+            MetaOutcome::Group(Err(e)) => Err(e.into()),
+            o => Ok((o, index)),
         }
     }
 
@@ -194,7 +194,7 @@ impl Metadata {
         let cmd = MetaCommand::CreateTopic { name: t.name, partitions, replication_factor: rf, config, brokers };
         match self.propose(cmd, "create topic").await? {
             (MetaOutcome::TopicCreated(t), _) => Ok(self.describe(&t, DescribeOptions::default()).await),
-            (other, _) => Err(BrokerError::Internal(format!("create topic: unexpected outcome {other:?}"))),
+            (other, _) => Err(mismatch("create topic", other)),
         }
     }
 
@@ -202,7 +202,7 @@ impl Metadata {
     pub async fn delete_topic(&self, name: &str) -> Result<(), BrokerError> {
         match self.propose(MetaCommand::DeleteTopic { name: name.to_string() }, "delete topic").await? {
             (MetaOutcome::TopicDeleted(_), _) => Ok(()),
-            (other, _) => Err(BrokerError::Internal(format!("delete topic: unexpected outcome {other:?}"))),
+            (other, _) => Err(mismatch("delete topic", other)),
         }
     }
 
@@ -239,7 +239,7 @@ impl Metadata {
                 self.wait_metadata_everywhere(index, &meta).await;
                 Ok((id, epoch))
             }
-            (other, _) => Err(BrokerError::Internal(format!("init producer: unexpected outcome {other:?}"))),
+            (other, _) => Err(mismatch("init producer", other)),
         }
     }
 

@@ -24,7 +24,6 @@ use std::time::Instant;
 
 use ferrolog_metadata::Topic;
 use ferrolog_proto::errors::LeaderHint;
-use ferrolog_raft::TypeConfig;
 use ferrolog_types::NodeId;
 use openraft::error::ClientWriteError;
 use openraft::error::RaftError;
@@ -187,9 +186,9 @@ impl Core {
     /// A failed Raft write, as the caller must see it: a discarded entry may
     /// or may not be in the log (UNAVAILABLE, retry idempotently); a
     /// follower points at the leader.
-    pub(crate) fn write_error(
+    pub(crate) fn write_error<C: openraft::RaftTypeConfig<NodeId = u64>>(
         &self,
-        e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>,
+        e: RaftError<C, ClientWriteError<C>>,
         what: &str,
     ) -> BrokerError {
         if let RaftError::APIError(ClientWriteError::LogEntryDiscarded(f)) = &e {
@@ -202,6 +201,13 @@ impl Core {
         }
         BrokerError::Unavailable(format!("{what}: {e}"))
     }
+}
+
+/// A command answered with an outcome of another command: impossible while
+/// apply is deterministic (each command has its own outcome variants), and
+/// reported, not panicked on, should it ever happen.
+pub(crate) fn mismatch(what: &str, outcome: impl std::fmt::Debug) -> BrokerError {
+    BrokerError::Internal(format!("{what}: applying it answered {outcome:?}"))
 }
 
 /// Wall-clock time in ms since the Unix epoch.

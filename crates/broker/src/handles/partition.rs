@@ -13,8 +13,8 @@ use std::time::Duration;
 use ferrolog_metadata::DEFAULT_MAX_MESSAGE_BYTES;
 use ferrolog_metadata::Topic;
 use ferrolog_partition::Outcome;
-use ferrolog_raft::Request;
-use ferrolog_raft::Response;
+use ferrolog_raft::PartitionEntry;
+use ferrolog_raft::types::NotACommand;
 use ferrolog_types::Batch;
 use ferrolog_types::BatchHeader;
 use openraft::async_runtime::watch::WatchReceiver;
@@ -162,16 +162,16 @@ impl PartitionHandle {
         let (base, last, duplicate) = match acks {
             Acks::None => {
                 // Fire and forget: errors after this point are not reported.
-                let _ = replica.raft.client_write_ff(Request::append(batch), None).await;
+                let _ = replica.raft.client_write_ff(PartitionEntry::append(batch), None).await;
                 return Ok(Produced { offsets: None, high_watermark: hw(), duplicate: false, append_time_ms: None });
             }
             Acks::All => {
-                let fut = replica.raft.client_write(Request::append(batch));
+                let fut = replica.raft.client_write(PartitionEntry::append(batch));
                 let resp = tokio::time::timeout(timeout, fut)
                     .await
                     .map_err(|_| BrokerError::Timeout(format!("not committed within {timeout:?}")))?
                     .map_err(|e| self.core.write_error(e, "produce"))?;
-                produced(resp.data)?
+                produced(resp.data.outcome())?
             }
             Acks::Leader => {
                 // Answered by the log store once the entry is synced to this
@@ -179,7 +179,7 @@ impl PartitionHandle {
                 // (and applies) first.
                 let (token, acked) = replica.acks.register();
                 let (responder, _commit_rx, complete_rx) = ProgressResponder::new();
-                let req = Request::Partition { cmd: ferrolog_partition::Command::Append(batch), ack: token };
+                let req = PartitionEntry { cmd: ferrolog_partition::Command::Append(batch), ack: token };
                 if let Err(e) = replica.raft.client_write_ff(req, Some(responder)).await {
                     replica.acks.cancel(token);
                     return Err(BrokerError::Unavailable(format!("produce: {e}")));
@@ -187,11 +187,11 @@ impl PartitionHandle {
                 let result = tokio::time::timeout(timeout, async {
                     tokio::select! {
                         a = acked => match a {
-                            Ok(a) => produced(Response::Partition(a.outcome)),
+                            Ok(a) => produced(Ok(a.outcome)),
                             Err(_) => Err(BrokerError::Unavailable("produce: leader log closed".into())),
                         },
                         done = complete_rx => match done {
-                            Ok(Ok(resp)) => produced(resp.data),
+                            Ok(Ok(resp)) => produced(resp.data.outcome()),
                             Ok(Err(e)) => Err(self.core.write_error(RaftError::APIError(e), "produce")),
                             Err(_) => Err(BrokerError::Unavailable("produce: raft dropped the request".into())),
                         },
@@ -362,12 +362,12 @@ pub fn check_batch(batch: &Batch, max_bytes: u32) -> Result<(), BrokerError> {
 
 /// The producer's view of an applied (or projected) append: offsets and
 /// whether it was a retry of a batch already appended.
-fn produced(r: Response) -> Result<(u64, u64, bool), BrokerError> {
-    match r {
-        Response::Partition(Outcome::Appended { base_offset, last_offset }) => Ok((base_offset, last_offset, false)),
-        Response::Partition(Outcome::Duplicate { base_offset, last_offset }) => Ok((base_offset, last_offset, true)),
-        Response::Partition(Outcome::Rejected(r)) => Err(r.into()),
-        other => Err(BrokerError::Internal(format!("unexpected apply result {other:?}"))),
+fn produced(r: Result<Outcome, NotACommand>) -> Result<(u64, u64, bool), BrokerError> {
+    match r.map_err(|e| BrokerError::Internal(format!("produce: {e}")))? {
+        Outcome::Appended { base_offset, last_offset } => Ok((base_offset, last_offset, false)),
+        Outcome::Duplicate { base_offset, last_offset } => Ok((base_offset, last_offset, true)),
+        Outcome::Rejected(r) => Err(r.into()),
+        other @ (Outcome::Trimmed(_) | Outcome::Clocked { .. }) => Err(super::mismatch("append", other)),
     }
 }
 
