@@ -399,7 +399,10 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
 
 async fn serving(addr: &str) -> bool {
     let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else { return false };
-    let Ok(ch) = endpoint.connect_timeout(Duration::from_millis(300)).connect().await else { return false };
+    let Ok(ch) = endpoint.connect_timeout(Duration::from_millis(300)).timeout(Duration::from_secs(2)).connect().await
+    else {
+        return false;
+    };
     let mut c = HealthClient::new(ch);
     matches!(
         c.check(HealthCheckRequest { service: String::new() }).await.map(|r| r.into_inner().status),

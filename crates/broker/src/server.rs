@@ -53,6 +53,19 @@ fn replicas_caught_up(groups: &Groups) -> bool {
     })
 }
 
+/// Pending connections the kernel queues before the broker accepts them.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// A socket bound to `addr`, not yet listening (connects are refused).
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    // As std's and tokio's listeners do: a restart may rebind at once
+    // while the previous process's connections sit in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    Ok(socket)
+}
+
 /// Exit status of a broker halted by a failed WAL sync.
 pub const FAIL_STOP_EXIT_CODE: i32 = 70;
 /// How often the fail-stop watchdog looks at the store.
@@ -133,11 +146,12 @@ async fn run_inner(
     let node_id = config.node_id;
     crate::failpoints::check_supported().map_err(anyhow::Error::msg)?;
     config.timings.validate().context("invalid timings")?;
-    // Bound before anything starts: a port in use fails the start at once,
-    // before any group or task runs. (Accepted here, not by tonic, so that
-    // open connections are counted.)
-    let listener =
-        tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("listen on {}", config.listen))?;
+    // The port is bound before anything starts, so that a port in use fails
+    // the start at once, before any group or task runs; it listens only
+    // when the services are ready to answer (until then a client's connect
+    // is refused and it tries another broker, rather than hanging on a
+    // broker that is still opening its store).
+    let socket = bind(config.listen).with_context(|| format!("bind {}", config.listen))?;
     tracing::info!(node = node_id, data_dir = %config.data_dir.display(), "opening the store");
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("create {}", config.data_dir.display()))?;
     let mut storage_config = StorageConfig::new(config.data_dir.join("db"));
@@ -148,7 +162,7 @@ async fn run_inner(
     // watchdog only when this function returns (the guard), after the flush.
     let stop_watching = CancellationToken::new();
     let _stop_watching = stop_watching.clone().drop_guard();
-    tokio::spawn(halt_when_storage_fails(node_id, storage.clone(), stop_watching));
+    let watchdog = tokio::spawn(halt_when_storage_fails(node_id, storage.clone(), stop_watching.clone()));
     // An early return from here on (a failed start) stops the tasks
     // already spawned.
     let _stop_tasks = shutdown.clone().drop_guard();
@@ -274,6 +288,8 @@ async fn run_inner(
     tasks.spawn("quiescer", crate::quiesce::run(groups.clone(), config.quiesce, shutdown.clone()));
     let stop_serving = CancellationToken::new();
     tracing::info!(node = node_id, listen = %config.listen, advertise = config.advertise, "broker starting");
+    // Accepted here (not by tonic) so that open connections are counted.
+    let listener = socket.listen(LISTEN_BACKLOG).with_context(|| format!("listen on {}", config.listen))?;
     let incoming = {
         use tokio_stream::StreamExt;
         let metrics = core.metrics().clone();
@@ -319,6 +335,10 @@ async fn run_inner(
     let flushed = storage.flush();
     // A sync that failed during the stop halts as one at any other time.
     halt_if_failed(node_id, &storage);
+    // The watchdog lets go of the store before this returns (an embedder
+    // may reopen the directory right after).
+    stop_watching.cancel();
+    let _ = watchdog.await;
     flushed.context("flush the store")?;
     served.context("serve")?;
     match tasks.failure() {

@@ -84,8 +84,9 @@ pub const ADMIN_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 /// The same for InitProducer, whose answer may wait for the new epoch to
 /// reach every live broker (the broker's `fence_propagation_timeout`, 5 s
 /// by default): an attempt cut short would be run again and bump the
-/// epoch again.
-pub const INIT_PRODUCER_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// epoch again. (Two hung brokers in the bootstrap list cost 14 s of the
+/// call's 30 s.)
+pub const INIT_PRODUCER_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(7);
 /// How long a broker that refused a connection or did not answer is tried
 /// only after the others.
 pub const SUSPECT_FOR: Duration = Duration::from_secs(10);
@@ -535,7 +536,7 @@ impl Client {
     pub async fn init_producer(&self, name: Option<&str>) -> Result<(i64, i32), ClientError> {
         let req = v1::InitProducerRequest { producer_name: name.map(String::from) };
         let r = self
-            .on_meta_leader_with("init producer", Duration::from_secs(20), INIT_PRODUCER_ATTEMPT_TIMEOUT, |ch| {
+            .on_meta_leader_with("init producer", Duration::from_secs(30), INIT_PRODUCER_ATTEMPT_TIMEOUT, |ch| {
                 let req = req.clone();
                 async move { ProducersClient::new(ch).max_decoding_message_size(API_MESSAGE_LIMIT).init_producer(req).await }
             })
