@@ -85,6 +85,22 @@ async fn idempotent_retries_are_duplicates_and_gaps_and_zombies_are_refused() ->
     assert!(matches!(zombie, BrokerError::Fenced(_)), "{zombie}");
     let h = core.partition("idem", 0)?;
     assert_eq!(h.bounds().0, 3, "only the first batch is in the log");
+
+    // Ids and epochs come from InitProducer: made-up ones are refused
+    // (retriable: a just-issued id may not have reached this broker yet).
+    let made_up =
+        core.produce("idem", 0, idempotent_batch(1_000_000, 0, 0, 1), Acks::All, None).await.expect_err("must fail");
+    assert!(matches!(&made_up, BrokerError::Unavailable(m) if m.contains("not issued")), "{made_up}");
+    let future_epoch =
+        core.produce("idem", 0, idempotent_batch(pid, epoch2 + 1, 0, 1), Acks::All, None).await.expect_err("must fail");
+    assert!(matches!(&future_epoch, BrokerError::Unavailable(m) if m.contains("not issued")), "{future_epoch}");
+    let (anon, anon_epoch) = core.metadata().init_producer(None).await?;
+    assert_eq!(anon_epoch, 0);
+    core.produce("idem", 0, idempotent_batch(anon, 0, 0, 1), Acks::All, None).await?;
+    let anon_bumped =
+        core.produce("idem", 0, idempotent_batch(anon, 1, 0, 1), Acks::All, None).await.expect_err("must fail");
+    assert!(matches!(&anon_bumped, BrokerError::Unavailable(m) if m.contains("not issued")), "{anon_bumped}");
+    assert_eq!(h.bounds().0, 4, "refused batches appended nothing");
     c.stop().await
 }
 

@@ -314,18 +314,36 @@ impl PartitionHandle {
     /// epoch is older than the one the metadata group last handed out. (The
     /// partition state machine fences too, once the newer epoch wrote there;
     /// this check also covers partitions the new instance has not written.)
+    /// An idempotent batch's producer must be one InitProducer issued, at
+    /// an epoch it issued, and not fenced by a newer epoch. Ids and epochs
+    /// a client made up would otherwise create producer-table entries that
+    /// live for the producer expiry (7 days). Refused as retriable: this
+    /// broker's metadata may not have applied a just-issued id yet
+    /// (InitProducer waits for it, but only up to its fence timeout).
     fn check_not_fenced(&self, h: &BatchHeader) -> Result<(), BrokerError> {
         if h.producer_id == ferrolog_types::batch::NO_PRODUCER_ID {
             return Ok(());
         }
         let Ok(meta) = self.core.meta() else { return Ok(()) };
-        let current = meta.state.borrow().cluster.producer_epochs.get(&h.producer_id).copied();
-        match current {
-            Some(cur) if h.producer_epoch < cur => Err(BrokerError::Fenced(format!(
-                "producer {} epoch {} is fenced: a newer instance holds epoch {cur}",
-                h.producer_id, h.producer_epoch
+        let state = meta.state.borrow();
+        let cluster = &state.cluster;
+        let (id, epoch) = (h.producer_id, h.producer_epoch);
+        match cluster.producer_epochs.get(&id).copied() {
+            Some(cur) if epoch < cur => Err(BrokerError::Fenced(format!(
+                "producer {id} epoch {epoch} is fenced: a newer instance holds epoch {cur}"
             ))),
-            _ => Ok(()),
+            Some(cur) if epoch > cur => Err(BrokerError::Unavailable(format!(
+                "producer {id} epoch {epoch} was not issued (the newest this broker knows is {cur}); \
+                 producer ids and epochs come from InitProducer"
+            ))),
+            Some(_) => Ok(()),
+            // An unnamed producer: any issued id, at epoch 0.
+            None if (0..cluster.next_producer_id).contains(&id) && epoch == 0 => Ok(()),
+            None => Err(BrokerError::Unavailable(format!(
+                "producer {id} epoch {epoch} was not issued by InitProducer (as far as this broker's metadata \
+                 knows: {} ids issued)",
+                cluster.next_producer_id
+            ))),
         }
     }
 }
