@@ -180,6 +180,13 @@ async fn the_coordinator_assigns_fences_commits_and_describes() -> anyhow::Resul
         session_timeout: Some(Duration::from_secs(30)),
         ..Default::default()
     };
+    // A session longer than the broker allows is refused, naming the bound
+    // (a dead member could otherwise hold its partitions for weeks).
+    let greedy = coord
+        .heartbeat(HeartbeatArgs { session_timeout: Some(Duration::from_secs(7 * 24 * 3600)), ..join("greedy") })
+        .await
+        .expect_err("must fail");
+    assert!(matches!(&greedy, BrokerError::InvalidArgument(m) if m.contains("session_timeout_max_ms")), "{greedy}");
     let a = coord.heartbeat(join("a")).await?;
     assert!(a.member_id.starts_with("a-") && a.member_epoch > 0);
     assert_eq!(a.assignment.as_ref().map(BTreeSet::len), Some(4), "a lone member gets every partition");

@@ -132,6 +132,10 @@ timings! {
     session_timeout_default = "session_timeout_default_ms", 45_000;
     /// Shortest session timeout a member may ask for.
     session_timeout_min = "session_timeout_min_ms", 1_000;
+    /// Longest session timeout a member may ask for (Kafka's
+    /// group.max.session.timeout.ms: 30 min): a member asking for more is
+    /// refused, so a dead one cannot hold its partitions for weeks.
+    session_timeout_max = "session_timeout_max_ms", 1_800_000;
     /// Longest heartbeat interval handed to members (a third of the session
     /// timeout when that is shorter; Kafka's default: 3 s).
     heartbeat_interval_max = "heartbeat_interval_max_ms", 3_000;
@@ -185,6 +189,9 @@ impl Timings {
         }
         if self.session_timeout_min > self.session_timeout_default {
             bail!("session_timeout_min_ms must not exceed session_timeout_default_ms");
+        }
+        if self.session_timeout_default > self.session_timeout_max {
+            bail!("session_timeout_default_ms must not exceed session_timeout_max_ms");
         }
         for (key, ms) in self.entries() {
             if ms == 0 {

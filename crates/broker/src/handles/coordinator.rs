@@ -147,9 +147,18 @@ pub struct GroupDescription {
     pub offsets: Vec<PartitionLag>,
 }
 
-/// The session timeout a member gets for asking `asked` (`None`: none).
-fn session_of(t: &crate::config::Timings, asked: Option<Duration>) -> Duration {
-    asked.unwrap_or(t.session_timeout_default).max(t.session_timeout_min)
+/// The session timeout a member gets for asking `asked` (`None`: none):
+/// raised to the minimum; over the maximum it is refused.
+fn session_of(t: &crate::config::Timings, asked: Option<Duration>) -> Result<Duration, BrokerError> {
+    let session = asked.unwrap_or(t.session_timeout_default).max(t.session_timeout_min);
+    if session > t.session_timeout_max {
+        return Err(BrokerError::InvalidArgument(format!(
+            "session timeout of {} ms is over the broker's session_timeout_max_ms ({} ms)",
+            session.as_millis(),
+            t.session_timeout_max.as_millis()
+        )));
+    }
+    Ok(session)
 }
 
 /// The consumer-group coordinator of this broker.
@@ -209,7 +218,7 @@ impl Coordinator {
         } else {
             hb.member_id.clone()
         };
-        let session = session_of(self.core.timings(), hb.session_timeout);
+        let session = session_of(self.core.timings(), hb.session_timeout)?;
         let cmd = Heartbeat {
             member_id: member_id.clone(),
             member_epoch: hb.member_epoch,
@@ -489,7 +498,9 @@ pub async fn run_expiry(core: Core, shutdown: CancellationToken) {
             for ((name, id), session_ms) in &sessions {
                 let last = *seen.entry((name.clone(), id.clone())).or_insert(now);
                 let asked = (*session_ms != 0).then(|| Duration::from_millis((*session_ms).into()));
-                if now.duration_since(last) > session_of(core.timings(), asked) {
+                // (A member stored before the maximum existed expires at it.)
+                let session = session_of(core.timings(), asked).unwrap_or(core.timings().session_timeout_max);
+                if now.duration_since(last) > session {
                     expired.entry(name.clone()).or_default().push(id.clone());
                 }
             }
