@@ -17,6 +17,7 @@ use openraft::BasicNode;
 use openraft::async_runtime::watch::WatchReceiver;
 use tonic::Status;
 
+use crate::error::BrokerError;
 use crate::groups::Groups;
 
 /// Pause between admission attempts while no leader answers.
@@ -24,19 +25,21 @@ const JOIN_RETRY: Duration = Duration::from_millis(200);
 
 /// On the metadata leader: adds `node_id` at `address` as a learner and
 /// waits until it has caught up. Idempotent for the same address.
-pub async fn admit(groups: &Groups, node_id: NodeId, address: String) -> Result<(), Status> {
-    let meta = groups.meta().ok_or_else(|| Status::unavailable("broker is starting"))?;
+/// Errors are [`BrokerError`]s, mapped to statuses where every other is
+/// (`crate::error`).
+pub async fn admit(groups: &Groups, node_id: NodeId, address: String) -> Result<(), BrokerError> {
+    let meta = groups.meta().ok_or_else(|| BrokerError::Unavailable("broker is starting".into()))?;
     let leader = meta.raft.current_leader().await;
     if leader != Some(groups.node_id()) {
         let hint = LeaderHint { leader_id: leader, leader_address: leader.and_then(|l| groups.address_of(l)) };
-        return Err(errors::not_leader("not the metadata leader", &hint));
+        return Err(BrokerError::NotLeader { what: "not the metadata leader".into(), hint });
     }
     let membership = meta.raft.metrics().borrow_watched().membership_config.clone();
     if let Some(node) = membership.membership().get_node(&node_id) {
         if node.addr == address {
             return Ok(());
         }
-        return Err(Status::already_exists(format!(
+        return Err(BrokerError::AlreadyExists(format!(
             "broker {node_id} is already a member at {}; a broker id is never reused for another broker",
             node.addr
         )));
@@ -45,7 +48,7 @@ pub async fn admit(groups: &Groups, node_id: NodeId, address: String) -> Result<
     meta.raft
         .add_learner(node_id, BasicNode { addr: address }, true)
         .await
-        .map_err(|e| Status::unavailable(format!("add broker {node_id}: {e}")))?;
+        .map_err(|e| BrokerError::Unavailable(format!("add broker {node_id}: {e}")))?;
     Ok(())
 }
 

@@ -561,7 +561,7 @@ impl ferrolog_proto::internal::raft_server::Raft for RaftService {
         request: tonic::Request<ferrolog_proto::internal::JoinRequest>,
     ) -> TonicResult<ferrolog_proto::internal::JoinReply> {
         let req = request.into_inner();
-        crate::join::admit(&self.groups, req.node_id, req.address).await?;
+        crate::join::admit(&self.groups, req.node_id, req.address).await.map_err(tonic::Status::from)?;
         Ok(tonic::Response::new(ferrolog_proto::internal::JoinReply {}))
     }
 
@@ -587,11 +587,11 @@ impl ferrolog_proto::internal::raft_server::Raft for RaftService {
     ) -> TonicResult<ferrolog_proto::internal::BrokerHeartbeatReply> {
         let req = request.into_inner();
         if req.to_node != self.groups.node_id() {
-            return Err(tonic::Status::failed_precondition(format!(
+            return Err(tonic::Status::from(crate::error::BrokerError::InvalidArgument(format!(
                 "heartbeat for broker {} reached broker {}",
                 req.to_node,
                 self.groups.node_id()
-            )));
+            ))));
         }
         self.groups.transport().heard_from(req.from_node);
         self.groups.transport().set_peer_meta_applied(req.from_node, req.metadata_applied);
@@ -657,7 +657,7 @@ impl ferrolog_proto::internal::raft_server::Raft for RaftService {
             }
         }
         let (Some((vote, meta)), Some(assembler)) = (header, assembler) else {
-            return Err(tonic::Status::invalid_argument("empty snapshot stream"));
+            return Err(crate::error::BrokerError::InvalidArgument("empty snapshot stream".into()).into());
         };
         if !complete {
             return Ok(tonic::Response::new(err_reply(
