@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use ferrolog_proto::v1;
 use ferrolog_tests::client::TestClient;
 use ferrolog_tests::client::make_batch;
@@ -157,8 +158,10 @@ async fn a_follower_installs_a_large_snapshot_with_bounded_memory() -> anyhow::R
     let base_anon = cluster.status_bytes(follower, "RssAnon")?;
     let mut anon_peak = base_anon;
     loop {
-        peak = peak.max(cluster.rss_bytes(follower)?);
-        anon_peak = anon_peak.max(cluster.status_bytes(follower, "RssAnon")?);
+        // A failed read means the follower's process exited: say why.
+        let died = || format!("follower {follower} exited while catching up; its log:\n{}", cluster.log_tail(follower));
+        peak = peak.max(cluster.rss_bytes(follower).with_context(died)?);
+        anon_peak = anon_peak.max(cluster.status_bytes(follower, "RssAnon").with_context(died)?);
         if let Ok(m) = ferrolog_tests::cluster::scrape(&metrics_addr) {
             memtables_peak = memtables_peak
                 .max(ferrolog_tests::cluster::sample(&m, "ferrolog_rocksdb_memtable_bytes").unwrap_or(0.0));
