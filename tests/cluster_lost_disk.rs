@@ -104,9 +104,6 @@ async fn a_wiped_replica_does_not_help_a_lagging_one_win_an_election() -> anyhow
     // partition): the only replica with every committed record is A. The
     // check cannot wait for an event (the correct outcome is that nothing
     // happens), so it watches for a bounded window of election timeouts.
-    // It sees a leader only where a describe answers (a metadata leader
-    // among W and B); the decisive check is the data check once A is back:
-    // a leader elected by W and B meanwhile would have cut A's log.
     let pair = TestClient::new(vec![cluster.node(w).addr.clone(), cluster.node(b).addr.clone()]);
     let watch_until = Instant::now() + WATCH;
     while Instant::now() < watch_until {

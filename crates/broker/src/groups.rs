@@ -60,11 +60,6 @@ pub fn partition_raft_config(t: &Timings) -> Arc<Config> {
         // batch, so followers behind only by retained data catch up by
         // AppendEntries, not by a snapshot of the whole partition.
         max_in_snapshot_log_to_keep: u64::MAX,
-        // A follower whose log went back (its disk was lost: see
-        // crate::recovery, which keeps it out of elections) is replicated to
-        // again from scratch; openraft otherwise keeps sending from where it
-        // was and never catches it up.
-        allow_log_reversion: Some(true),
         ..Default::default()
     };
     Arc::new(c.validate().expect("valid partition raft config"))
@@ -78,11 +73,6 @@ pub fn metadata_raft_config(t: &Timings) -> Arc<Config> {
         election_timeout_min: t.election_timeout_min.as_millis() as u64,
         election_timeout_max: t.election_timeout_max.as_millis() as u64,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(1000),
-        // A follower whose log went back (its disk was lost: see
-        // crate::recovery, which keeps it out of elections) is replicated to
-        // again from scratch; openraft otherwise keeps sending from where it
-        // was and never catches it up.
-        allow_log_reversion: Some(true),
         ..Default::default()
     };
     Arc::new(c.validate().expect("valid metadata raft config"))
@@ -336,25 +326,9 @@ impl Groups {
                 "replica held before this broker's data dir was lost: catching up from the group's leader; it takes no \
                  part in elections until it has"
             );
-            // Its own election timer stays off too: a candidate that cannot
-            // win would only push the group's term up.
-            raft.runtime_config().elect(false);
-            if members.len() == 1 {
-                // The only replica: its data is gone with the disk and no
-                // one can give it back; the partition starts again empty.
-                tracing::error!(node = self.node_id, %group, topic, partition, "the only replica lost its data: the partition starts again empty");
-                self.transport.recovery().forget(group);
-                raft.runtime_config().elect(true);
-                if let Err(e) = raft.initialize(members.clone()).await {
-                    tracing::warn!(%group, error = %e, "initialize a single-replica partition after a lost disk");
-                }
-            } else {
-                let voters: Vec<(NodeId, String)> = members.iter().map(|(id, n)| (*id, n.addr.clone())).collect();
-                let transport = self.transport.clone();
-                tokio::spawn(crate::recovery::probe_group(transport, group, self.node_id, move || {
-                    Some(voters.clone())
-                }));
-            }
+            let voters: Vec<(NodeId, String)> = members.iter().map(|(id, n)| (*id, n.addr.clone())).collect();
+            let transport = self.transport.clone();
+            tokio::spawn(crate::recovery::probe_group(transport, group, self.node_id, move || Some(voters.clone())));
         } else if !initialized {
             // The preferred leader (first replica) initializes the new group
             // at once and so usually wins the first election: leaders start
@@ -398,12 +372,10 @@ impl Groups {
     pub fn check_recovery(&self) -> usize {
         let recovery = self.transport.recovery();
         for (group, replica) in self.partitions.read().expect("partitions lock").iter() {
-            let recovering = recovery.is_recovering(*group) && {
+            if recovery.is_recovering(*group) {
                 let (applied, term) = GroupRaft::applied_and_term(&replica.raft);
-                recovery.still_recovering(*group, applied, term)
-            };
-            // An atomic flag in openraft: cheap to set every round.
-            replica.raft.runtime_config().elect(!recovering);
+                recovery.still_recovering(*group, applied, term);
+            }
         }
         recovery.recovering_count()
     }

@@ -146,7 +146,6 @@ async fn bootstrap_metadata(
         if empty >= majority {
             tracing::info!(node = node_id, empty, of = peers.len(), "no cluster yet: bootstrapping the metadata group");
             transport.recovery().finish_metadata([]);
-            raft.runtime_config().elect(true);
             let members: std::collections::BTreeMap<u64, BasicNode> =
                 peers.iter().map(|(id, a)| (*id, BasicNode { addr: a.clone() })).collect();
             if let Err(e) = raft.initialize(members).await {
@@ -163,18 +162,20 @@ async fn bootstrap_metadata(
 }
 
 /// The metadata group's voters as a recovering broker sees them: its
-/// membership, once the leader's entries told it (the leader replicates to a
-/// reverted follower from scratch: `allow_log_reversion`). Not the initial
-/// peers: voters that joined later may hold what they lack.
+/// membership once the leader's entries told it, the initial peers until
+/// then (the probes also tell the leader to replicate to this broker from
+/// scratch, so the membership cannot arrive before them).
 fn metadata_voters(
     raft: Raft<ferrolog_raft::MetaConfig, MetaStateMachine>,
+    peers: std::collections::BTreeMap<NodeId, String>,
 ) -> impl FnMut() -> Option<Vec<(NodeId, String)>> + Send {
     move || {
         use openraft::async_runtime::watch::WatchReceiver;
         let m = raft.metrics().borrow_watched().clone();
         let membership = m.membership_config.membership();
-        // Empty until the leader's entries arrive: the probe waits.
-        Some(membership.voter_ids().filter_map(|id| membership.get_node(&id).map(|n| (id, n.addr.clone()))).collect())
+        let known: Vec<(NodeId, String)> =
+            membership.voter_ids().filter_map(|id| membership.get_node(&id).map(|n| (id, n.addr.clone()))).collect();
+        Some(if known.is_empty() { peers.iter().map(|(id, a)| (*id, a.clone())).collect() } else { known })
     }
 }
 
@@ -198,7 +199,6 @@ fn finish_metadata_recovery(
     let held: Vec<GroupId> = crate::groups::Placement::of(&state.borrow(), node_id).groups().collect();
     tracing::info!(node = node_id, ?target, held = held.len(), "metadata caught up after a lost disk; it votes again");
     recovery.finish_metadata(held);
-    raft.runtime_config().elect(true);
 }
 
 /// Runs a broker until `shutdown` is cancelled, then stops its groups and
@@ -289,10 +289,6 @@ async fn run_inner(
     let log = LogStore::metadata(storage.clone());
     let factory = transport.factory::<ferrolog_raft::MetaConfig>(GroupId::METADATA);
     let raft = Raft::new(node_id, metadata_raft_config(&config.timings), factory, log, sm).await?;
-    if transport.recovery().is_recovering(GroupId::METADATA) {
-        // No campaigns of its own while it may have forgotten its votes.
-        raft.runtime_config().elect(false);
-    }
     let mut bootstrap = None;
     if !raft.is_initialized().await? {
         if fresh && config.peers.contains_key(&node_id) {
@@ -418,7 +414,7 @@ async fn run_inner(
         tasks.spawn_fallible("metadata bootstrap", async move {
             if bootstrap_metadata(node_id, peers.clone(), raft.clone(), transport.clone(), shutdown).await {
                 // The cluster exists: catch up before voting again.
-                crate::recovery::probe_group(transport, GroupId::METADATA, node_id, metadata_voters(raft)).await;
+                crate::recovery::probe_group(transport, GroupId::METADATA, node_id, metadata_voters(raft, peers)).await;
             }
             Ok(())
         });
