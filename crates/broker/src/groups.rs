@@ -159,11 +159,6 @@ impl Placement {
             .collect();
         Placement { nodes, wanted }
     }
-
-    /// The partition groups placed on the broker.
-    pub fn groups(&self) -> impl Iterator<Item = GroupId> + '_ {
-        self.wanted.keys().copied()
-    }
 }
 
 /// Registry of the Raft groups running on this broker.
@@ -285,7 +280,6 @@ impl Groups {
             .collect();
         for group in gone {
             let replica = self.partitions.write().expect("partitions lock").remove(&group);
-            self.transport.recovery().forget(group);
             if let Some(r) = replica {
                 if let Err(e) = r.raft.shutdown().await {
                     tracing::warn!(%group, error = %e, "raft shutdown failed");
@@ -313,23 +307,7 @@ impl Groups {
         let progress = sm.subscribe();
         let config = partition_raft_config(&self.timings);
         let raft = Raft::new(self.node_id, config, self.transport.factory::<PartitionConfig>(group), log, sm).await?;
-        let initialized = raft.is_initialized().await?;
-        // A replica this broker held before it lost its disk recovers: it
-        // waits for the group's leader to replicate to it and never
-        // initializes the group again (crate::recovery).
-        if !initialized && self.transport.recovery().start_replica(group) {
-            tracing::warn!(
-                node = self.node_id,
-                %group,
-                topic,
-                partition,
-                "replica held before this broker's data dir was lost: catching up from the group's leader; it takes no \
-                 part in elections until it has"
-            );
-            let voters: Vec<(NodeId, String)> = members.iter().map(|(id, n)| (*id, n.addr.clone())).collect();
-            let transport = self.transport.clone();
-            tokio::spawn(crate::recovery::probe_group(transport, group, self.node_id, move || Some(voters.clone())));
-        } else if !initialized {
+        if !raft.is_initialized().await? {
             // The preferred leader (first replica) initializes the new group
             // at once and so usually wins the first election: leaders start
             // spread as evenly as the placement. The other replicas wait
@@ -363,21 +341,6 @@ impl Groups {
             ticking: AtomicBool::new(true),
             woken: AtomicBool::new(false),
         }))
-    }
-
-    /// Lets every partition replica recovering from a lost disk that has
-    /// caught up vote again (checked here as well as on each message from
-    /// its leader: an idle, quiesced group gets none). The number still
-    /// recovering, the metadata group included.
-    pub fn check_recovery(&self) -> usize {
-        let recovery = self.transport.recovery();
-        for (group, replica) in self.partitions.read().expect("partitions lock").iter() {
-            if recovery.is_recovering(*group) {
-                let (applied, term) = GroupRaft::applied_and_term(&replica.raft);
-                recovery.still_recovering(*group, applied, term);
-            }
-        }
-        recovery.recovering_count()
     }
 
     /// Hands leadership of every group this broker leads to an up-to-date
