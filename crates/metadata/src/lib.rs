@@ -163,6 +163,74 @@ pub enum MetaOutcome {
     Group(Result<Option<groups::HeartbeatReply>, groups::GroupError>),
 }
 
+/// The answer one kind of command gets out of the outcome of applying it.
+///
+/// A proposer names the answer it expects (`propose::<Topic>(CreateTopic)`)
+/// and gets that type back: this is the one place an outcome is matched
+/// against the kind of command it answers (the broker takes refusals,
+/// [`MetaOutcome::Rejected`] and group errors, out first).
+pub trait Answer: Sized {
+    /// The answer, or back the outcome when it is of another kind of
+    /// command, which applying never gives: each kind of command has its own
+    /// outcome variant (`every_command_kind_gets_its_answer` below).
+    fn from_outcome(outcome: MetaOutcome) -> Result<Self, MetaOutcome>;
+}
+
+/// [`MetaCommand::CreateTopic`] answers the created topic.
+impl Answer for Topic {
+    fn from_outcome(outcome: MetaOutcome) -> Result<Self, MetaOutcome> {
+        match outcome {
+            MetaOutcome::TopicCreated(t) => Ok(t),
+            other => Err(other),
+        }
+    }
+}
+
+/// [`MetaCommand::DeleteTopic`]'s answer: the topic is gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicDeleted(pub String);
+
+impl Answer for TopicDeleted {
+    fn from_outcome(outcome: MetaOutcome) -> Result<Self, MetaOutcome> {
+        match outcome {
+            MetaOutcome::TopicDeleted(name) => Ok(TopicDeleted(name)),
+            other => Err(other),
+        }
+    }
+}
+
+/// [`MetaCommand::InitProducer`]'s answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerId {
+    /// Producer id.
+    pub id: i64,
+    /// Its epoch.
+    pub epoch: i32,
+}
+
+impl Answer for ProducerId {
+    fn from_outcome(outcome: MetaOutcome) -> Result<Self, MetaOutcome> {
+        match outcome {
+            MetaOutcome::ProducerInitialized { id, epoch } => Ok(ProducerId { id, epoch }),
+            other => Err(other),
+        }
+    }
+}
+
+/// The answer of [`MetaCommand::Group`] and [`MetaCommand::DeleteGroup`]:
+/// a heartbeat's reply (`None` for the other group commands).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupAnswer(pub Option<groups::HeartbeatReply>);
+
+impl Answer for GroupAnswer {
+    fn from_outcome(outcome: MetaOutcome) -> Result<Self, MetaOutcome> {
+        match outcome {
+            MetaOutcome::Group(Ok(reply)) => Ok(GroupAnswer(reply)),
+            other => Err(other),
+        }
+    }
+}
+
 /// Why a metadata command was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum MetaError {
@@ -573,5 +641,52 @@ mod tests {
         s.named_producers.insert("orders".into(), (1, i32::MAX));
         assert_eq!(init(&mut s, Some("orders")), (3, 0), "epoch exhausted: a fresh id");
         assert!(matches!(s.apply(MetaCommand::InitProducer { name: Some(String::new()) }), MetaOutcome::Rejected(_)));
+    }
+
+    /// Each kind of command is answered with its own answer type, and with
+    /// no other: what `Answer::from_outcome` relies on.
+    #[test]
+    fn every_command_kind_gets_its_answer() {
+        fn kinds(o: &MetaOutcome) -> [bool; 4] {
+            [
+                Topic::from_outcome(o.clone()).is_ok(),
+                TopicDeleted::from_outcome(o.clone()).is_ok(),
+                ProducerId::from_outcome(o.clone()).is_ok(),
+                GroupAnswer::from_outcome(o.clone()).is_ok(),
+            ]
+        }
+        let mut s = ClusterState::default();
+        let created = s.apply(create("t", 2, 1, &[1]));
+        assert_eq!(kinds(&created), [true, false, false, false], "{created:?}");
+        let producer = s.apply(MetaCommand::InitProducer { name: Some("p".into()) });
+        assert_eq!(kinds(&producer), [false, false, true, false], "{producer:?}");
+        let join = groups::Heartbeat {
+            member_id: "m".into(),
+            member_epoch: 0,
+            client_id: "c".into(),
+            subscribed: ["t".to_string()].into(),
+            owned: BTreeSet::new(),
+            assignor: groups::Assignor::default(),
+            session_timeout_ms: 10_000,
+        };
+        let joined = s.apply(MetaCommand::Group { group: "g".into(), cmd: groups::GroupCommand::Heartbeat(join) });
+        assert_eq!(kinds(&joined), [false, false, false, true], "{joined:?}");
+        let left = s.apply(MetaCommand::Group {
+            group: "g".into(),
+            cmd: groups::GroupCommand::RemoveMembers(vec!["m".into()]),
+        });
+        assert_eq!(kinds(&left), [false, false, false, true], "{left:?}");
+        let commit = s.apply(MetaCommand::Group {
+            group: "g".into(),
+            cmd: groups::GroupCommand::ResetOffsets(vec![(("t".to_string(), 0), 5)]),
+        });
+        assert_eq!(kinds(&commit), [false, false, false, true], "{commit:?}");
+        let deleted_group = s.apply(MetaCommand::DeleteGroup { group: "g".into() });
+        assert_eq!(kinds(&deleted_group), [false, false, false, true], "{deleted_group:?}");
+        let deleted = s.apply(MetaCommand::DeleteTopic { name: "t".into() });
+        assert_eq!(kinds(&deleted), [false, true, false, false], "{deleted:?}");
+        // Refusals are no command's answer (the proposer reports them).
+        let refused = s.apply(MetaCommand::DeleteTopic { name: "t".into() });
+        assert_eq!(kinds(&refused), [false; 4], "{refused:?}");
     }
 }

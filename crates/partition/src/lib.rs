@@ -96,6 +96,36 @@ pub enum Outcome {
     Rejected(Rejection),
 }
 
+/// What an append answers its producer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Offset of the first record.
+    pub base_offset: Offset,
+    /// Offset of the last record.
+    pub last_offset: Offset,
+    /// A retry of a batch already appended (these are its original offsets).
+    pub duplicate: bool,
+}
+
+impl Outcome {
+    /// The answer of [`Command::Append`]: this is the one place an outcome is
+    /// matched against the append it answers. `None` for the outcome of
+    /// another kind of command, which applying an append never gives (only
+    /// an append is ever refused; `an_append_is_answered_as_an_append` below).
+    pub fn into_append(self) -> Option<Result<Appended, Rejection>> {
+        match self {
+            Outcome::Appended { base_offset, last_offset } => {
+                Some(Ok(Appended { base_offset, last_offset, duplicate: false }))
+            }
+            Outcome::Duplicate { base_offset, last_offset } => {
+                Some(Ok(Appended { base_offset, last_offset, duplicate: true }))
+            }
+            Outcome::Rejected(r) => Some(Err(r)),
+            Outcome::Trimmed(_) | Outcome::Clocked { .. } => None,
+        }
+    }
+}
+
 /// Why a command was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum Rejection {
@@ -289,6 +319,30 @@ mod tests {
         assert_eq!(s.apply(Command::TrimBefore(2)), (Outcome::Trimmed(4), None));
         assert_eq!(s.apply(Command::TrimBefore(99)).0, Outcome::Trimmed(10));
         assert_eq!(s.log_start, 10);
+    }
+
+    #[test]
+    fn an_append_is_answered_as_an_append() {
+        let mut s = PartitionState::default();
+        let answer = |s: &mut PartitionState, c: Command| s.apply(c).0.into_append();
+        assert_eq!(
+            answer(&mut s, Command::Append(idem(7, 0, 0, 2))),
+            Some(Ok(Appended { base_offset: 0, last_offset: 1, duplicate: false }))
+        );
+        assert_eq!(
+            answer(&mut s, Command::Append(idem(7, 0, 0, 2))),
+            Some(Ok(Appended { base_offset: 0, last_offset: 1, duplicate: true }))
+        );
+        assert!(matches!(
+            answer(&mut s, Command::Append(idem(7, 0, 9, 1))),
+            Some(Err(Rejection::OutOfOrderSequence { .. }))
+        ));
+        let mut corrupt = batch(1);
+        corrupt.crc32c ^= 1;
+        assert!(matches!(answer(&mut s, Command::Append(corrupt)), Some(Err(Rejection::Corrupt(_)))));
+        // Trims and clocks answer no producer.
+        assert_eq!(answer(&mut s, Command::TrimBefore(1)), None);
+        assert_eq!(answer(&mut s, Command::Clock { now_ms: 10, producer_idle_ms: 1 }), None);
     }
 
     fn idem(pid: i64, epoch: i32, seq: i32, n: u32) -> Batch {

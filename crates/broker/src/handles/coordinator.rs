@@ -18,8 +18,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 use std::time::Instant;
 
+use ferrolog_metadata::GroupAnswer;
 use ferrolog_metadata::MetaCommand;
-use ferrolog_metadata::MetaOutcome;
 use ferrolog_metadata::groups::Assignor;
 use ferrolog_metadata::groups::Committed;
 use ferrolog_metadata::groups::Group;
@@ -179,10 +179,8 @@ impl Coordinator {
     /// Proposes a group command through the metadata group.
     async fn write(&self, group: &str, cmd: GroupCommand) -> Result<Option<HeartbeatReply>, BrokerError> {
         let cmd = MetaCommand::Group { group: group.to_string(), cmd };
-        match self.core.metadata().propose(cmd, "group").await? {
-            (MetaOutcome::Group(Ok(r)), _) => Ok(r),
-            (other, _) => Err(super::mismatch("group command", other)),
-        }
+        let (GroupAnswer(reply), _) = self.core.metadata().propose(cmd, "group").await?;
+        Ok(reply)
     }
 
     /// The applied state of `group` (default when it does not exist),
@@ -414,15 +412,9 @@ impl Coordinator {
     /// Deletes a group without members, with its committed offsets.
     #[tracing::instrument(skip_all, fields(node = self.core.node_id(), group = %group))]
     pub async fn delete(&self, group: &str) -> Result<(), BrokerError> {
-        match self
-            .core
-            .metadata()
-            .propose(MetaCommand::DeleteGroup { group: group.to_string() }, "delete group")
-            .await?
-        {
-            (MetaOutcome::Group(Ok(_)), _) => Ok(()),
-            (other, _) => Err(super::mismatch("delete group", other)),
-        }
+        let _: (GroupAnswer, _) =
+            self.core.metadata().propose(MetaCommand::DeleteGroup { group: group.to_string() }, "delete group").await?;
+        Ok(())
     }
 
     /// The first offset at or after `ts` in `topic`/`partition`: from the

@@ -6,12 +6,14 @@ use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use super::mismatch;
+use ferrolog_metadata::Answer;
 use ferrolog_metadata::DEFAULT_MAX_MESSAGE_BYTES;
 use ferrolog_metadata::MetaCommand;
 use ferrolog_metadata::MetaOutcome;
+use ferrolog_metadata::ProducerId;
 use ferrolog_metadata::Topic;
 use ferrolog_metadata::TopicConfig;
+use ferrolog_metadata::TopicDeleted;
 use ferrolog_proto::v1;
 use ferrolog_raft::MetaEntry;
 use ferrolog_raft::meta_sm::AppliedMeta;
@@ -145,14 +147,20 @@ impl Metadata {
 
     /// Proposes `cmd` on the metadata leader and waits until it is committed
     /// and applied here: its outcome (a rejection is an error) and log index.
-    pub async fn propose(&self, cmd: MetaCommand, what: &str) -> Result<(MetaOutcome, u64), BrokerError> {
+    pub async fn propose<A: Answer>(&self, cmd: MetaCommand, what: &str) -> Result<(A, u64), BrokerError> {
         let meta = self.core.meta_leader().await?;
         let resp = meta.raft.client_write(MetaEntry(cmd)).await.map_err(|e| self.core.write_error(e, what))?;
         let index = resp.log_id.index;
         match resp.data.outcome().map_err(|e| BrokerError::Internal(format!("{what}: {e}")))? {
             MetaOutcome::Rejected(e) => Err(e.into()),
             MetaOutcome::Group(Err(e)) => Err(e.into()),
-            o => Ok((o, index)),
+            // Impossible while apply answers each kind of command with its
+            // own outcome (tested in ferrolog-metadata); reported, not
+            // panicked on.
+            o => match A::from_outcome(o) {
+                Ok(a) => Ok((a, index)),
+                Err(o) => Err(BrokerError::Internal(format!("{what}: applying it answered {o:?}"))),
+            },
         }
     }
 
@@ -192,18 +200,15 @@ impl Metadata {
             )));
         }
         let cmd = MetaCommand::CreateTopic { name: t.name, partitions, replication_factor: rf, config, brokers };
-        match self.propose(cmd, "create topic").await? {
-            (MetaOutcome::TopicCreated(t), _) => Ok(self.describe(&t, DescribeOptions::default()).await),
-            (other, _) => Err(mismatch("create topic", other)),
-        }
+        let (t, _): (Topic, _) = self.propose(cmd, "create topic").await?;
+        Ok(self.describe(&t, DescribeOptions::default()).await)
     }
 
     /// Deletes a topic with its data on every replica.
     pub async fn delete_topic(&self, name: &str) -> Result<(), BrokerError> {
-        match self.propose(MetaCommand::DeleteTopic { name: name.to_string() }, "delete topic").await? {
-            (MetaOutcome::TopicDeleted(_), _) => Ok(()),
-            (other, _) => Err(mismatch("delete topic", other)),
-        }
+        let _: (TopicDeleted, _) =
+            self.propose(MetaCommand::DeleteTopic { name: name.to_string() }, "delete topic").await?;
+        Ok(())
     }
 
     /// Every topic, described.
@@ -234,13 +239,10 @@ impl Metadata {
     /// instance is fenced everywhere.
     pub async fn init_producer(&self, name: Option<String>) -> Result<(i64, i32), BrokerError> {
         let meta = self.core.meta_leader().await?.clone();
-        match self.propose(MetaCommand::InitProducer { name }, "init producer").await? {
-            (MetaOutcome::ProducerInitialized { id, epoch }, index) => {
-                self.wait_metadata_everywhere(index, &meta).await;
-                Ok((id, epoch))
-            }
-            (other, _) => Err(mismatch("init producer", other)),
-        }
+        let (ProducerId { id, epoch }, index) =
+            self.propose(MetaCommand::InitProducer { name }, "init producer").await?;
+        self.wait_metadata_everywhere(index, &meta).await;
+        Ok((id, epoch))
     }
 
     /// The cluster's brokers and their state, answered by the metadata

@@ -203,13 +203,6 @@ impl Core {
     }
 }
 
-/// A command answered with an outcome of another command: impossible while
-/// apply is deterministic (each command has its own outcome variants), and
-/// reported, not panicked on, should it ever happen.
-pub(crate) fn mismatch(what: &str, outcome: impl std::fmt::Debug) -> BrokerError {
-    BrokerError::Internal(format!("{what}: applying it answered {outcome:?}"))
-}
-
 /// Wall-clock time in ms since the Unix epoch.
 pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(-1)
