@@ -248,6 +248,17 @@ impl Cluster {
         Ok(kb * 1024)
     }
 
+    /// SIGKILLs broker `id` and deletes its data dir, as a lost or replaced
+    /// disk would (its log file, outside the data dir, stays).
+    pub fn wipe(&mut self, id: u64) -> anyhow::Result<()> {
+        self.kill(id)?;
+        let dir = &self.nodes[id as usize - 1].data_dir;
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).with_context(|| format!("wipe {}", dir.display()))?;
+        }
+        Ok(())
+    }
+
     /// The directory holding every broker's data and log.
     pub fn data_root(&self) -> &std::path::Path {
         self.dir.path()
@@ -348,7 +359,26 @@ impl Cluster {
 
     /// Whether broker `id`'s whole log (all its runs) contains `needle`.
     pub fn log_contains(&self, id: u64, needle: &str) -> bool {
-        std::fs::read(&self.node(id).log).is_ok_and(|b| String::from_utf8_lossy(&b).contains(needle))
+        self.log_contains_since(id, 0, needle)
+    }
+
+    /// The length of broker `id`'s log so far (a mark for
+    /// [`Cluster::log_contains_since`]: the log spans restarts).
+    pub fn log_len(&self, id: u64) -> u64 {
+        std::fs::metadata(&self.node(id).log).map_or(0, |m| m.len())
+    }
+
+    /// Whether broker `id`'s log contains `needle` after byte `from`.
+    pub fn log_contains_since(&self, id: u64, from: u64, needle: &str) -> bool {
+        self.log_matches_since(id, from, needle) > 0
+    }
+
+    /// How many times broker `id`'s log contains `needle` after byte `from`.
+    pub fn log_matches_since(&self, id: u64, from: u64, needle: &str) -> usize {
+        std::fs::read(&self.node(id).log).map_or(0, |b| {
+            let from = (from as usize).min(b.len());
+            String::from_utf8_lossy(&b[from..]).matches(needle).count()
+        })
     }
 
     /// Keeps the data and logs (for debugging a failure).

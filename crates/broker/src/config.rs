@@ -265,6 +265,34 @@ pub fn statefulset_layout(pod_name: &str, initial: u64, domain: &str, port: u16)
 }
 
 const NODE_ID_FILE: &str = "node_id";
+const STORAGE_ID_FILE: &str = "storage_id";
+
+/// The data dir's storage id: 128 random bits in hex, made when the store is
+/// created (`fresh`: the data dir has no store yet, e.g. a replaced disk)
+/// and kept for as long as the store lives. It tells one incarnation of a
+/// broker's data from another under the same node id.
+pub fn settle_storage_id(data_dir: &Path, fresh: bool) -> anyhow::Result<String> {
+    let path = data_dir.join(STORAGE_ID_FILE);
+    if !fresh {
+        match std::fs::read_to_string(&path) {
+            Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_string()),
+            // A store made before storage ids existed gets one now.
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
+        }
+    }
+    let id = format!("{:032x}", rand::random::<u128>());
+    std::fs::create_dir_all(data_dir)?;
+    let tmp = data_dir.join(format!("{STORAGE_ID_FILE}.tmp"));
+    std::fs::write(&tmp, format!("{id}\n"))?;
+    // durability: the id is synced and renamed into place before the store
+    // it names is created, so a crash leaves the old id or the new one.
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(data_dir)?.sync_all()?;
+    Ok(id)
+}
 
 /// Reconciles the configured id with the one stored in `data_dir`: the
 /// stored id wins (a broker keeps its identity across restarts, whatever the
@@ -371,6 +399,18 @@ mod tests {
         assert!(statefulset_layout("ferrolog", 3, domain, 9092).is_err());
         assert!(statefulset_layout("ferrolog-x", 3, domain, 9092).is_err());
         assert!(statefulset_layout("ferrolog-0", 0, domain, 9092).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn the_storage_id_lives_as_long_as_the_store() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let first = settle_storage_id(dir.path(), true)?;
+        assert_eq!(first.len(), 32);
+        assert_eq!(settle_storage_id(dir.path(), false)?, first, "an intact store keeps its id");
+        let second = settle_storage_id(dir.path(), true)?;
+        assert_ne!(second, first, "a new store gets a new id");
+        assert_eq!(settle_storage_id(dir.path(), false)?, second);
         Ok(())
     }
 

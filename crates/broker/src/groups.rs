@@ -60,6 +60,11 @@ pub fn partition_raft_config(t: &Timings) -> Arc<Config> {
         // batch, so followers behind only by retained data catch up by
         // AppendEntries, not by a snapshot of the whole partition.
         max_in_snapshot_log_to_keep: u64::MAX,
+        // A follower whose log went back (its disk was lost: see
+        // crate::recovery, which keeps it out of elections) is replicated to
+        // again from scratch; openraft otherwise keeps sending from where it
+        // was and never catches it up.
+        allow_log_reversion: Some(true),
         ..Default::default()
     };
     Arc::new(c.validate().expect("valid partition raft config"))
@@ -73,6 +78,11 @@ pub fn metadata_raft_config(t: &Timings) -> Arc<Config> {
         election_timeout_min: t.election_timeout_min.as_millis() as u64,
         election_timeout_max: t.election_timeout_max.as_millis() as u64,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(1000),
+        // A follower whose log went back (its disk was lost: see
+        // crate::recovery, which keeps it out of elections) is replicated to
+        // again from scratch; openraft otherwise keeps sending from where it
+        // was and never catches it up.
+        allow_log_reversion: Some(true),
         ..Default::default()
     };
     Arc::new(c.validate().expect("valid metadata raft config"))
@@ -158,6 +168,35 @@ impl Placement {
             .map(|(topic, partition, a)| (a.group, (topic.name.clone(), partition, a.replicas.clone())))
             .collect();
         Placement { nodes, wanted }
+    }
+
+    /// The partition groups placed on the broker.
+    pub fn groups(&self) -> impl Iterator<Item = GroupId> + '_ {
+        self.wanted.keys().copied()
+    }
+}
+
+/// Initializes a new partition group. The preferred leader (first replica)
+/// does so at once and so usually wins the first election: leaders start
+/// spread as evenly as the placement. The other replicas wait for it to
+/// replicate to them, and initialize themselves (with the same membership,
+/// which openraft allows) only if it has not done so within `fallback`, e.g.
+/// because its broker is down.
+async fn initialize_new_group(
+    raft: PartitionRaft,
+    group: GroupId,
+    members: BTreeMap<NodeId, BasicNode>,
+    preferred: bool,
+    fallback: std::time::Duration,
+) {
+    if !preferred {
+        tokio::time::sleep(fallback).await;
+        if raft.is_initialized().await.unwrap_or(true) {
+            return;
+        }
+    }
+    if let Err(e) = raft.initialize(members).await {
+        tracing::debug!(%group, error = %e, "initialize (another replica may have been first)");
     }
 }
 
@@ -280,6 +319,7 @@ impl Groups {
             .collect();
         for group in gone {
             let replica = self.partitions.write().expect("partitions lock").remove(&group);
+            self.transport.recovery().forget(group);
             if let Some(r) = replica {
                 if let Err(e) = r.raft.shutdown().await {
                     tracing::warn!(%group, error = %e, "raft shutdown failed");
@@ -307,27 +347,55 @@ impl Groups {
         let progress = sm.subscribe();
         let config = partition_raft_config(&self.timings);
         let raft = Raft::new(self.node_id, config, self.transport.factory::<PartitionConfig>(group), log, sm).await?;
-        if !raft.is_initialized().await? {
-            // The preferred leader (first replica) initializes the new group
-            // at once and so usually wins the first election: leaders start
-            // spread as evenly as the placement. The other replicas wait
-            // for it to replicate to them, and initialize themselves (with
-            // the same membership, which openraft allows) only if it has not
-            // done so within init_fallback, e.g. because its broker is down.
-            let preferred = replicas.first() == Some(&self.node_id);
-            let raft = raft.clone();
-            let fallback = self.timings.init_fallback;
-            tokio::spawn(async move {
-                if !preferred {
-                    tokio::time::sleep(fallback).await;
-                    if raft.is_initialized().await.unwrap_or(true) {
-                        return;
+        let initialized = raft.is_initialized().await?;
+        // A replica this broker held before it lost its disk recovers: it
+        // waits for the group's leader to replicate to it and never
+        // initializes the group again (crate::recovery).
+        if !initialized && self.transport.recovery().start_replica(group) {
+            tracing::warn!(
+                node = self.node_id,
+                %group,
+                topic,
+                partition,
+                "replica held before this broker's data dir was lost: catching up from the group's leader; it takes no \
+                 part in elections until it has"
+            );
+            // Its own election timer stays off too: a candidate that cannot
+            // win would only push the group's term up.
+            raft.runtime_config().elect(false);
+            if members.len() == 1 {
+                // The only replica: its data is gone with the disk and no
+                // one can give it back; the partition starts again empty.
+                tracing::error!(node = self.node_id, %group, topic, partition, "the only replica lost its data: the partition starts again empty");
+                self.transport.recovery().forget(group);
+                raft.runtime_config().elect(true);
+                if let Err(e) = raft.initialize(members.clone()).await {
+                    tracing::warn!(%group, error = %e, "initialize a single-replica partition after a lost disk");
+                }
+            } else {
+                let voters: Vec<(NodeId, String)> = members.iter().map(|(id, n)| (*id, n.addr.clone())).collect();
+                let transport = self.transport.clone();
+                let (me, raft, preferred) = (self.node_id, raft.clone(), replicas.first() == Some(&self.node_id));
+                let fallback = self.timings.init_fallback;
+                tokio::spawn(async move {
+                    crate::recovery::probe_group(transport.clone(), group, me, move || Some(voters.clone())).await;
+                    // The voters that answered hold no log at all: nobody has
+                    // initialized the group, so nothing was ever committed
+                    // or voted for in it (a commit or a vote needs one of
+                    // them). This replica is as new as its group and starts
+                    // it as on a first start; without this, a preferred
+                    // leader that lost its disk before its new group
+                    // started would leave it to the fallback of the others.
+                    let empty = transport.recovery().target(group).is_some_and(|t| t.last_log.is_none());
+                    if empty && !transport.recovery().still_recovering(group, None, 0) {
+                        raft.runtime_config().elect(true);
+                        initialize_new_group(raft, group, members, preferred, fallback).await;
                     }
-                }
-                if let Err(e) = raft.initialize(members).await {
-                    tracing::debug!(%group, error = %e, "initialize (another replica may have been first)");
-                }
-            });
+                });
+            }
+        } else if !initialized {
+            let preferred = replicas.first() == Some(&self.node_id);
+            tokio::spawn(initialize_new_group(raft.clone(), group, members, preferred, self.timings.init_fallback));
         }
         Ok(Arc::new(Replica {
             topic,
@@ -341,6 +409,23 @@ impl Groups {
             ticking: AtomicBool::new(true),
             woken: AtomicBool::new(false),
         }))
+    }
+
+    /// Lets every partition replica recovering from a lost disk that has
+    /// caught up vote again (checked here as well as on each message from
+    /// its leader: an idle, quiesced group gets none). The number still
+    /// recovering, the metadata group included.
+    pub fn check_recovery(&self) -> usize {
+        let recovery = self.transport.recovery();
+        for (group, replica) in self.partitions.read().expect("partitions lock").iter() {
+            let recovering = recovery.is_recovering(*group) && {
+                let (applied, term) = GroupRaft::applied_and_term(&replica.raft);
+                recovery.still_recovering(*group, applied, term)
+            };
+            // An atomic flag in openraft: cheap to set every round.
+            replica.raft.runtime_config().elect(!recovering);
+        }
+        recovery.recovering_count()
     }
 
     /// Hands leadership of every group this broker leads to an up-to-date

@@ -37,6 +37,11 @@ pub async fn admit(groups: &Groups, node_id: NodeId, address: String) -> Result<
     let membership = meta.raft.metrics().borrow_watched().membership_config.clone();
     if let Some(node) = membership.membership().get_node(&node_id) {
         if node.addr == address {
+            // A member asks to join only when its metadata log is empty
+            // (a restart on an intact data dir does not join): it lost its
+            // disk. Replication to it restarts from scratch once it reports
+            // the reverted log (openraft refuses a reversion unless told).
+            let _ = meta.raft.trigger().allow_next_revert(&node_id, true).await;
             return Ok(());
         }
         return Err(BrokerError::AlreadyExists(format!(

@@ -17,6 +17,8 @@
 //!   coordinator for the metrics and `group describe`.
 //! - [`liveness`]: whether a broker is alive (one definition for all).
 //! - [`join`]: admitting brokers that join a running cluster.
+//! - [`recovery`]: replicas that lost their disk take no part in
+//!   elections until they have caught up.
 //! - [`retention`]: deleting old data and purging Raft logs.
 //! - [`quiesce`]: broker heartbeats, parking idle groups' Raft tickers, and
 //!   moving leadership back to preferred replicas.
@@ -37,6 +39,7 @@ pub mod lag;
 pub mod liveness;
 pub mod metrics;
 pub mod quiesce;
+pub mod recovery;
 pub mod retention;
 pub mod server;
 pub mod tasks;

@@ -14,6 +14,7 @@ use ferrolog_raft::MetaStateMachine;
 use ferrolog_storage::Storage;
 use ferrolog_storage::StorageConfig;
 use ferrolog_types::GroupId;
+use ferrolog_types::NodeId;
 use ferrolog_types::limits::API_MESSAGE_LIMIT;
 use ferrolog_types::limits::RAFT_MESSAGE_LIMIT;
 use openraft::BasicNode;
@@ -100,6 +101,106 @@ fn halt_if_failed(node_id: u64, storage: &Storage) {
     }
 }
 
+/// How long one probe of a peer may take (a hung peer is skipped).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause between rounds of probes while too few peers answer.
+const PROBE_RETRY: Duration = Duration::from_millis(500);
+
+/// Bootstraps the metadata group from a fresh data dir, unless the peers
+/// already form a cluster. A broker whose disk was lost and that bootstrapped
+/// again would initialize a group whose committed history it forgot (and,
+/// with empty peers, start a second cluster); so it asks first. One peer
+/// that has applied metadata means the cluster exists: this broker then only
+/// waits for the leader to replicate to it, taking no part in elections
+/// until it has caught up. A majority of the initial peers (this one
+/// included) with nothing applied means the cluster is new: it initializes,
+/// as every initial peer does (openraft allows the same membership twice).
+/// Otherwise it asks again: a peer that does not answer may hold data.
+/// Whether the cluster exists.
+async fn bootstrap_metadata(
+    node_id: NodeId,
+    peers: std::collections::BTreeMap<NodeId, String>,
+    raft: Raft<ferrolog_raft::MetaConfig, MetaStateMachine>,
+    transport: Arc<Transport>,
+    shutdown: CancellationToken,
+) -> bool {
+    let majority = peers.len() / 2 + 1;
+    loop {
+        let mut empty = 1;
+        for (peer, addr) in peers.iter().filter(|(id, _)| **id != node_id) {
+            match transport.probe_metadata(*peer, addr, PROBE_TIMEOUT).await {
+                Some(applied) if applied > 0 => {
+                    tracing::warn!(
+                        node = node_id,
+                        peer,
+                        applied,
+                        "empty data dir, but the peers already form a cluster: joining it (not bootstrapping); this \
+                         broker takes no part in elections until it has caught up"
+                    );
+                    return true;
+                }
+                Some(_) => empty += 1,
+                None => {}
+            }
+        }
+        if empty >= majority {
+            tracing::info!(node = node_id, empty, of = peers.len(), "no cluster yet: bootstrapping the metadata group");
+            transport.recovery().finish_metadata([]);
+            raft.runtime_config().elect(true);
+            let members: std::collections::BTreeMap<u64, BasicNode> =
+                peers.iter().map(|(id, a)| (*id, BasicNode { addr: a.clone() })).collect();
+            if let Err(e) = raft.initialize(members).await {
+                tracing::debug!(error = %e, "metadata initialize (another voter may have been first)");
+            }
+            return false;
+        }
+        tracing::info!(node = node_id, empty, majority, "waiting for the peers to say whether a cluster exists");
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(PROBE_RETRY) => {}
+        }
+    }
+}
+
+/// The metadata group's voters as a recovering broker sees them: its
+/// membership, once the leader's entries told it (the leader replicates to a
+/// reverted follower from scratch: `allow_log_reversion`). Not the initial
+/// peers: voters that joined later may hold what they lack.
+fn metadata_voters(
+    raft: Raft<ferrolog_raft::MetaConfig, MetaStateMachine>,
+) -> impl FnMut() -> Option<Vec<(NodeId, String)>> + Send {
+    move || {
+        use openraft::async_runtime::watch::WatchReceiver;
+        let m = raft.metrics().borrow_watched().clone();
+        let membership = m.membership_config.membership();
+        // Empty until the leader's entries arrive: the probe waits.
+        Some(membership.voter_ids().filter_map(|id| membership.get_node(&id).map(|n| (id, n.addr.clone()))).collect())
+    }
+}
+
+/// Ends the metadata group's recovery once it has caught up (see
+/// [`crate::recovery`]), recording the partition groups placed on this
+/// broker at that point: those replicas recover as well.
+fn finish_metadata_recovery(
+    node_id: NodeId,
+    groups: &Groups,
+    raft: &Raft<ferrolog_raft::MetaConfig, MetaStateMachine>,
+    state: &ferrolog_raft::meta_sm::MetaView,
+) {
+    use crate::transport::GroupRaft;
+    let recovery = groups.transport().recovery();
+    let target = recovery.target(GroupId::METADATA);
+    let (applied, term) = GroupRaft::applied_and_term(raft);
+    if !crate::recovery::caught_up(target, applied, term) {
+        return;
+    }
+    // The state read after the check holds at least what was applied then.
+    let held: Vec<GroupId> = crate::groups::Placement::of(&state.borrow(), node_id).groups().collect();
+    tracing::info!(node = node_id, ?target, held = held.len(), "metadata caught up after a lost disk; it votes again");
+    recovery.finish_metadata(held);
+    raft.runtime_config().elect(true);
+}
+
 /// Runs a broker until `shutdown` is cancelled, then stops its groups and
 /// flushes its store.
 pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -154,6 +255,11 @@ async fn run_inner(
     let socket = bind(config.listen).with_context(|| format!("bind {}", config.listen))?;
     tracing::info!(node = node_id, data_dir = %config.data_dir.display(), "opening the store");
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("create {}", config.data_dir.display()))?;
+    // No store yet: a first start, or a broker whose disk was lost or
+    // replaced. Which of the two is told by the peers (below).
+    let fresh = !config.data_dir.join("db").exists();
+    let storage_id = crate::config::settle_storage_id(&config.data_dir, fresh)?;
+    tracing::info!(node = node_id, storage_id, fresh, "data dir identity");
     let mut storage_config = StorageConfig::new(config.data_dir.join("db"));
     storage_config.fail_syncs_after = crate::failpoints::fail_syncs_after();
     let storage = Arc::new(Storage::open(&storage_config).context("open the store")?);
@@ -168,6 +274,13 @@ async fn run_inner(
     let _stop_tasks = shutdown.clone().drop_guard();
     tracing::info!(node = node_id, "store open; starting the metadata group");
     let transport = Transport::new(node_id, config.listen);
+    if fresh && config.peers.contains_key(&node_id) {
+        // Until the peers say the cluster is new, this initial voter may be
+        // an old one that forgot its votes and log: it takes no part in the
+        // metadata group's elections (crate::recovery). (A broker that
+        // joins with --join is not protected yet: see docs/architecture.md.)
+        transport.recovery().start(GroupId::METADATA);
+    }
     let groups = Groups::with_timings(node_id, storage.clone(), transport.clone(), config.timings.clone());
 
     // The metadata group.
@@ -176,8 +289,17 @@ async fn run_inner(
     let log = LogStore::metadata(storage.clone());
     let factory = transport.factory::<ferrolog_raft::MetaConfig>(GroupId::METADATA);
     let raft = Raft::new(node_id, metadata_raft_config(&config.timings), factory, log, sm).await?;
+    if transport.recovery().is_recovering(GroupId::METADATA) {
+        // No campaigns of its own while it may have forgotten its votes.
+        raft.runtime_config().elect(false);
+    }
+    let mut bootstrap = None;
     if !raft.is_initialized().await? {
-        if config.peers.contains_key(&node_id) {
+        if fresh && config.peers.contains_key(&node_id) {
+            // Bootstraps only once the peers say no cluster exists; run
+            // once this broker answers their probes too (below).
+            bootstrap = Some(config.peers.clone());
+        } else if config.peers.contains_key(&node_id) {
             // Bootstrap: every initial voter initializes with the same
             // membership; on restart the group is initialized and this is skipped.
             let members: std::collections::BTreeMap<u64, BasicNode> =
@@ -223,6 +345,10 @@ async fn run_inner(
             let mut serving = false;
             let mut ready = false;
             loop {
+                if groups.transport().recovery().is_recovering(GroupId::METADATA) {
+                    finish_metadata_recovery(node_id, &groups, &raft, &state);
+                }
+                groups.check_recovery();
                 let placement = crate::groups::Placement::of(&state.borrow(), node_id);
                 if let Err(e) = groups.reconcile(&placement).await {
                     tracing::error!(node = node_id, error = %e, "reconciling partitions failed; retrying");
@@ -286,6 +412,17 @@ async fn run_inner(
         ),
     );
     tasks.spawn("quiescer", crate::quiesce::run(groups.clone(), config.quiesce, shutdown.clone()));
+    if let Some(peers) = bootstrap {
+        // Ends once decided; a panic in it stops the broker.
+        let (raft, transport, shutdown) = (raft.clone(), transport.clone(), shutdown.clone());
+        tasks.spawn_fallible("metadata bootstrap", async move {
+            if bootstrap_metadata(node_id, peers.clone(), raft.clone(), transport.clone(), shutdown).await {
+                // The cluster exists: catch up before voting again.
+                crate::recovery::probe_group(transport, GroupId::METADATA, node_id, metadata_voters(raft)).await;
+            }
+            Ok(())
+        });
+    }
     let stop_serving = CancellationToken::new();
     tracing::info!(node = node_id, listen = %config.listen, advertise = config.advertise, "broker starting");
     // Accepted here (not by tonic) so that open connections are counted.

@@ -20,6 +20,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 use std::time::Instant;
 
+use crate::recovery::Recovery;
+use crate::recovery::ReplicaState;
 use ferrolog_proto::internal::RaftMessage;
 use ferrolog_proto::internal::RaftReply;
 use ferrolog_proto::internal::ReplyError;
@@ -95,6 +97,9 @@ pub struct Transport {
     heard: Mutex<HashMap<NodeId, Instant>>,
     /// Each peer's last applied metadata index, from its broker heartbeats.
     meta_applied: Mutex<HashMap<NodeId, u64>>,
+    /// The groups recovering from a lost disk on this broker: they neither
+    /// grant nor ask for votes (see [`crate::recovery`]).
+    recovery: Recovery,
 }
 
 impl Transport {
@@ -107,7 +112,13 @@ impl Transport {
             channels: Mutex::new(HashMap::new()),
             heard: Mutex::new(HashMap::new()),
             meta_applied: Mutex::new(HashMap::new()),
+            recovery: Recovery::new(),
         })
+    }
+
+    /// Which groups recover from a lost disk on this broker.
+    pub fn recovery(&self) -> &Recovery {
+        &self.recovery
     }
 
     /// Records that `peer` just sent us a message.
@@ -148,6 +159,53 @@ impl Transport {
         }
     }
 
+    /// Asks `peer` at `addr` for its last applied metadata index (one broker
+    /// heartbeat, which also tells it we are alive); `None` if it does not
+    /// answer within `timeout`.
+    pub async fn probe_metadata(&self, peer: NodeId, addr: &str, timeout: Duration) -> Option<u64> {
+        let channel = self.channel(addr).ok()?;
+        let mut client = RaftClient::new(channel).max_decoding_message_size(RAFT_MESSAGE_LIMIT);
+        let req =
+            ferrolog_proto::internal::BrokerHeartbeat { from_node: self.node_id, to_node: peer, metadata_applied: 0 };
+        match tokio::time::timeout(timeout, client.heartbeat(req)).await {
+            Ok(Ok(reply)) => Some(reply.into_inner().metadata_applied),
+            Ok(Err(e)) => {
+                tracing::debug!(peer, error = %e, "metadata probe failed");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Asks `peer` at `addr` for its replica of `group`'s vote term and last
+    /// log index (crate::recovery); `None` if it does not answer within
+    /// `timeout` or does not run the group.
+    pub async fn probe_group(
+        &self,
+        group: GroupId,
+        peer: NodeId,
+        addr: &str,
+        timeout: Duration,
+    ) -> Option<ReplicaState> {
+        let channel = self.channel(addr).ok()?;
+        let mut client = RaftClient::new(channel).max_decoding_message_size(RAFT_MESSAGE_LIMIT);
+        let msg =
+            RaftMessage { group_id: group.0, from_node: self.node_id, to_node: peer, payload: bytes::Bytes::new() };
+        let reply = match tokio::time::timeout(timeout, client.probe(msg)).await {
+            Ok(Ok(r)) => r.into_inner(),
+            Ok(Err(e)) => {
+                tracing::debug!(%group, peer, error = %e, "probe failed");
+                return None;
+            }
+            Err(_) => return None,
+        };
+        if !reply.error.is_empty() {
+            tracing::debug!(%group, peer, error = reply.error, "probe refused");
+            return None;
+        }
+        decode(&reply.payload).ok()
+    }
+
     /// The channel to `addr`, created on first use.
     pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
         let mut channels = self.channels.lock().expect("channel map lock");
@@ -185,6 +243,7 @@ impl<C: GroupConfig> RaftNetworkFactory<C> for NetworkFactory<C> {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> GroupClient<C> {
         GroupClient {
             _kind: std::marker::PhantomData,
+            transport: self.transport.clone(),
             group: self.group,
             from: self.transport.node_id,
             target,
@@ -201,6 +260,7 @@ impl<C: GroupConfig> RaftNetworkFactory<C> for NetworkFactory<C> {
 #[derive(Debug)]
 pub struct GroupClient<C> {
     _kind: std::marker::PhantomData<fn() -> C>,
+    transport: Arc<Transport>,
     group: GroupId,
     from: NodeId,
     target: NodeId,
@@ -234,6 +294,19 @@ impl<C: GroupConfig> GroupClient<C> {
         self.client.clone().map_err(unreachable)
     }
 
+    /// Refuses to campaign (vote, pre-vote, leadership hand-off) while this
+    /// replica recovers from a lost disk: its log may lack entries the
+    /// group committed, and a lagging peer could grant it a majority.
+    fn may_campaign(&self) -> Result<(), RPCError<C>> {
+        if self.transport.recovery.is_recovering(self.group) {
+            return Err(unreachable(format!(
+                "{}: this replica lost its disk and is catching up; it asks for no votes until it has",
+                self.group
+            )));
+        }
+        Ok(())
+    }
+
     /// One unary Raft RPC: encode, send within the RPC's hard TTL, decode.
     async fn call<Req, Resp, F, Fut>(
         &self,
@@ -263,7 +336,9 @@ impl<C: GroupConfig> GroupClient<C> {
                 // after a few network errors in a row).
                 ReplyError::Undecodable => RPCError::Network(NetworkError::from_string(reply.error)),
                 // The group is not there (yet, or any more): back off.
-                ReplyError::GroupNotRunning
+                // The peer lost its disk and grants no vote yet.
+                ReplyError::Recovering
+                | ReplyError::GroupNotRunning
                 | ReplyError::WrongBroker
                 | ReplyError::RaftStopped
                 | ReplyError::Unspecified => unreachable(reply.error),
@@ -285,10 +360,12 @@ impl<C: GroupConfig> RaftNetworkV2<C> for GroupClient<C> {
     }
 
     async fn vote(&mut self, rpc: VoteRequest<C>, option: RPCOption) -> Result<VoteResponse<C>, RPCError<C>> {
+        self.may_campaign()?;
         self.call(RPCTypes::Vote, &rpc, option, |mut c, m| async move { c.vote(m).await }).await
     }
 
     async fn pre_vote(&mut self, rpc: VoteRequest<C>, option: RPCOption) -> Result<VoteResponse<C>, RPCError<C>> {
+        self.may_campaign()?;
         self.call(RPCTypes::Vote, &rpc, option, |mut c, m| async move { c.pre_vote(m).await }).await
     }
 
@@ -409,6 +486,9 @@ pub enum Rpc {
     PreVote,
     /// A leadership transfer.
     TransferLeader,
+    /// A recovering peer asks for this replica's vote term and last log
+    /// index (crate::recovery).
+    Probe,
 }
 
 impl Rpc {
@@ -418,6 +498,7 @@ impl Rpc {
             Rpc::Vote => "vote",
             Rpc::PreVote => "pre-vote",
             Rpc::TransferLeader => "transfer-leader",
+            Rpc::Probe => "probe",
         }
     }
 }
@@ -432,6 +513,23 @@ pub type RpcFailure = (ReplyError, String);
 pub trait GroupRaft: Send + Sync {
     /// Serves one unary RPC whose request is `payload`; the encoded reply.
     async fn rpc(&self, rpc: Rpc, payload: &[u8]) -> Result<bytes::Bytes, RpcFailure>;
+
+    /// This replica's vote term and last log index, as a recovering peer
+    /// asks for them (crate::recovery).
+    fn replica_state(&self) -> ReplicaState;
+
+    /// The index of the last entry this replica applied, and its vote's
+    /// term.
+    fn applied_and_term(&self) -> (Option<u64>, u64);
+
+    /// The term a vote or pre-vote request (encoded) asks for.
+    fn vote_term_of(&self, payload: &[u8]) -> Option<u64>;
+
+    /// On the leader: lets replication to `peer` start again from an empty
+    /// log the next time it reports one (openraft treats a follower whose
+    /// log went back as a fault and keeps sending from where it was). A
+    /// no-op elsewhere.
+    async fn allow_revert(&self, peer: NodeId);
 
     /// Installs a snapshot received from the leader; the encoded reply.
     async fn install(&self, vote: Vote, snapshot: Snapshot) -> Result<bytes::Bytes, RpcFailure>;
@@ -493,7 +591,31 @@ where
                 )
                 .await
             }
+            Rpc::Probe => {
+                encode(&self.replica_state()).map_err(|e| (ReplyError::Undecodable, format!("encode probe reply: {e}")))
+            }
         }
+    }
+
+    fn replica_state(&self) -> ReplicaState {
+        use openraft::async_runtime::watch::WatchReceiver;
+        let m = self.metrics().borrow_watched().clone();
+        ReplicaState { vote_term: m.current_term, last_log: m.last_log_index }
+    }
+
+    fn applied_and_term(&self) -> (Option<u64>, u64) {
+        use openraft::async_runtime::watch::WatchReceiver;
+        let m = self.metrics().borrow_watched().clone();
+        (m.last_applied.map(|l| l.index), m.current_term)
+    }
+
+    fn vote_term_of(&self, payload: &[u8]) -> Option<u64> {
+        decode::<VoteRequest<C>>(payload).ok().map(|r| r.vote.leader_id.term)
+    }
+
+    async fn allow_revert(&self, peer: NodeId) {
+        // Refused (not the leader, peer unknown) or stopped: nothing to do.
+        let _ = self.trigger().allow_next_revert(&peer, true).await;
     }
 
     async fn install(&self, vote: Vote, snapshot: Snapshot) -> Result<bytes::Bytes, RpcFailure> {
@@ -547,6 +669,39 @@ impl RaftService {
         let Some(raft) = self.groups.raft(GroupId(g)) else {
             return err_reply(g, ReplyError::GroupNotRunning, format!("group {g} is not running on this broker"));
         };
+        let recovery = self.groups.transport().recovery();
+        let group = GroupId(g);
+        // A replica that lost its disk grants no vote and takes no
+        // leadership until it has caught up (crate::recovery).
+        let refused = recovery.is_recovering(group) && {
+            let (applied, term) = raft.applied_and_term();
+            match rpc {
+                Rpc::Vote | Rpc::PreVote => {
+                    // An undecodable request is refused by openraft's own
+                    // decoding below; term 0 admits nothing here.
+                    let request_term = raft.vote_term_of(&msg.payload).unwrap_or(0);
+                    !recovery.admits_vote(group, applied, term, request_term)
+                }
+                Rpc::TransferLeader => recovery.still_recovering(group, applied, term),
+                Rpc::AppendEntries | Rpc::Probe => false,
+            }
+        };
+        if refused {
+            return err_reply(
+                g,
+                ReplyError::Recovering,
+                format!(
+                    "{group} on broker {}: this replica lost its disk and is catching up; it grants no {} until it has",
+                    self.groups.node_id(),
+                    rpc.name()
+                ),
+            );
+        }
+        if rpc == Rpc::Probe {
+            // Only a replica that lost its disk probes: if this one leads,
+            // replication to it must start again from its empty log.
+            raft.allow_revert(msg.from_node).await;
+        }
         match raft.rpc(rpc, &msg.payload).await {
             Ok(payload) => RaftReply { group_id: g, payload, error: String::new(), error_kind: 0 },
             Err((kind, e)) => err_reply(g, kind, e),
@@ -581,6 +736,10 @@ impl ferrolog_proto::internal::raft_server::Raft for RaftService {
         Ok(tonic::Response::new(self.dispatch(request.into_inner(), Rpc::TransferLeader).await))
     }
 
+    async fn probe(&self, request: tonic::Request<RaftMessage>) -> TonicResult<RaftReply> {
+        Ok(tonic::Response::new(self.dispatch(request.into_inner(), Rpc::Probe).await))
+    }
+
     async fn heartbeat(
         &self,
         request: tonic::Request<ferrolog_proto::internal::BrokerHeartbeat>,
@@ -595,7 +754,8 @@ impl ferrolog_proto::internal::raft_server::Raft for RaftService {
         }
         self.groups.transport().heard_from(req.from_node);
         self.groups.transport().set_peer_meta_applied(req.from_node, req.metadata_applied);
-        Ok(tonic::Response::new(ferrolog_proto::internal::BrokerHeartbeatReply {}))
+        let metadata_applied = self.groups.raft(GroupId::METADATA).and_then(|r| r.applied_and_term().0).unwrap_or(0);
+        Ok(tonic::Response::new(ferrolog_proto::internal::BrokerHeartbeatReply { metadata_applied }))
     }
 
     async fn install_snapshot(
@@ -701,9 +861,13 @@ mod tests {
     /// unreachable peer and retries a network error at once.
     #[test]
     fn reply_errors_keep_their_kind() {
-        for kind in
-            [ReplyError::GroupNotRunning, ReplyError::WrongBroker, ReplyError::RaftStopped, ReplyError::Unspecified]
-        {
+        for kind in [
+            ReplyError::GroupNotRunning,
+            ReplyError::WrongBroker,
+            ReplyError::RaftStopped,
+            ReplyError::Recovering,
+            ReplyError::Unspecified,
+        ] {
             assert!(
                 matches!(
                     GroupClient::<ferrolog_raft::PartitionConfig>::reply::<u64>(reply(kind)),
