@@ -15,6 +15,7 @@ use std::time::Instant;
 use anyhow::Context;
 use anyhow::bail;
 use ferrolog_tests::client::TestClient;
+use ferrolog_tests::client::cluster_with_topic;
 use ferrolog_tests::cluster::Cluster;
 use ferrolog_tests::eventually;
 
@@ -89,12 +90,8 @@ async fn verify(client: &TestClient, cluster: &Cluster, acked: &HashMap<Vec<u8>,
 /// Three brokers and a replication-factor-3, one-partition topic "ledger";
 /// returns the partition's leader.
 async fn ledger_cluster() -> anyhow::Result<(Cluster, TestClient, u64)> {
-    let mut cluster = Cluster::start(3)?;
-    cluster.wait_serving(START).await?;
-    let client = TestClient::new(cluster.addrs());
-    client.create_topic("ledger", 1, 3).await?;
-    let leader = client.wait_leaders("ledger", START).await?[0];
-    Ok((cluster, client, leader))
+    let (cluster, client, leaders) = cluster_with_topic(3, "ledger", 1, 3, START).await?;
+    Ok((cluster, client, leaders[0]))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

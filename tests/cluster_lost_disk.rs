@@ -20,6 +20,7 @@ use anyhow::Context;
 use anyhow::bail;
 use ferrolog_client::Acks;
 use ferrolog_tests::client::TestClient;
+use ferrolog_tests::client::cluster_with_topic;
 use ferrolog_tests::cluster::Cluster;
 use ferrolog_tests::eventually;
 
@@ -69,11 +70,8 @@ async fn verify_on(client: &TestClient, addr: &str, acked: &HashMap<Vec<u8>, u64
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_replica_does_not_help_a_lagging_one_win_an_election() -> anyhow::Result<()> {
-    let mut cluster = Cluster::start(3)?;
-    cluster.wait_serving(START).await?;
-    let client = TestClient::new(cluster.addrs());
-    client.create_topic(TOPIC, 1, 3).await?;
-    let a = client.wait_leaders(TOPIC, START).await?[0];
+    let (mut cluster, client, leaders) = cluster_with_topic(3, TOPIC, 1, 3, START).await?;
+    let a = leaders[0];
     let followers: Vec<u64> = (1..=3).filter(|id| *id != a).collect();
     let (w, b) = (followers[0], followers[1]);
     eprintln!("leader A = {a}, to be wiped W = {w}, to be paused B = {b}");
@@ -183,11 +181,8 @@ async fn a_wiped_replica_does_not_help_a_lagging_one_win_an_election() -> anyhow
 /// metadata group again), catches up and nothing acknowledged is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_follower_rejoins_under_load_and_catches_up() -> anyhow::Result<()> {
-    let mut cluster = Cluster::start(3)?;
-    cluster.wait_serving(START).await?;
-    let client = TestClient::new(cluster.addrs());
-    client.create_topic(TOPIC, 1, 3).await?;
-    let a = client.wait_leaders(TOPIC, START).await?[0];
+    let (mut cluster, client, leaders) = cluster_with_topic(3, TOPIC, 1, 3, START).await?;
+    let a = leaders[0];
     let w = (1..=3).find(|id| *id != a).context("a follower")?;
     let mut next = 0;
     let mut acked = HashMap::new();

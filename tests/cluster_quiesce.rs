@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use ferrolog_tests::client::TestClient;
+use ferrolog_tests::client::cluster_with_topic;
 use ferrolog_tests::cluster::Cluster;
 use ferrolog_tests::cluster::sample;
 use ferrolog_tests::cluster::scrape;
@@ -61,11 +62,7 @@ async fn produce_all(client: &TestClient, round: u32) -> anyhow::Result<Vec<u64>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quiesced_partitions_serve_fail_over_and_rebalance() -> anyhow::Result<()> {
-    let mut cluster = Cluster::start(3)?;
-    cluster.wait_serving(START).await?;
-    let client = TestClient::new(cluster.addrs());
-    client.create_topic("idle", PARTITIONS, 3).await?;
-    client.wait_leaders("idle", START).await?;
+    let (mut cluster, client, _) = cluster_with_topic(3, "idle", PARTITIONS, 3, START).await?;
     assert_eq!(produce_all(&client, 0).await?, vec![0; PARTITIONS as usize]);
 
     let took = wait_quiesced(&cluster, &[1, 2, 3], START).await?;

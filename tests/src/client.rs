@@ -15,6 +15,23 @@ use ferrolog_client::RecordBatch;
 use ferrolog_client::TopicInfo;
 use ferrolog_proto::v1;
 
+/// A serving cluster of `brokers` brokers with one topic created and led:
+/// the cluster, a client of every broker, and each partition's leader.
+pub async fn cluster_with_topic(
+    brokers: usize,
+    topic: &str,
+    partitions: u32,
+    replication_factor: u32,
+    timeout: Duration,
+) -> anyhow::Result<(crate::cluster::Cluster, TestClient, Vec<u64>)> {
+    let mut cluster = crate::cluster::Cluster::start(brokers)?;
+    cluster.wait_serving(timeout).await?;
+    let client = TestClient::new(cluster.addrs());
+    client.create_topic(topic, partitions, replication_factor).await?;
+    let leaders = client.wait_leaders(topic, timeout).await?;
+    Ok((cluster, client, leaders))
+}
+
 /// A batch of `values` without keys.
 pub fn make_batch(values: &[Vec<u8>]) -> RecordBatch {
     let records: Vec<(Option<Vec<u8>>, Vec<u8>)> = values.iter().map(|v| (None, v.clone())).collect();

@@ -225,9 +225,9 @@ impl Recovery {
 }
 
 /// Pause between rounds of asking the voters while too few answer.
-const PROBE_RETRY: Duration = Duration::from_millis(500);
+pub(crate) const PROBE_RETRY: Duration = Duration::from_millis(500);
 /// How long one voter may take to answer (a hung one is skipped).
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Asks the other voters of recovering `group` for their state until
 /// enough answered (see the module docs), then records the target. `voters`

@@ -101,10 +101,10 @@ fn halt_if_failed(node_id: u64, storage: &Storage) {
     }
 }
 
-/// How long one probe of a peer may take (a hung peer is skipped).
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-/// Pause between rounds of probes while too few peers answer.
-const PROBE_RETRY: Duration = Duration::from_millis(500);
+// The metadata bootstrap probes its peers as recovering groups probe
+// their voters: same per-peer timeout, same pause between rounds.
+use crate::recovery::PROBE_RETRY;
+use crate::recovery::PROBE_TIMEOUT;
 
 /// Bootstraps the metadata group from a fresh data dir, unless the peers
 /// already form a cluster. A broker whose disk was lost and that bootstrapped

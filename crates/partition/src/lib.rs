@@ -109,19 +109,20 @@ pub struct Appended {
 
 impl Outcome {
     /// The answer of [`Command::Append`]: this is the one place an outcome is
-    /// matched against the append it answers. `None` for the outcome of
-    /// another kind of command, which applying an append never gives (only
-    /// an append is ever refused; `an_append_is_answered_as_an_append` below).
-    pub fn into_append(self) -> Option<Result<Appended, Rejection>> {
+    /// matched against the append it answers. The outcome back (`Err`) when
+    /// it is of another kind of command, which applying an append never
+    /// gives (only an append is ever refused;
+    /// `an_append_is_answered_as_an_append` below).
+    pub fn into_append(self) -> Result<Result<Appended, Rejection>, Outcome> {
         match self {
             Outcome::Appended { base_offset, last_offset } => {
-                Some(Ok(Appended { base_offset, last_offset, duplicate: false }))
+                Ok(Ok(Appended { base_offset, last_offset, duplicate: false }))
             }
             Outcome::Duplicate { base_offset, last_offset } => {
-                Some(Ok(Appended { base_offset, last_offset, duplicate: true }))
+                Ok(Ok(Appended { base_offset, last_offset, duplicate: true }))
             }
-            Outcome::Rejected(r) => Some(Err(r)),
-            Outcome::Trimmed(_) | Outcome::Clocked { .. } => None,
+            Outcome::Rejected(r) => Ok(Err(r)),
+            other @ (Outcome::Trimmed(_) | Outcome::Clocked { .. }) => Err(other),
         }
     }
 }
@@ -327,22 +328,25 @@ mod tests {
         let answer = |s: &mut PartitionState, c: Command| s.apply(c).0.into_append();
         assert_eq!(
             answer(&mut s, Command::Append(idem(7, 0, 0, 2))),
-            Some(Ok(Appended { base_offset: 0, last_offset: 1, duplicate: false }))
+            Ok(Ok(Appended { base_offset: 0, last_offset: 1, duplicate: false }))
         );
         assert_eq!(
             answer(&mut s, Command::Append(idem(7, 0, 0, 2))),
-            Some(Ok(Appended { base_offset: 0, last_offset: 1, duplicate: true }))
+            Ok(Ok(Appended { base_offset: 0, last_offset: 1, duplicate: true }))
         );
         assert!(matches!(
             answer(&mut s, Command::Append(idem(7, 0, 9, 1))),
-            Some(Err(Rejection::OutOfOrderSequence { .. }))
+            Ok(Err(Rejection::OutOfOrderSequence { .. }))
         ));
         let mut corrupt = batch(1);
         corrupt.crc32c ^= 1;
-        assert!(matches!(answer(&mut s, Command::Append(corrupt)), Some(Err(Rejection::Corrupt(_)))));
+        assert!(matches!(answer(&mut s, Command::Append(corrupt)), Ok(Err(Rejection::Corrupt(_)))));
         // Trims and clocks answer no producer.
-        assert_eq!(answer(&mut s, Command::TrimBefore(1)), None);
-        assert_eq!(answer(&mut s, Command::Clock { now_ms: 10, producer_idle_ms: 1 }), None);
+        assert_eq!(answer(&mut s, Command::TrimBefore(1)), Err(Outcome::Trimmed(1)));
+        assert!(matches!(
+            answer(&mut s, Command::Clock { now_ms: 10, producer_idle_ms: 1 }),
+            Err(Outcome::Clocked { .. })
+        ));
     }
 
     fn idem(pid: i64, epoch: i32, seq: i32, n: u32) -> Batch {

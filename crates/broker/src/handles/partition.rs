@@ -382,12 +382,12 @@ pub fn check_batch(batch: &Batch, max_bytes: u32) -> Result<(), BrokerError> {
 /// whether it was a retry of a batch already appended.
 fn produced(r: Result<Outcome, NotACommand>) -> Result<(u64, u64, bool), BrokerError> {
     let outcome = r.map_err(|e| BrokerError::Internal(format!("produce: {e}")))?;
-    match outcome.clone().into_append() {
-        Some(Ok(a)) => Ok((a.base_offset, a.last_offset, a.duplicate)),
-        Some(Err(r)) => Err(r.into()),
+    match outcome.into_append() {
+        Ok(Ok(a)) => Ok((a.base_offset, a.last_offset, a.duplicate)),
+        Ok(Err(r)) => Err(r.into()),
         // Impossible: applying an append answers as an append (tested in
         // ferrolog-partition); reported, not panicked on.
-        None => Err(BrokerError::Internal(format!("produce: applying it answered {outcome:?}"))),
+        Err(other) => Err(BrokerError::Internal(format!("produce: applying it answered {other:?}"))),
     }
 }
 
