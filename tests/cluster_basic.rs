@@ -285,6 +285,101 @@ async fn bad_input_gets_clear_errors_and_loses_nothing() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `records` (offset deltas as given, every record at timestamp `ts`)
+/// under `header`, sealed with a checksum that matches: a producer that
+/// lies computes its CRC over the lie.
+fn lying_batch(header: ferrolog_types::BatchHeader, deltas: &[u32], ts: i64, compress: bool) -> v1::RecordBatch {
+    use prost::Message;
+    let list = v1::RecordList {
+        records: deltas
+            .iter()
+            .map(|d| v1::Record {
+                key: None,
+                value: format!("lie-{d}").into_bytes().into(),
+                headers: vec![],
+                timestamp_ms: ts,
+                offset_delta: *d,
+            })
+            .collect(),
+    };
+    let mut bytes = list.encode_to_vec();
+    if compress {
+        bytes = lz4_flex::compress_prepend_size(&bytes);
+    }
+    ferrolog_proto::batch::to_proto(0, &ferrolog_types::Batch::seal(header, bytes.into()))
+}
+
+/// A client that lies about its batches (a record count that is not the
+/// number of records, garbage or mis-numbered records under a valid CRC, a
+/// max timestamp no record has, an LZ4 block that claims 4 GiB) is refused
+/// with a clear corrupt-batch error, and nothing it sent moves an offset:
+/// before the broker decoded batches, a count of 5 over 3 records was
+/// stored, and the next producer's record landed at offset 6 instead of 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_that_lie_about_their_records_are_refused_and_shift_no_offset() -> anyhow::Result<()> {
+    use ferrolog_types::BatchHeader;
+    let mut cluster = Cluster::start(3)?;
+    cluster.wait_serving(START).await?;
+    let client = TestClient::new(cluster.addrs());
+    client.create_topic("t1", 1, 3).await?;
+    let leaders = client.wait_leaders("t1", START).await?;
+    let ok = client.produce("t1", 0, ferrolog_client::Acks::All, &[b"kept".to_vec()], OP).await?;
+    assert_eq!(ok.base_offset, Some(0));
+    let leader = cluster.node(leaders[0]).addr.clone();
+    let mut c = BrokerClient::connect(format!("http://{leader}")).await?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+    let plain = |n: u32| BatchHeader::plain(n, now);
+    let mut lz4 = plain(1);
+    lz4.compression = v1::Compression::Lz4 as u32;
+    let mut late = plain(2);
+    late.max_timestamp_ms = now + 1_000;
+    let bomb = ferrolog_proto::batch::to_proto(
+        0,
+        &ferrolog_types::Batch::seal(lz4, vec![0xff, 0xff, 0xff, 0xff, 0x00].into()),
+    );
+    let garbage = ferrolog_proto::batch::to_proto(0, &ferrolog_types::Batch::seal(plain(1), vec![0xffu8; 64].into()));
+    let cases: Vec<(&str, v1::RecordBatch, &str)> = vec![
+        ("count above the records", lying_batch(plain(5), &[0, 1, 2], now, false), "record_count is 5"),
+        ("count below the records", lying_batch(plain(2), &[0, 1, 2], now, false), "record_count is 2"),
+        ("repeated offset deltas", lying_batch(plain(3), &[0, 0, 1], now, false), "offset delta"),
+        ("offset deltas from 1", lying_batch(plain(3), &[1, 2, 3], now, false), "offset delta"),
+        ("a max timestamp no record has", lying_batch(late, &[0, 1], now, false), "max_timestamp_ms"),
+        ("a lying count, compressed", lying_batch(lz4, &[0, 1], now, true), "record_count is 1"),
+        ("an LZ4 block claiming 4 GiB", bomb, "over the limit"),
+        ("garbage under a valid CRC", garbage, "do not decode"),
+    ];
+    for (what, batch, says) in cases {
+        let e = c
+            .produce(v1::ProduceRequest {
+                topic: "t1".into(),
+                partition: 0,
+                acks: v1::Acks::All as i32,
+                batch: Some(batch),
+                timeout_ms: 0,
+            })
+            .await
+            .expect_err(what);
+        assert_eq!(e.code(), Code::InvalidArgument, "{what}: {e:?}");
+        assert_eq!(reason_of(&e).map(|(r, _)| r), Some(Reason::CorruptBatch), "{what}: {e:?}");
+        assert!(e.message().contains(says), "{what}: {}", e.message());
+    }
+    // The next honest record lands right after the first: nothing moved.
+    let next = client.produce("t1", 0, ferrolog_client::Acks::All, &[b"next".to_vec()], OP).await?;
+    assert_eq!(next.base_offset, Some(1), "a refused batch moved the offsets");
+    for node in &cluster.nodes {
+        let got = eventually("every replica to hold both records", OP, || {
+            let (client, addr) = (&client, node.addr.clone());
+            async move {
+                let (got, hw) = client.fetch_from(&addr, "t1", 0, 0).await.map_err(|e| e.to_string())?;
+                if hw >= 2 { Ok(got) } else { Err(format!("hw {hw}")) }
+            }
+        })
+        .await?;
+        assert_eq!(got, vec![(0, b"kept".to_vec()), (1, b"next".to_vec())], "broker {}", node.id);
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_broker_joins_and_receives_partitions() -> anyhow::Result<()> {
     let mut cluster = Cluster::start(3)?;

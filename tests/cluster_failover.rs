@@ -87,6 +87,11 @@ async fn verify(client: &TestClient, cluster: &Cluster, acked: &HashMap<Vec<u8>,
     Ok(())
 }
 
+/// Every broker's log tail: a failed phase shows what the brokers did.
+fn logs(cluster: &Cluster) -> String {
+    (1..=3).map(|id| format!("broker {id}'s log:\n{}\n", cluster.log_tail(id))).collect()
+}
+
 /// Three brokers and a replication-factor-3, one-partition topic "ledger";
 /// returns the partition's leader.
 async fn ledger_cluster() -> anyhow::Result<(Cluster, TestClient, u64)> {
@@ -99,11 +104,13 @@ async fn sigkill_leader_then_all_brokers_loses_no_acknowledged_record() -> anyho
     let (mut cluster, client, leader) = ledger_cluster().await?;
 
     let (mut next, mut acked, mut ambiguous) = (0u64, HashMap::new(), 0u64);
-    produce_until(&client, &mut next, &mut acked, &mut ambiguous, 200, START).await?;
+    produce_until(&client, &mut next, &mut acked, &mut ambiguous, 200, START).await.with_context(|| logs(&cluster))?;
 
     // Kill the leader, keep producing: production must resume.
     cluster.kill(leader)?;
-    let first = produce_until(&client, &mut next, &mut acked, &mut ambiguous, 200, START).await?;
+    let first = produce_until(&client, &mut next, &mut acked, &mut ambiguous, 200, START)
+        .await
+        .with_context(|| logs(&cluster))?;
     eprintln!("leader {leader} SIGKILLed: produce succeeded again after {:?} ({ambiguous} ambiguous failures)", first);
     let new_leader = client.wait_leaders("ledger", START).await?[0];
     assert_ne!(new_leader, leader);
@@ -112,7 +119,7 @@ async fn sigkill_leader_then_all_brokers_loses_no_acknowledged_record() -> anyho
     // The killed broker comes back and catches up.
     cluster.restart(leader)?;
     cluster.wait_serving(START).await?;
-    produce_until(&client, &mut next, &mut acked, &mut ambiguous, 50, START).await?;
+    produce_until(&client, &mut next, &mut acked, &mut ambiguous, 50, START).await.with_context(|| logs(&cluster))?;
     let total = acked.len();
     // A failed fetch fails the test (`Ok(Err)`), as before.
     eventually("the restarted broker to catch up", START, || async {
@@ -144,13 +151,15 @@ async fn sigkill_leader_then_all_brokers_loses_no_acknowledged_record() -> anyho
 async fn sigterm_hands_leadership_away_and_exits_cleanly() -> anyhow::Result<()> {
     let (mut cluster, client, leader) = ledger_cluster().await?;
     let (mut next, mut acked, mut ambiguous) = (0u64, HashMap::new(), 0u64);
-    produce_until(&client, &mut next, &mut acked, &mut ambiguous, 100, START).await?;
+    produce_until(&client, &mut next, &mut acked, &mut ambiguous, 100, START).await.with_context(|| logs(&cluster))?;
 
     let status = cluster.terminate(leader, Duration::from_secs(15))?;
     assert!(status.success(), "broker {leader} exited with {status} after SIGTERM");
     // Leadership was handed over before it stopped: a new leader is there
     // and production goes on with no ambiguous failure.
-    let first = produce_until(&client, &mut next, &mut acked, &mut ambiguous, 100, START).await?;
+    let first = produce_until(&client, &mut next, &mut acked, &mut ambiguous, 100, START)
+        .await
+        .with_context(|| logs(&cluster))?;
     eprintln!("after SIGTERM of leader {leader}: produce succeeded after {first:?}, {ambiguous} ambiguous failures");
     assert_eq!(ambiguous, 0, "an orderly stop must not fail acknowledged-or-not writes ambiguously");
     let new_leader = client.wait_leaders("ledger", START).await?[0];

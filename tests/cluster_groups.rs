@@ -77,6 +77,9 @@ fn member_with_session(client: &Arc<Client>, group: &str, topic: &str, seen: &Se
                         a.remove(&t.1);
                     }
                 }
+                Some(Event::OffsetsUnavailable { partitions, error }) => {
+                    eprintln!("committed offsets of {partitions:?} unavailable: {error}")
+                }
             }
         }
     });

@@ -130,12 +130,27 @@ impl InProcCluster {
 /// A plain (non-idempotent) batch of `values`, stamped now.
 pub fn batch(values: &[&[u8]]) -> Batch {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-    let mut records = Vec::new();
-    for v in values {
-        records.extend_from_slice(&(v.len() as u32).to_be_bytes());
-        records.extend_from_slice(v);
-    }
-    Batch::seal(BatchHeader::plain(values.len() as u32, now), Bytes::from(records))
+    sealed(BatchHeader::plain(values.len() as u32, now), values)
+}
+
+/// `header` sealed over a record list of `values` (offset deltas 0, 1, ...;
+/// every record at the header's first timestamp), as brokers require.
+fn sealed(header: BatchHeader, values: &[&[u8]]) -> Batch {
+    use prost::Message;
+    let list = ferrolog_proto::v1::RecordList {
+        records: values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| ferrolog_proto::v1::Record {
+                key: None,
+                value: Bytes::copy_from_slice(v),
+                headers: vec![],
+                timestamp_ms: header.first_timestamp_ms,
+                offset_delta: i as u32,
+            })
+            .collect(),
+    };
+    Batch::seal(header, Bytes::from(list.encode_to_vec()))
 }
 
 /// An idempotent batch of `n` records from `(producer, epoch)` starting at
@@ -145,5 +160,6 @@ pub fn idempotent_batch(producer: i64, epoch: i32, seq: i32, n: u32) -> Batch {
     h.producer_id = producer;
     h.producer_epoch = epoch;
     h.base_sequence = seq;
-    Batch::seal(h, Bytes::from(vec![b'x'; n as usize * 8]))
+    let values = vec![&b"xxxxxxxx"[..]; n as usize];
+    sealed(h, &values)
 }

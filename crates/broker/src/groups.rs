@@ -386,7 +386,7 @@ impl Groups {
                     // it as on a first start; without this, a preferred
                     // leader that lost its disk before its new group
                     // started would leave it to the fallback of the others.
-                    let empty = transport.recovery().target(group).is_some_and(|t| t.last_log.is_none());
+                    let empty = transport.recovery().target(group).is_some_and(|t| t.last_index.is_none());
                     if empty && !transport.recovery().still_recovering(group, None, 0) {
                         raft.runtime_config().elect(true);
                         initialize_new_group(raft, group, members, preferred, fallback).await;

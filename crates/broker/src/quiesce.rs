@@ -89,6 +89,10 @@ pub struct View<'a> {
     pub leader_for: Duration,
     /// Whether a peer broker is live.
     pub is_live: &'a dyn Fn(NodeId) -> bool,
+    /// Whether the leader this follower follows lost its disk (it probed
+    /// this replica: crate::recovery); it leads nothing any more, live as
+    /// its broker is.
+    pub leader_lost_disk: bool,
     /// Idle time after which a caught-up leader stops ticking
     /// (`quiesce_after_ms`).
     pub quiesce_after: Duration,
@@ -125,9 +129,10 @@ pub fn decide(v: &View<'_>) -> Decision {
         return Decision { tick, transfer_to };
     }
     // A follower needs its election timer only when the leader's broker is
-    // gone (or no leader is known, or it is still itself after a restart).
+    // gone or the leader lost its disk (or no leader is known, or it is
+    // still itself after a restart).
     let tick = match v.leader {
-        Some(l) if l != v.me => !(v.is_live)(l),
+        Some(l) if l != v.me => !(v.is_live)(l) || v.leader_lost_disk,
         _ => true,
     };
     Decision { tick, transfer_to: None }
@@ -225,6 +230,8 @@ async fn round(
         idle_for: now.saturating_duration_since(s.active_at),
         leader_for: now.saturating_duration_since(s.leader_since),
         is_live: &is_live,
+        leader_lost_disk: m.state != ServerState::Leader
+            && groups.transport().recovery().is_lost_leader(r.group, m.current_leader),
         quiesce_after: groups.timings().quiesce_after,
         preferred_leader_delay: groups.timings().preferred_leader_delay,
     });
@@ -268,6 +275,7 @@ mod tests {
             idle_for: QUIESCE_AFTER,
             leader_for: Duration::ZERO,
             is_live: live,
+            leader_lost_disk: false,
             quiesce_after: QUIESCE_AFTER,
             preferred_leader_delay: PREFERRED_LEADER_DELAY,
         }
@@ -304,6 +312,11 @@ mod tests {
         v.state = ServerState::Follower;
         v.leader = Some(2);
         assert!(decide(&v).tick, "leader's broker down: must be able to elect");
+        let mut v = view(&live);
+        v.state = ServerState::Follower;
+        v.leader = Some(2);
+        v.leader_lost_disk = true;
+        assert!(decide(&v).tick, "leader's broker live but it lost its disk: must be able to elect");
         let mut v = view(&live);
         v.state = ServerState::Follower;
         v.leader = None;

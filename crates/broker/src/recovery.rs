@@ -12,12 +12,16 @@
 //! must never come back with an empty log).
 //!
 //! This module owns the rule that closes that hole. While a group is
-//! *recovering* on this broker, its replica neither grants votes (vote,
-//! pre-vote and leadership hand-off requests are refused) nor asks for
-//! them (its own vote requests are not sent), and the broker never calls
-//! `initialize()` for it. It still accepts entries from a leader, so it
-//! catches up, and it still acknowledges what it durably stored, so commits
-//! can count it.
+//! *recovering* on this broker, its replica asks for no votes (its own vote
+//! requests are not sent), takes no leadership hand-off, and the broker
+//! never calls `initialize()` for it. It grants a vote only to a candidate
+//! that holds everything it may have helped commit (below). It accepts
+//! entries (and snapshots) only from a leader at least as recent as any it
+//! may have followed before: an empty vote would otherwise let a stale
+//! leader, cut off from a newer one, append to it and commit with it
+//! entries the newer leader overwrote. Within that, it catches up as any
+//! follower does and acknowledges what it durably stored, so commits can
+//! count it.
 //!
 //! It recovers once it knows it holds everything it may have helped commit
 //! and vote for. After the restart it asks enough of the group's other
@@ -25,9 +29,10 @@
 //! majority `q = n/2 + 1`, `n - q + 1` of the others. Any majority that
 //! included this replica also included at least `q - 1` others, so those
 //! answers include at least one member of every such majority. The target is
-//! the largest vote term and the largest last log index among the answers;
-//! the replica recovers when it has *applied* up to that index and its own
-//! vote has reached that term. Then:
+//! the largest vote term, the largest last log index and the most
+//! up-to-date last log id (by term, then index, as Raft orders logs) among
+//! the answers; the replica recovers when it has *applied* up to that index
+//! and its own vote has reached that term. Then:
 //!
 //! - every entry committed before the disk was lost is in its log: such an
 //!   entry is in some answering voter's log, at or below its last index,
@@ -35,6 +40,25 @@
 //!   prefix this replica applied holds it;
 //! - it cannot vote twice in a term: a candidate it voted for before had a
 //!   voter among the answers, whose vote term is at least that term.
+//!
+//! Until then, it grants a vote only for a term past the target's (it may
+//! have voted in any term up to that one) and only to a candidate whose last
+//! log id is at least the target's most up-to-date one, or once it has
+//! applied the target's index itself. The first is Raft's own election
+//! restriction, checked on behalf of the answering voters: a candidate at
+//! least as up to date as a voter holds every committed entry that voter
+//! holds. It is what lets a group elect again when its leader was the
+//! replica that lost its disk: with two replicas, the survivor needs this
+//! replica's vote, and this replica's log can only come from a leader.
+//! A follower whose leader probes it learns that its leader lost its disk
+//! (it leads nothing any more) and turns its election timer back on
+//! ([`Recovery::leader_lost_disk`]), as it would had the leader's broker
+//! stopped.
+//!
+//! It accepts entries and snapshots only once the target is known, and only
+//! from a leader whose term is at least the target's vote term: before the
+//! disk was lost it may have followed (or voted for) a leader of any term up
+//! to that one, and as such a follower it would have refused an older one.
 //!
 //! A replica that cannot get enough answers (voters down) stays recovering:
 //! without them no election could be safe anyway. The answers are asked for
@@ -58,13 +82,41 @@ use std::time::Duration;
 use ferrolog_types::GroupId;
 use ferrolog_types::NodeId;
 
+/// A log position as Raft orders logs: by the term of the last entry, then
+/// by its index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, serde::Serialize, serde::Deserialize)]
+pub struct LogPos {
+    /// The term of the leader that proposed the entry.
+    pub term: u64,
+    /// The entry's index.
+    pub index: u64,
+}
+
+impl LogPos {
+    /// The position of entry `index` of term `term`.
+    pub fn new(term: u64, index: u64) -> Self {
+        Self { term, index }
+    }
+}
+
 /// What one replica reports of itself to a recovering peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct ReplicaState {
     /// The term of its vote.
     pub vote_term: u64,
-    /// Its last log index (`None`: an empty log).
-    pub last_log: Option<u64>,
+    /// Its last log id (`None`: an empty log).
+    pub last_log: Option<LogPos>,
+}
+
+/// What a recovering replica must reach, from the voters' answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Target {
+    /// The largest vote term.
+    pub vote_term: u64,
+    /// The largest last log index (`None`: every answering log is empty).
+    pub last_index: Option<u64>,
+    /// The most up-to-date last log id (by term, then index).
+    pub last_log: Option<LogPos>,
 }
 
 /// How many of the other voters of an `n`-voter group a recovering replica
@@ -77,10 +129,12 @@ pub fn answers_needed(voters: usize) -> usize {
     voters - majority + 1
 }
 
-/// The target from the answers: the largest vote term and last log index.
-pub fn target_of(answers: &[ReplicaState]) -> ReplicaState {
-    ReplicaState {
+/// The target from the answers: the largest vote term, the largest last
+/// log index, the most up-to-date last log id.
+pub fn target_of(answers: &[ReplicaState]) -> Target {
+    Target {
         vote_term: answers.iter().map(|a| a.vote_term).max().unwrap_or(0),
+        last_index: answers.iter().filter_map(|a| a.last_log.map(|l| l.index)).max(),
         last_log: answers.iter().filter_map(|a| a.last_log).max(),
     }
 }
@@ -95,14 +149,14 @@ pub fn target_of(answers: &[ReplicaState]) -> ReplicaState {
 /// group created while its broker caught up could wait forever: its log
 /// fills only from a leader, and the group's other replica needs its vote
 /// to become one.
-fn log_reached(t: ReplicaState, applied: Option<u64>) -> bool {
+fn log_reached(t: Target, applied: Option<u64>) -> bool {
     // `None < Some(_)`: an empty log reaches only an empty target.
-    applied >= t.last_log || t.last_log <= Some(0)
+    applied >= t.last_index || t.last_index <= Some(0)
 }
 
 /// Whether a replica that has applied up to index `applied` and whose vote
 /// is of term `vote_term` has reached `target` (`None`: not known yet).
-pub fn caught_up(target: Option<ReplicaState>, applied: Option<u64>, vote_term: u64) -> bool {
+pub fn caught_up(target: Option<Target>, applied: Option<u64>, vote_term: u64) -> bool {
     let Some(t) = target else { return false };
     log_reached(t, applied) && vote_term >= t.vote_term
 }
@@ -110,7 +164,10 @@ pub fn caught_up(target: Option<ReplicaState>, applied: Option<u64>, vote_term: 
 #[derive(Debug, Default)]
 struct State {
     /// Recovering groups and, once enough voters answered, their target.
-    recovering: HashMap<GroupId, Option<ReplicaState>>,
+    recovering: HashMap<GroupId, Option<Target>>,
+    /// Groups whose leader, as a follower here knows it, probed this
+    /// broker: that leader lost its disk and leads nothing any more.
+    lost_leaders: HashSet<(GroupId, NodeId)>,
     /// The partition groups this broker held replicas of before its disk
     /// was lost, known once the metadata group has recovered.
     inherited: HashSet<GroupId>,
@@ -139,12 +196,12 @@ impl Recovery {
     }
 
     /// The target of `group`, once enough voters answered.
-    pub fn target(&self, group: GroupId) -> Option<ReplicaState> {
+    pub fn target(&self, group: GroupId) -> Option<Target> {
         self.state.lock().expect("recovery lock").recovering.get(&group).copied().flatten()
     }
 
     /// Records `group`'s target (from [`target_of`]); the first one stays.
-    pub fn set_target(&self, group: GroupId, target: ReplicaState) {
+    pub fn set_target(&self, group: GroupId, target: Target) {
         if let Some(t) = self.state.lock().expect("recovery lock").recovering.get_mut(&group)
             && t.is_none()
         {
@@ -167,25 +224,67 @@ impl Recovery {
         true
     }
 
-    /// Whether a vote (or pre-vote) request of term `request_term` may reach
-    /// the replica of `group`, which has applied up to `applied` and whose
-    /// vote is of term `vote_term`. A replica not recovering decides as
-    /// usual. A recovering one first needs the log half of its target (it
-    /// must not help elect a candidate that lacks what it helped commit);
-    /// its vote may be older than the target's term, and it could have
-    /// voted in any term up to that one before its disk was lost, so it
-    /// answers only requests of a later term. Granting one raises its vote
-    /// past the target: it has then caught up. This is what elects the
-    /// first leader of a group whose only other replica waits for this
-    /// replica's vote.
-    pub fn admits_vote(&self, group: GroupId, applied: Option<u64>, vote_term: u64, request_term: u64) -> bool {
+    /// Whether a vote (or pre-vote) request of term `request_term` from a
+    /// candidate whose last log id is `candidate_last` may reach the replica
+    /// of `group`, which has applied up to `applied` and whose vote is of
+    /// term `vote_term`. A replica not recovering decides as usual. A
+    /// recovering one must not help elect a candidate that lacks what it
+    /// helped commit: the candidate's log must be at least as up to date as
+    /// every answering voter's (Raft's election restriction on their
+    /// behalf), or this replica must hold the target's log itself (openraft
+    /// then compares the candidate with it). Its vote may be older than the
+    /// target's term, and it could have voted in any term up to that one
+    /// before its disk was lost, so it answers only requests of a later
+    /// term. Granting one raises its vote past the target; once it has the
+    /// log too, it has caught up.
+    pub fn admits_vote(
+        &self,
+        group: GroupId,
+        applied: Option<u64>,
+        vote_term: u64,
+        request_term: u64,
+        candidate_last: Option<LogPos>,
+    ) -> bool {
         if !self.still_recovering(group, applied, vote_term) {
             return true;
         }
         match self.target(group) {
-            Some(t) => log_reached(t, applied) && request_term > t.vote_term,
+            Some(t) => (log_reached(t, applied) || candidate_last >= t.last_log) && request_term > t.vote_term,
             None => false,
         }
+    }
+
+    /// Whether entries or a snapshot from a leader of term `leader_term` may
+    /// reach the replica of `group` (applied up to `applied`, vote of term
+    /// `vote_term`). A recovering replica takes them only once its target
+    /// is known and only from a leader of the target's vote term or later:
+    /// it may have followed such a leader before its disk was lost, and
+    /// would then have refused an older one.
+    pub fn admits_leader(&self, group: GroupId, applied: Option<u64>, vote_term: u64, leader_term: u64) -> bool {
+        if !self.still_recovering(group, applied, vote_term) {
+            return true;
+        }
+        self.target(group).is_some_and(|t| leader_term >= t.vote_term)
+    }
+
+    /// A follower of `group` here learnt that `leader`, the leader it
+    /// follows, lost its disk (the leader probed it): until the group has
+    /// another leader, the follower's election timer must run even though
+    /// the leader's broker is live (see [`crate::quiesce`]).
+    pub fn leader_lost_disk(&self, group: GroupId, leader: NodeId) {
+        self.state.lock().expect("recovery lock").lost_leaders.insert((group, leader));
+    }
+
+    /// Whether `leader`, the leader a follower of `group` here follows, lost
+    /// its disk; forgets what it knew of `group`'s other leaders (the group
+    /// elected another since).
+    pub fn is_lost_leader(&self, group: GroupId, leader: Option<NodeId>) -> bool {
+        let mut state = self.state.lock().expect("recovery lock");
+        if state.lost_leaders.is_empty() {
+            return false;
+        }
+        state.lost_leaders.retain(|(g, l)| *g != group || Some(*l) == leader);
+        leader.is_some_and(|l| state.lost_leaders.contains(&(group, l)))
     }
 
     /// The metadata group has caught up; `held` are the partition groups
@@ -216,6 +315,7 @@ impl Recovery {
         let mut state = self.state.lock().expect("recovery lock");
         state.recovering.remove(&group);
         state.inherited.remove(&group);
+        state.lost_leaders.retain(|(g, _)| *g != group);
     }
 
     /// The number of groups recovering (for metrics and logs).
@@ -281,8 +381,14 @@ mod tests {
         Some(index)
     }
 
-    fn state(vote_term: u64, last_log: Option<u64>) -> ReplicaState {
-        ReplicaState { vote_term, last_log }
+    /// A target of vote term `vote_term` whose voters' logs end at `last`
+    /// (term, index), the most up-to-date being the longest.
+    fn target(vote_term: u64, last: Option<(u64, u64)>) -> Target {
+        Target { vote_term, last_index: last.map(|(_, i)| i), last_log: last.map(|(t, i)| LogPos::new(t, i)) }
+    }
+
+    fn pos(term: u64, index: u64) -> Option<LogPos> {
+        Some(LogPos::new(term, index))
     }
 
     #[test]
@@ -307,10 +413,19 @@ mod tests {
     }
 
     #[test]
-    fn the_target_is_the_largest_term_and_index() {
-        let t = target_of(&[state(5, at(100)), state(6, at(90)), state(5, None)]);
-        assert_eq!(t, state(6, at(100)));
-        assert_eq!(target_of(&[]), state(0, None));
+    fn the_target_is_the_largest_term_and_index_and_the_most_up_to_date_log() {
+        let answers = [
+            ReplicaState { vote_term: 5, last_log: pos(5, 100) },
+            ReplicaState { vote_term: 6, last_log: pos(6, 90) },
+            ReplicaState { vote_term: 5, last_log: None },
+        ];
+        let t = target_of(&answers);
+        assert_eq!(t.vote_term, 6);
+        assert_eq!(t.last_index, at(100));
+        // Raft orders logs by the last entry's term first: (6, 90) is more
+        // up to date than (5, 100).
+        assert_eq!(t.last_log, pos(6, 90));
+        assert_eq!(target_of(&[]), Target::default());
     }
 
     #[test]
@@ -318,8 +433,9 @@ mod tests {
         let r = Recovery::new();
         assert!(!r.is_recovering(G));
         assert!(!r.still_recovering(G, None, 0));
-        r.set_target(G, state(3, at(10)));
+        r.set_target(G, target(3, Some((3, 10))));
         assert_eq!(r.target(G), None);
+        assert!(r.admits_leader(G, None, 0, 1));
     }
 
     #[test]
@@ -328,10 +444,10 @@ mod tests {
         r.start(G);
         // No answers yet: not caught up, whatever was applied.
         assert!(r.still_recovering(G, at(1_000), 9));
-        r.set_target(G, state(6, at(100)));
+        r.set_target(G, target(6, Some((6, 100))));
         // A later target does not replace the first.
-        r.set_target(G, state(9, at(1_000)));
-        assert_eq!(r.target(G), Some(state(6, at(100))));
+        r.set_target(G, target(9, Some((9, 1_000))));
+        assert_eq!(r.target(G), Some(target(6, Some((6, 100)))));
         // Behind the voters' logs.
         assert!(r.still_recovering(G, None, 6));
         assert!(r.still_recovering(G, at(99), 6));
@@ -347,19 +463,74 @@ mod tests {
     fn a_recovering_replica_admits_only_votes_past_the_target_once_it_has_the_log() {
         let r = Recovery::new();
         r.start(G);
-        // No target yet: nothing.
-        assert!(!r.admits_vote(G, at(100), 0, 50));
-        r.set_target(G, state(6, at(100)));
-        // Behind the voters' logs: not even a later term.
-        assert!(!r.admits_vote(G, at(99), 0, 7));
+        // No target yet: nothing, whatever the candidate holds.
+        assert!(!r.admits_vote(G, at(100), 0, 50, pos(49, 1_000)));
+        r.set_target(G, target(6, Some((6, 100))));
+        // Behind the voters' logs, and so is the candidate: not even a
+        // later term.
+        assert!(!r.admits_vote(G, at(99), 0, 7, pos(6, 99)));
+        assert!(!r.admits_vote(G, at(99), 0, 7, None));
         // The log, a vote of an older term: a request of the target's term
         // or before could be one it already answered differently.
-        assert!(!r.admits_vote(G, at(100), 0, 6));
-        assert!(r.admits_vote(G, at(100), 0, 7));
+        assert!(!r.admits_vote(G, at(100), 0, 6, pos(6, 100)));
+        assert!(r.admits_vote(G, at(100), 0, 7, None), "it holds the log: openraft compares");
         assert!(r.is_recovering(G), "admitting a vote is not catching up");
         // Its vote reached the target's term: recovered, decides as usual.
-        assert!(r.admits_vote(G, at(100), 6, 1));
+        assert!(r.admits_vote(G, at(100), 6, 1, None));
         assert!(!r.is_recovering(G));
+    }
+
+    #[test]
+    fn a_candidate_as_up_to_date_as_every_answering_voter_is_admitted_without_the_log() {
+        // The leader lost its disk; the group's other replica, which has
+        // the whole log, campaigns in a later term. This replica has
+        // nothing, and only a leader could bring it the log.
+        let r = Recovery::new();
+        r.start(G);
+        r.set_target(G, target(4, Some((4, 500))));
+        assert!(r.admits_vote(G, None, 0, 5, pos(4, 500)));
+        assert!(r.admits_vote(G, None, 0, 5, pos(5, 3)), "a later last term is more up to date");
+        // Less up to date than an answering voter: it may lack a
+        // committed entry.
+        assert!(!r.admits_vote(G, None, 0, 5, pos(4, 499)));
+        assert!(!r.admits_vote(G, None, 0, 5, pos(3, 900)));
+        assert!(!r.admits_vote(G, None, 0, 5, None));
+        // Up to date, but of a term it may have voted in already.
+        assert!(!r.admits_vote(G, None, 0, 4, pos(4, 500)));
+        assert!(r.is_recovering(G));
+    }
+
+    #[test]
+    fn a_recovering_replica_takes_entries_only_from_a_leader_as_recent_as_its_target() {
+        let r = Recovery::new();
+        r.start(G);
+        // Before the voters answered, any leader may be a stale one.
+        assert!(!r.admits_leader(G, None, 0, 9));
+        r.set_target(G, target(6, Some((6, 100))));
+        // A leader of term 5, cut off from the term-6 one, is refused...
+        assert!(!r.admits_leader(G, None, 0, 5));
+        // ... the term-6 leader and later ones are not.
+        assert!(r.admits_leader(G, None, 0, 6));
+        assert!(r.admits_leader(G, at(50), 6, 7));
+        assert!(r.is_recovering(G));
+        // Caught up: any leader, as Raft decides.
+        assert!(r.admits_leader(G, at(100), 6, 1));
+        assert!(!r.is_recovering(G));
+    }
+
+    #[test]
+    fn a_follower_forgets_a_lost_leader_once_the_group_elects_another() {
+        let r = Recovery::new();
+        assert!(!r.is_lost_leader(G, Some(3)));
+        r.leader_lost_disk(G, 3);
+        assert!(r.is_lost_leader(G, Some(3)));
+        assert!(!r.is_lost_leader(GroupId(8), Some(3)), "another group");
+        // Another leader since: forgotten, also if 3 leads again later.
+        assert!(!r.is_lost_leader(G, Some(2)));
+        assert!(!r.is_lost_leader(G, Some(3)));
+        r.leader_lost_disk(G, 3);
+        r.forget(G);
+        assert!(!r.is_lost_leader(G, Some(3)));
     }
 
     #[test]
@@ -368,11 +539,11 @@ mod tests {
         // entry it wrote itself) and campaigned in term 1 with its own vote.
         let r = Recovery::new();
         r.start(G);
-        r.set_target(G, state(1, at(0)));
+        r.set_target(G, target(1, Some((0, 0))));
         // This replica has nothing applied: the log half is met (nothing was
         // ever committed by a leader), the term half is not.
-        assert!(!r.admits_vote(G, None, 0, 1), "term 1: it may have voted in it before");
-        assert!(r.admits_vote(G, None, 0, 2), "the next campaign is admitted");
+        assert!(!r.admits_vote(G, None, 0, 1, pos(0, 0)), "term 1: it may have voted in it before");
+        assert!(r.admits_vote(G, None, 0, 2, pos(0, 0)), "the next campaign is admitted");
         assert!(r.still_recovering(G, None, 0));
         // Once its vote is of term 2 (granted), it has caught up.
         assert!(!r.still_recovering(G, None, 2));
@@ -381,12 +552,12 @@ mod tests {
     #[test]
     fn empty_voters_make_an_empty_target() {
         // Every answering voter is empty too (nothing was committed).
-        assert!(caught_up(Some(state(0, None)), None, 0));
+        assert!(caught_up(Some(target(0, None)), None, 0));
         // Index 0 only (the membership entry of initialize()): nothing
         // committed either.
-        assert!(caught_up(Some(state(0, at(0))), None, 0));
-        assert!(!caught_up(Some(state(0, at(1))), None, 1));
-        assert!(!caught_up(Some(state(0, at(1))), at(0), 1));
+        assert!(caught_up(Some(target(0, Some((0, 0)))), None, 0));
+        assert!(!caught_up(Some(target(0, Some((1, 1)))), None, 1));
+        assert!(!caught_up(Some(target(0, Some((1, 1)))), at(0), 1));
         assert!(!caught_up(None, at(1), 1));
     }
 
@@ -394,7 +565,7 @@ mod tests {
     fn the_metadata_group_recovers_only_when_told_and_decides_the_partitions() {
         let r = Recovery::new();
         r.start(GroupId::METADATA);
-        r.set_target(GroupId::METADATA, state(3, at(40)));
+        r.set_target(GroupId::METADATA, target(3, Some((3, 40))));
         // Caught up, but the metadata group waits for finish_metadata
         // (which records the held groups at that point).
         assert!(r.still_recovering(GroupId::METADATA, at(50), 3));

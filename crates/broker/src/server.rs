@@ -27,6 +27,7 @@ use crate::groups::Meta;
 use crate::groups::metadata_raft_config;
 use crate::grpc::GrpcServices;
 use crate::handles::Core;
+use crate::transport::MetadataProbe;
 use crate::transport::RaftService;
 use crate::transport::Transport;
 
@@ -110,13 +111,20 @@ use crate::recovery::PROBE_TIMEOUT;
 /// already form a cluster. A broker whose disk was lost and that bootstrapped
 /// again would initialize a group whose committed history it forgot (and,
 /// with empty peers, start a second cluster); so it asks first. One peer
-/// that has applied metadata means the cluster exists: this broker then only
-/// waits for the leader to replicate to it, taking no part in elections
-/// until it has caught up. A majority of the initial peers (this one
-/// included) with nothing applied means the cluster is new: it initializes,
-/// as every initial peer does (openraft allows the same membership twice).
-/// Otherwise it asks again: a peer that does not answer may hold data.
-/// Whether the cluster exists.
+/// whose metadata log holds anything past index 0 means the cluster exists:
+/// this broker then only waits for the leader to replicate to it, taking no
+/// part in elections until it has caught up. The cluster is new only when
+/// enough of the *other* initial peers say their log is empty that every
+/// majority of the initial peers has one of them (`n - q + 1` of the
+/// others: all the others of three, three of the four others of five):
+/// anything committed is on a majority, and this broker cannot count
+/// itself, since an empty data dir is also what a lost disk leaves. Then it
+/// initializes, as every initial peer does (openraft allows the same
+/// membership twice). Otherwise it asks again: a peer that does not answer,
+/// or does not know yet, may hold data. So the first start of a cluster
+/// waits for that many peers; a broker that lost its disk, with a peer down
+/// and another one empty, waits for the one that is down instead of
+/// starting the cluster again without it. Whether the cluster exists.
 async fn bootstrap_metadata(
     node_id: NodeId,
     peers: std::collections::BTreeMap<NodeId, String>,
@@ -124,26 +132,26 @@ async fn bootstrap_metadata(
     transport: Arc<Transport>,
     shutdown: CancellationToken,
 ) -> bool {
-    let majority = peers.len() / 2 + 1;
+    let needed = crate::recovery::answers_needed(peers.len());
     loop {
-        let mut empty = 1;
+        let mut empty = 0;
         for (peer, addr) in peers.iter().filter(|(id, _)| **id != node_id) {
             match transport.probe_metadata(*peer, addr, PROBE_TIMEOUT).await {
-                Some(applied) if applied > 0 => {
+                Some(MetadataProbe::Cluster { last_index }) => {
                     tracing::warn!(
                         node = node_id,
                         peer,
-                        applied,
+                        last_index,
                         "empty data dir, but the peers already form a cluster: joining it (not bootstrapping); this \
                          broker takes no part in elections until it has caught up"
                     );
                     return true;
                 }
-                Some(_) => empty += 1,
+                Some(MetadataProbe::Empty) => empty += 1,
                 None => {}
             }
         }
-        if empty >= majority {
+        if empty >= needed {
             tracing::info!(node = node_id, empty, of = peers.len(), "no cluster yet: bootstrapping the metadata group");
             transport.recovery().finish_metadata([]);
             raft.runtime_config().elect(true);
@@ -154,7 +162,12 @@ async fn bootstrap_metadata(
             }
             return false;
         }
-        tracing::info!(node = node_id, empty, majority, "waiting for the peers to say whether a cluster exists");
+        tracing::info!(
+            node = node_id,
+            empty,
+            needed,
+            "waiting for the other initial peers to say whether a cluster exists"
+        );
         tokio::select! {
             _ = shutdown.cancelled() => return false,
             _ = tokio::time::sleep(PROBE_RETRY) => {}
@@ -163,18 +176,22 @@ async fn bootstrap_metadata(
 }
 
 /// The metadata group's voters as a recovering broker sees them: its
-/// membership, once the leader's entries told it (the leader replicates to a
-/// reverted follower from scratch: `allow_log_reversion`). Not the initial
-/// peers: voters that joined later may hold what they lack.
+/// membership if the leader's entries told it, else the initial peers. A
+/// recovering replica takes no entries until it has its target
+/// (crate::recovery), so after a lost disk this is the initial peers: a
+/// broker that became a voter through `--join` and holds what this one lacks
+/// is not asked (see docs/architecture.md).
 fn metadata_voters(
     raft: Raft<ferrolog_raft::MetaConfig, MetaStateMachine>,
+    initial: std::collections::BTreeMap<NodeId, String>,
 ) -> impl FnMut() -> Option<Vec<(NodeId, String)>> + Send {
     move || {
         use openraft::async_runtime::watch::WatchReceiver;
         let m = raft.metrics().borrow_watched().clone();
         let membership = m.membership_config.membership();
-        // Empty until the leader's entries arrive: the probe waits.
-        Some(membership.voter_ids().filter_map(|id| membership.get_node(&id).map(|n| (id, n.addr.clone()))).collect())
+        let known: Vec<(NodeId, String)> =
+            membership.voter_ids().filter_map(|id| membership.get_node(&id).map(|n| (id, n.addr.clone()))).collect();
+        if known.is_empty() { Some(initial.iter().map(|(id, a)| (*id, a.clone())).collect()) } else { Some(known) }
     }
 }
 
@@ -418,7 +435,7 @@ async fn run_inner(
         tasks.spawn_fallible("metadata bootstrap", async move {
             if bootstrap_metadata(node_id, peers.clone(), raft.clone(), transport.clone(), shutdown).await {
                 // The cluster exists: catch up before voting again.
-                crate::recovery::probe_group(transport, GroupId::METADATA, node_id, metadata_voters(raft)).await;
+                crate::recovery::probe_group(transport, GroupId::METADATA, node_id, metadata_voters(raft, peers)).await;
             }
             Ok(())
         });

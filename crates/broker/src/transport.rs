@@ -20,6 +20,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 use std::time::Instant;
 
+use crate::recovery::LogPos;
 use crate::recovery::Recovery;
 use crate::recovery::ReplicaState;
 use ferrolog_proto::internal::RaftMessage;
@@ -159,16 +160,19 @@ impl Transport {
         }
     }
 
-    /// Asks `peer` at `addr` for its last applied metadata index (one broker
-    /// heartbeat, which also tells it we are alive); `None` if it does not
-    /// answer within `timeout`.
-    pub async fn probe_metadata(&self, peer: NodeId, addr: &str, timeout: Duration) -> Option<u64> {
+    /// Asks `peer` at `addr` for its metadata log (one broker heartbeat,
+    /// which also tells it we are alive); `None` if it does not answer
+    /// within `timeout` or does not know (see [`MetadataProbe`]).
+    pub async fn probe_metadata(&self, peer: NodeId, addr: &str, timeout: Duration) -> Option<MetadataProbe> {
         let channel = self.channel(addr).ok()?;
         let mut client = RaftClient::new(channel).max_decoding_message_size(RAFT_MESSAGE_LIMIT);
         let req =
             ferrolog_proto::internal::BrokerHeartbeat { from_node: self.node_id, to_node: peer, metadata_applied: 0 };
         match tokio::time::timeout(timeout, client.heartbeat(req)).await {
-            Ok(Ok(reply)) => Some(reply.into_inner().metadata_applied),
+            Ok(Ok(reply)) => reply.into_inner().metadata_log.map(|l| match l.last_index {
+                Some(i) if i > 0 => MetadataProbe::Cluster { last_index: i },
+                _ => MetadataProbe::Empty,
+            }),
             Ok(Err(e)) => {
                 tracing::debug!(peer, error = %e, "metadata probe failed");
                 None
@@ -269,6 +273,19 @@ pub struct GroupClient<C> {
 
 fn unreachable<C: GroupConfig, E: std::fmt::Display>(e: E) -> RPCError<C> {
     RPCError::Unreachable(Unreachable::from_string(e.to_string()))
+}
+
+/// What a peer says of its metadata log to a broker that starts on an empty
+/// data dir.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetadataProbe {
+    /// Nothing past index 0: no leader ever committed anything there.
+    Empty,
+    /// Entries past index 0: the cluster exists.
+    Cluster {
+        /// The peer's last metadata log index.
+        last_index: u64,
+    },
 }
 
 /// A failed gRPC call to a peer: a transport failure (connect refused,
@@ -522,8 +539,9 @@ pub trait GroupRaft: Send + Sync {
     /// term.
     fn applied_and_term(&self) -> (Option<u64>, u64);
 
-    /// The term a vote or pre-vote request (encoded) asks for.
-    fn vote_term_of(&self, payload: &[u8]) -> Option<u64>;
+    /// The term a vote or pre-vote request (encoded) asks for, and the
+    /// candidate's last log id.
+    fn vote_request_of(&self, payload: &[u8]) -> Option<(u64, Option<LogPos>)>;
 
     /// On the leader: lets replication to `peer` start again from an empty
     /// log the next time it reports one (openraft treats a follower whose
@@ -599,8 +617,9 @@ where
 
     fn replica_state(&self) -> ReplicaState {
         use openraft::async_runtime::watch::WatchReceiver;
-        let m = self.metrics().borrow_watched().clone();
-        ReplicaState { vote_term: m.current_term, last_log: m.last_log_index }
+        let vote_term = self.metrics().borrow_watched().current_term;
+        let last_log = self.data_metrics().borrow_watched().last_log.map(|l| LogPos::new(l.leader_id.term, l.index));
+        ReplicaState { vote_term, last_log }
     }
 
     fn applied_and_term(&self) -> (Option<u64>, u64) {
@@ -609,8 +628,9 @@ where
         (m.last_applied.map(|l| l.index), m.current_term)
     }
 
-    fn vote_term_of(&self, payload: &[u8]) -> Option<u64> {
-        decode::<VoteRequest<C>>(payload).ok().map(|r| r.vote.leader_id.term)
+    fn vote_request_of(&self, payload: &[u8]) -> Option<(u64, Option<LogPos>)> {
+        let r = decode::<VoteRequest<C>>(payload).ok()?;
+        Some((r.vote.leader_id.term, r.last_log_id.map(|l| LogPos::new(l.leader_id.term, l.index))))
     }
 
     async fn allow_revert(&self, peer: NodeId) {
@@ -652,7 +672,39 @@ where
     }
 }
 
+/// The term of the leader that sent an (encoded) AppendEntries request:
+/// its vote is the request's first field, decoded alone (the entries of a
+/// catch-up batch are not decoded twice).
+fn leader_term_of_append(payload: &[u8]) -> Option<u64> {
+    postcard::take_from_bytes::<Vote>(payload).ok().map(|(v, _)| v.leader_id.term)
+}
+
 impl RaftService {
+    /// The refusal for entries or a snapshot from a leader of term
+    /// `leader_term` reaching a replica of `group` that lost its disk and
+    /// may not follow that leader (crate::recovery); `None`: admitted.
+    fn refuses_leader(&self, group: GroupId, leader_term: u64) -> Option<RaftReply> {
+        let recovery = self.groups.transport().recovery();
+        if !recovery.is_recovering(group) {
+            return None;
+        }
+        let raft = self.groups.raft(group)?;
+        let (applied, term) = raft.applied_and_term();
+        if recovery.admits_leader(group, applied, term, leader_term) {
+            return None;
+        }
+        Some(err_reply(
+            group.0,
+            ReplyError::Recovering,
+            format!(
+                "{group} on broker {}: this replica lost its disk and takes entries only from a leader as recent as \
+                 its voters' (leader term {leader_term}, target {:?})",
+                self.groups.node_id(),
+                recovery.target(group)
+            ),
+        ))
+    }
+
     /// Checks the target, finds the group and runs the RPC on it; every
     /// failure becomes an error reply of its kind (the sender backs off or
     /// retries by kind).
@@ -672,18 +724,23 @@ impl RaftService {
         let recovery = self.groups.transport().recovery();
         let group = GroupId(g);
         // A replica that lost its disk grants no vote and takes no
-        // leadership until it has caught up (crate::recovery).
+        // leadership until it has caught up, and follows no leader older
+        // than one it may have followed before (crate::recovery).
         let refused = recovery.is_recovering(group) && {
             let (applied, term) = raft.applied_and_term();
             match rpc {
                 Rpc::Vote | Rpc::PreVote => {
                     // An undecodable request is refused by openraft's own
                     // decoding below; term 0 admits nothing here.
-                    let request_term = raft.vote_term_of(&msg.payload).unwrap_or(0);
-                    !recovery.admits_vote(group, applied, term, request_term)
+                    let (request_term, candidate_last) = raft.vote_request_of(&msg.payload).unwrap_or((0, None));
+                    !recovery.admits_vote(group, applied, term, request_term, candidate_last)
+                }
+                Rpc::AppendEntries => {
+                    let leader_term = leader_term_of_append(&msg.payload).unwrap_or(0);
+                    !recovery.admits_leader(group, applied, term, leader_term)
                 }
                 Rpc::TransferLeader => recovery.still_recovering(group, applied, term),
-                Rpc::AppendEntries | Rpc::Probe => false,
+                Rpc::Probe => false,
             }
         };
         if refused {
@@ -699,8 +756,14 @@ impl RaftService {
         }
         if rpc == Rpc::Probe {
             // Only a replica that lost its disk probes: if this one leads,
-            // replication to it must start again from its empty log.
+            // replication to it must start again from its empty log; if this
+            // one follows it, it follows a leader that leads nothing any
+            // more (its election timer must run again: crate::quiesce).
             raft.allow_revert(msg.from_node).await;
+            if raft.leadership().leader == Some(msg.from_node) {
+                tracing::info!(%group, leader = msg.from_node, "the leader this replica follows lost its disk; electing another");
+                recovery.leader_lost_disk(group, msg.from_node);
+            }
         }
         match raft.rpc(rpc, &msg.payload).await {
             Ok(payload) => RaftReply { group_id: g, payload, error: String::new(), error_kind: 0 },
@@ -754,8 +817,11 @@ impl ferrolog_proto::internal::raft_server::Raft for RaftService {
         }
         self.groups.transport().heard_from(req.from_node);
         self.groups.transport().set_peer_meta_applied(req.from_node, req.metadata_applied);
-        let metadata_applied = self.groups.raft(GroupId::METADATA).and_then(|r| r.applied_and_term().0).unwrap_or(0);
-        Ok(tonic::Response::new(ferrolog_proto::internal::BrokerHeartbeatReply { metadata_applied }))
+        let meta = self.groups.raft(GroupId::METADATA);
+        let metadata_applied = meta.as_ref().and_then(|r| r.applied_and_term().0).unwrap_or(0);
+        let metadata_log = meta
+            .map(|r| ferrolog_proto::internal::MetadataLog { last_index: r.replica_state().last_log.map(|l| l.index) });
+        Ok(tonic::Response::new(ferrolog_proto::internal::BrokerHeartbeatReply { metadata_applied, metadata_log }))
     }
 
     async fn install_snapshot(
@@ -788,6 +854,11 @@ impl ferrolog_proto::internal::raft_server::Raft for RaftService {
                 }
                 match decode::<(Vote, SnapshotMeta, SnapshotHeader)>(&chunk.header) {
                     Ok((vote, meta, kind)) => {
+                        // A replica that lost its disk takes a snapshot only
+                        // from a leader it may follow (crate::recovery).
+                        if let Some(refusal) = self.refuses_leader(GroupId(group), vote.leader_id.term) {
+                            return Ok(tonic::Response::new(refusal));
+                        }
                         header = Some((vote, meta));
                         assembler = Some(Assembler::new(kind, self.groups.storage().clone(), GroupId(group)));
                     }
@@ -855,6 +926,26 @@ mod tests {
 
     fn reply(kind: ReplyError) -> RaftReply {
         RaftReply { group_id: 1, payload: bytes::Bytes::new(), error: "refused".into(), error_kind: kind as i32 }
+    }
+
+    /// A recovering replica reads the leader's term off an AppendEntries
+    /// request without decoding its entries: the vote must stay the
+    /// request's first field (a newer openraft that reorders it fails here).
+    #[test]
+    fn the_leader_term_is_read_off_an_append_alone() {
+        use ferrolog_raft::types::alias::Entry;
+        use ferrolog_raft::types::log_id;
+        use openraft::entry::RaftEntry;
+        let blank = |index| Entry::new_blank(log_id(6, 2, index));
+        let req = AppendEntriesRequest::<ferrolog_raft::PartitionConfig> {
+            vote: Vote::new_committed(7, 2),
+            prev_log_id: Some(log_id(5, 1, 41)),
+            entries: vec![blank(42), blank(43)],
+            leader_commit: Some(log_id(5, 1, 40)),
+        };
+        let payload = encode(&req).expect("encode");
+        assert_eq!(leader_term_of_append(&payload), Some(7));
+        assert_eq!(leader_term_of_append(&[]), None);
     }
 
     /// The receiver's reason survives the trip: openraft backs off from an

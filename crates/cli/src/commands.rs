@@ -516,6 +516,10 @@ pub async fn consume(brokers: &Brokers, args: ConsumeArgs) -> anyhow::Result<()>
                 tracing::info!(?tps, "revoked");
                 continue;
             }
+            Some(Event::OffsetsUnavailable { partitions, error }) => {
+                tracing::error!(?partitions, error, "committed offsets unavailable; still retrying");
+                continue;
+            }
         };
         last = Instant::now();
         count += 1;

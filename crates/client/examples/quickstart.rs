@@ -66,6 +66,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             Some(Event::Assigned(tps)) => println!("assigned {tps:?}"),
             Some(Event::Revoked(tps)) => println!("revoked {tps:?}"),
+            Some(Event::OffsetsUnavailable { partitions, error }) => {
+                eprintln!("committed offsets of {partitions:?} unavailable (still retrying): {error}")
+            }
             None => break,
         }
     }

@@ -126,7 +126,25 @@ pub enum Event {
     /// These partitions are no longer this consumer's (their positions were
     /// committed first when auto-commit is on).
     Revoked(Vec<Tp>),
+    /// The committed offsets of these owned partitions could not be fetched
+    /// for [`OFFSETS_ERROR_AFTER`]: they are not consumed (never from the
+    /// reset policy, which would skip or repeat records and let auto-commit
+    /// persist the jump) and the consumer keeps asking; records follow once
+    /// an answer comes. Told once per stretch of failures.
+    OffsetsUnavailable {
+        /// The partitions waiting for their committed offsets.
+        partitions: Vec<Tp>,
+        /// The last error.
+        error: String,
+    },
 }
+
+/// How long fetching committed offsets may fail before the application is
+/// told ([`Event::OffsetsUnavailable`]); the consumer keeps trying after.
+pub const OFFSETS_ERROR_AFTER: Duration = COORDINATOR_TIMEOUT;
+
+/// Pause between attempts to fetch committed offsets that failed.
+const OFFSETS_RETRY: Duration = Duration::from_millis(500);
 
 enum Cmd {
     Commit(tokio::sync::oneshot::Sender<Result<(), ClientError>>),
@@ -215,6 +233,8 @@ impl Consumer {
             fetchers: HashMap::new(),
             paused: BTreeSet::new(),
             last_ok_sent: None,
+            awaiting: BTreeMap::new(),
+            awaiting_told: false,
         };
         Self::start(member, BTreeMap::new())
     }
@@ -232,6 +252,8 @@ impl Consumer {
             fetchers: HashMap::new(),
             paused: BTreeSet::new(),
             last_ok_sent: None,
+            awaiting: BTreeMap::new(),
+            awaiting_told: false,
         };
         Self::start(member, partitions)
     }
@@ -328,6 +350,11 @@ struct Member {
     /// When the last heartbeat that succeeded was sent: the coordinator
     /// saw this member alive no earlier than that (see `self_fence_at`).
     last_ok_sent: Option<Instant>,
+    /// Owned partitions whose committed offsets could not be fetched yet,
+    /// and since when; none of them is consumed or committed until known.
+    awaiting: BTreeMap<Tp, Instant>,
+    /// Whether the application was told of the current stretch of failures.
+    awaiting_told: bool,
 }
 
 impl Drop for Member {
@@ -401,8 +428,10 @@ impl Member {
         }
         let mut next_heartbeat = Instant::now();
         let mut next_commit = self.config.auto_commit.map(|d| Instant::now() + d);
+        let mut next_offsets = Instant::now() + OFFSETS_RETRY;
         loop {
-            let wake = [Some(next_heartbeat).filter(|_| self.group.is_some()), next_commit]
+            let offsets_retry = Some(next_offsets).filter(|_| !self.awaiting.is_empty());
+            let wake = [Some(next_heartbeat).filter(|_| self.group.is_some()), next_commit, offsets_retry]
                 .into_iter()
                 .flatten()
                 .min()
@@ -413,6 +442,9 @@ impl Member {
                     Some(Cmd::Commit(reply)) => { let _ = reply.send(self.commit(&shared, None).await); }
                     Some(Cmd::Seek(tp, offset)) => {
                         if shared.lock().expect("consumer state lock").owned.contains(&tp) {
+                            // A position from the application: no need for
+                            // the committed one any more.
+                            self.awaiting.remove(&tp);
                             self.stop_fetcher(&tp);
                             shared.lock().expect("consumer state lock").positions.insert(tp.clone(), offset);
                             self.start_fetcher(tp, offset, &tx, &shared);
@@ -424,8 +456,12 @@ impl Member {
                             self.paused.insert(tp.clone());
                             self.stop_fetcher(&tp);
                         } else if self.paused.remove(&tp) && owned {
-                            let pos = shared.lock().expect("consumer state lock").positions.get(&tp).copied().unwrap_or(0);
-                            self.start_fetcher(tp, pos, &tx, &shared);
+                            // Not while its position is unknown (awaiting
+                            // its committed offset): it starts once known.
+                            let pos = shared.lock().expect("consumer state lock").positions.get(&tp).copied();
+                            if let Some(pos) = pos {
+                                self.start_fetcher(tp, pos, &tx, &shared);
+                            }
                         }
                     }
                     Some(Cmd::Close(reply)) => {
@@ -438,6 +474,10 @@ impl Member {
                 _ = tokio::time::sleep_until(wake.into()) => {}
             }
             let now = Instant::now();
+            if offsets_retry.is_some_and(|t| now >= t) {
+                self.retry_awaiting(&tx, &shared).await;
+                next_offsets = Instant::now() + OFFSETS_RETRY;
+            }
             if next_commit.is_some_and(|t| now >= t) {
                 if let Err(e) = self.commit(&shared, None).await {
                     tracing::warn!(error = %e, "auto-commit failed");
@@ -585,11 +625,18 @@ impl Member {
                 s.positions.remove(tp);
             }
         }
+        for tp in set {
+            self.awaiting.remove(tp);
+        }
         push_event(shared, tx, Event::Revoked(set.iter().cloned().collect()))
     }
 
     /// Starts consuming `set`, each from `start` if given, else from the
-    /// committed offset, else per the reset policy.
+    /// committed offset, else per the reset policy. When the committed
+    /// offsets cannot be fetched, the partitions without a given start are
+    /// owned but wait for them (see [`Member::retry_awaiting`]): the reset
+    /// policy is for partitions that have no committed offset, not for a
+    /// coordinator that did not answer.
     async fn take(
         &mut self,
         set: &BTreeSet<Tp>,
@@ -597,17 +644,40 @@ impl Member {
         tx: &mpsc::Sender<Item>,
         shared: &Arc<Mutex<Shared>>,
     ) {
-        let committed = self.committed(set).await;
+        let unknown: BTreeSet<Tp> =
+            set.iter().filter(|tp| start.get(*tp).copied().flatten().is_none()).cloned().collect();
+        let committed = if unknown.is_empty() {
+            Some(HashMap::new())
+        } else {
+            match self.committed(&unknown).await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "fetching committed offsets failed; retrying (not using the reset policy)");
+                    None
+                }
+            }
+        };
         let mut starts = Vec::new();
         for tp in set {
-            let offset = match start.get(tp).copied().flatten().or_else(|| committed.get(tp).copied()) {
-                Some(o) => o,
-                None => self.reset_offset(tp).await,
+            let offset = match (start.get(tp).copied().flatten(), &committed) {
+                (Some(o), _) => Some(o),
+                (None, Some(c)) => match c.get(tp) {
+                    Some(o) => Some(*o),
+                    None => Some(self.reset_offset(tp).await),
+                },
+                (None, None) => None,
             };
             let mut s = shared.lock().expect("consumer state lock");
             s.owned.insert(tp.clone());
-            s.positions.insert(tp.clone(), offset);
-            starts.push((tp.clone(), offset));
+            match offset {
+                Some(offset) => {
+                    s.positions.insert(tp.clone(), offset);
+                    starts.push((tp.clone(), offset));
+                }
+                None => {
+                    self.awaiting.entry(tp.clone()).or_insert_with(Instant::now);
+                }
+            }
         }
         // The application hears of the assignment before any of its records.
         push_event(shared, tx, Event::Assigned(set.iter().cloned().collect()));
@@ -618,8 +688,49 @@ impl Member {
         }
     }
 
-    async fn committed(&self, set: &BTreeSet<Tp>) -> HashMap<Tp, u64> {
-        let Some(group) = self.group.clone() else { return HashMap::new() };
+    /// Asks again for the committed offsets of the owned partitions still
+    /// waiting for them; starts those it gets. Tells the application once
+    /// they have waited [`OFFSETS_ERROR_AFTER`].
+    async fn retry_awaiting(&mut self, tx: &mpsc::Sender<Item>, shared: &Arc<Mutex<Shared>>) {
+        let set: BTreeSet<Tp> = self.awaiting.keys().cloned().collect();
+        match self.committed(&set).await {
+            Ok(committed) => {
+                for tp in &set {
+                    // Revoked or sought meanwhile: nothing to start.
+                    if self.awaiting.remove(tp).is_none()
+                        || !shared.lock().expect("consumer state lock").owned.contains(tp)
+                    {
+                        continue;
+                    }
+                    let offset = match committed.get(tp) {
+                        Some(o) => *o,
+                        None => self.reset_offset(tp).await,
+                    };
+                    tracing::info!(topic = tp.0, partition = tp.1, offset, "committed offset fetched; consuming");
+                    shared.lock().expect("consumer state lock").positions.insert(tp.clone(), offset);
+                    if !self.paused.contains(tp) {
+                        self.start_fetcher(tp.clone(), offset, tx, shared);
+                    }
+                }
+                self.awaiting_told = false;
+            }
+            Err(e) => {
+                let oldest = self.awaiting.values().min().copied().unwrap_or_else(Instant::now);
+                if !self.awaiting_told && oldest.elapsed() >= OFFSETS_ERROR_AFTER {
+                    self.awaiting_told = true;
+                    tracing::error!(error = %e, partitions = set.len(), "committed offsets still unavailable; still retrying");
+                    push_event(
+                        shared,
+                        tx,
+                        Event::OffsetsUnavailable { partitions: set.into_iter().collect(), error: e.to_string() },
+                    );
+                }
+            }
+        }
+    }
+
+    async fn committed(&self, set: &BTreeSet<Tp>) -> Result<HashMap<Tp, u64>, ClientError> {
+        let Some(group) = self.group.clone() else { return Ok(HashMap::new()) };
         let req = v1::FetchOffsetsRequest { group, partitions: to_proto(set) };
         let r =
             self.client
@@ -629,14 +740,8 @@ impl Member {
                         GroupsClient::new(ch).max_decoding_message_size(API_MESSAGE_LIMIT).fetch_offsets(req).await
                     }
                 })
-                .await;
-        match r {
-            Ok(r) => r.offsets.into_iter().map(|o| ((o.topic, o.partition), o.offset.max(0) as u64)).collect(),
-            Err(e) => {
-                tracing::warn!(error = %e, "fetching committed offsets failed; using the reset policy");
-                HashMap::new()
-            }
-        }
+                .await?;
+        Ok(r.offsets.into_iter().map(|o| ((o.topic, o.partition), o.offset.max(0) as u64)).collect())
     }
 
     async fn reset_offset(&self, tp: &Tp) -> u64 {

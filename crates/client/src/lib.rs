@@ -293,30 +293,37 @@ pub struct FetchedRecord {
 }
 
 /// Checks a fetched batch's CRC32C end to end and decodes its records
-/// (the batch's first record is at `base_offset`).
+/// (the batch's first record is at `base_offset`). The decompressed size is
+/// bounded and each record's offset is its position in the batch: a record
+/// whose offset delta says otherwise makes the batch corrupt (brokers refuse
+/// such batches on produce; this guards against one that did not).
 pub fn decode_batch(base_offset: u64, b: &RecordBatch) -> Result<Vec<FetchedRecord>, ClientError> {
     let corrupt = |detail: String| ClientError::corrupt(base_offset as i64, detail);
     b.verify().map_err(|e| corrupt(e.to_string()))?;
-    let plain;
-    let bytes: &[u8] = match v1::Compression::try_from(b.header.compression as i32) {
-        Ok(v1::Compression::None) => b.records.as_ref(),
-        Ok(v1::Compression::Lz4) => {
-            plain = lz4_flex::decompress_size_prepended(&b.records).map_err(|e| corrupt(format!("lz4: {e}")))?;
-            &plain
-        }
-        _ => return Err(corrupt(format!("compression {} is not supported by this client", b.header.compression))),
-    };
-    let list = v1::RecordList::decode(bytes).map_err(|e| corrupt(e.to_string()))?;
-    Ok(list
-        .records
+    let records = ferrolog_proto::records::decode(b, ferrolog_proto::records::MAX_DECOMPRESSED_BYTES)
+        .map_err(|e| corrupt(e.to_string()))?;
+    if records.len() != b.header.record_count as usize {
+        return Err(corrupt(format!(
+            "record_count is {} but the batch holds {}",
+            b.header.record_count,
+            records.len()
+        )));
+    }
+    records
         .into_iter()
-        .map(|r| FetchedRecord {
-            offset: base_offset + u64::from(r.offset_delta),
-            key: r.key.map(|k| k.to_vec()),
-            value: r.value.to_vec(),
-            timestamp_ms: r.timestamp_ms,
+        .enumerate()
+        .map(|(i, r)| {
+            if r.offset_delta as usize != i {
+                return Err(corrupt(format!("record {i} has offset delta {}", r.offset_delta)));
+            }
+            Ok(FetchedRecord {
+                offset: base_offset + i as u64,
+                key: r.key.map(|k| k.to_vec()),
+                value: r.value.to_vec(),
+                timestamp_ms: r.timestamp_ms,
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// A fetched proto batch, checked and decoded.

@@ -7,10 +7,12 @@
 //!   where every message names its Raft group.
 //! - [`batch`]: the wire batch to and from the domain batch;
 //!   [`partitions`]: `(topic, partition)` sets to and from the wire.
+//! - [`records`]: the records inside a batch, decoded (decompression
+//!   bounded) and checked against the batch's header.
 //! - [`errors`]: how typed errors (not leader, fenced, ...) travel inside a
 //!   `tonic::Status` as `google.rpc.ErrorInfo` details.
 //!
-//! This crate does not validate requests beyond what prost decodes; brokers
+//! Beyond [`records`], this crate does not validate requests; brokers
 //! validate names and sizes (see the broker crate).
 
 #![allow(missing_debug_implementations)]
@@ -33,3 +35,4 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ferr
 pub mod batch;
 pub mod errors;
 pub mod partitions;
+pub mod records;

@@ -145,7 +145,18 @@ impl Core {
     /// The applied metadata of `name`.
     pub(crate) fn topic(&self, name: &str) -> Result<Topic, BrokerError> {
         let state = self.meta()?.state.borrow();
-        state.cluster.topics.get(name).cloned().ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))
+        if let Some(t) = state.cluster.topics.get(name) {
+            return Ok(t.clone());
+        }
+        // A broker that lost its disk knows no topic until its metadata has
+        // caught up: "unknown" would tell a client the topic is gone.
+        if self.groups.transport().recovery().is_recovering(ferrolog_types::GroupId::METADATA) {
+            return Err(BrokerError::Unavailable(format!(
+                "broker {}: its metadata is catching up after a lost disk; cannot tell whether topic {name:?} exists",
+                self.node_id()
+            )));
+        }
+        Err(BrokerError::UnknownTopic(name.to_string()))
     }
 
     /// Where `leader` can be reached, as far as the metadata knows.

@@ -13,6 +13,7 @@ use std::time::Duration;
 use ferrolog_metadata::DEFAULT_MAX_MESSAGE_BYTES;
 use ferrolog_metadata::Topic;
 use ferrolog_partition::Outcome;
+use ferrolog_proto::records;
 use ferrolog_raft::PartitionEntry;
 use ferrolog_raft::types::NotACommand;
 use ferrolog_types::Batch;
@@ -350,7 +351,9 @@ impl PartitionHandle {
 
 /// The checks a produced batch passes before it reaches Raft: not empty, a
 /// known codec, no timestamps from the future, within `max_bytes`
-/// (the topic's max.message.bytes), and its checksum.
+/// (the topic's max.message.bytes), its checksum, and records that match
+/// its header (decoded, decompression bounded: `ferrolog_proto::records`).
+/// A batch whose `record_count` lies would shift every later offset.
 pub fn check_batch(batch: &Batch, max_bytes: u32) -> Result<(), BrokerError> {
     let h = &batch.header;
     if h.record_count == 0 {
@@ -375,7 +378,10 @@ pub fn check_batch(batch: &Batch, max_bytes: u32) -> Result<(), BrokerError> {
             batch.size_bytes()
         )));
     }
-    batch.verify().map_err(|e| BrokerError::CorruptBatch(e.to_string()))
+    batch.verify().map_err(|e| BrokerError::CorruptBatch(e.to_string()))?;
+    records::check(batch, records::MAX_DECOMPRESSED_BYTES)
+        .map(drop)
+        .map_err(|e| BrokerError::CorruptBatch(format!("record batch refused: {e}")))
 }
 
 /// The producer's view of an applied (or projected) append: offsets and
@@ -398,7 +404,19 @@ mod tests {
     use super::*;
 
     fn batch(records: u32, ts: i64) -> Batch {
-        Batch::seal(BatchHeader::plain(records, ts), Bytes::from(vec![7u8; 100]))
+        use prost::Message;
+        let list = ferrolog_proto::v1::RecordList {
+            records: (0..records)
+                .map(|i| ferrolog_proto::v1::Record {
+                    key: None,
+                    value: Bytes::from(vec![7u8; 100]),
+                    headers: vec![],
+                    timestamp_ms: ts,
+                    offset_delta: i,
+                })
+                .collect(),
+        };
+        Batch::seal(BatchHeader::plain(records, ts), Bytes::from(list.encode_to_vec()))
     }
 
     #[test]
@@ -424,6 +442,17 @@ mod tests {
 
         let mut b = batch(1, now_ms());
         b.crc32c ^= 1;
+        assert!(matches!(check_batch(&b, 1 << 20), Err(BrokerError::CorruptBatch(_))));
+
+        // A count that disagrees with the records, under a valid checksum
+        // (the producer computed it over the lie).
+        let mut h = batch(3, now_ms()).header;
+        h.record_count = 5;
+        let b = Batch::seal(h, batch(3, now_ms()).records);
+        let e = check_batch(&b, 1 << 20).expect_err("must fail");
+        assert!(matches!(e, BrokerError::CorruptBatch(ref m) if m.contains("record_count is 5")), "{e}");
+        // Garbage records under a valid checksum.
+        let b = Batch::seal(BatchHeader::plain(1, now_ms()), Bytes::from(vec![0xffu8; 100]));
         assert!(matches!(check_batch(&b, 1 << 20), Err(BrokerError::CorruptBatch(_))));
     }
 }
