@@ -420,3 +420,64 @@ async fn a_member_cut_off_from_the_coordinator_gives_up_before_its_session_expir
     m.close().await?;
     Ok(())
 }
+
+/// A member's coordinator cannot give it its committed offset for 14 s
+/// (longer than the client's 10 s budget for one call; the failpoint fails
+/// every FetchOffsets for that long). The member must wait and then resume
+/// from the committed offset, telling the application meanwhile. Before,
+/// it started from its reset policy (latest: the end of the partition) and
+/// auto-commit persisted that position: records 40..99 were never delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_cannot_fetch_its_committed_offset_waits_instead_of_skipping() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start_with_env(3, &[("FERROLOG_FAILPOINTS", "groups.fail_fetch_offsets_ms=14000")])?;
+    cluster.wait_serving(START).await?;
+    let client = TestClient::new(cluster.addrs());
+    client.create_topic("events", 1, 3).await?;
+    client.wait_leaders("events", START).await?;
+    produce(&client, "events", 1, 0, 100).await?;
+    let req = v1::ResetOffsetsRequest {
+        group: "g".into(),
+        topic: "events".into(),
+        target: Some(v1::reset_offsets_request::Target::ToOffset(40)),
+    };
+    client
+        .client()
+        .on_coordinator(START, |ch| {
+            let req = req.clone();
+            async move { v1::groups_client::GroupsClient::new(ch).reset_offsets(req).await }
+        })
+        .await?;
+    let config = ConsumerConfig {
+        client_id: "test".into(),
+        session_timeout: SESSION,
+        auto_commit: Some(Duration::from_millis(200)),
+        offset_reset: OffsetReset::Latest,
+        ..ConsumerConfig::default()
+    };
+    let mut consumer = Consumer::subscribe(client.shared(), "g", &["events"], config);
+    let mut offsets = Vec::new();
+    let mut told = false;
+    let deadline = Instant::now() + START;
+    while offsets.len() < 60 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, consumer.next()).await {
+            Err(_) => bail!(
+                "only {} records delivered within {START:?} (offsets {:?}): the member skipped the committed \
+                 offset 40",
+                offsets.len(),
+                offsets.first()
+            ),
+            Ok(None) => bail!("consumer ended"),
+            Ok(Some(Event::Record(r))) => offsets.push(r.record.offset),
+            Ok(Some(Event::OffsetsUnavailable { partitions, error })) => {
+                eprintln!("told: offsets of {partitions:?} unavailable: {error}");
+                told = true;
+            }
+            Ok(Some(_)) => {}
+        }
+    }
+    ensure!(offsets == (40..100).collect::<Vec<u64>>(), "delivered {offsets:?}, want 40..99 in order");
+    ensure!(told, "the application was never told that the committed offsets were unavailable");
+    consumer.close().await?;
+    Ok(())
+}

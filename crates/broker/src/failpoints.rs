@@ -22,6 +22,9 @@
 //!   (an injected EIO, nothing synced). The store refuses every later write
 //!   and the broker halts (fail-stop): what was not synced is never
 //!   acknowledged.
+//! - `groups.fail_fetch_offsets_ms=N`: every FetchOffsets answers
+//!   `UNAVAILABLE` for N ms from the first one this broker receives (a
+//!   coordinator that cannot answer for a while); other group RPCs work.
 
 use std::sync::OnceLock;
 use std::sync::atomic::AtomicU64;
@@ -81,6 +84,26 @@ pub fn check_supported() -> Result<(), String> {
         Ok(spec) if !spec.trim().is_empty() => {
             tracing::warn!(spec = %spec, "{ENV} is set: test fault hooks are active in this broker");
             Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `groups.fail_fetch_offsets_ms`: fails FetchOffsets for that many ms
+/// from the first one received.
+pub fn fail_fetch_offsets() -> Result<(), BrokerError> {
+    static WINDOW: OnceLock<Option<(std::time::Instant, std::time::Duration)>> = OnceLock::new();
+    if !cfg!(feature = "failpoints") {
+        return Ok(());
+    }
+    let window = WINDOW.get_or_init(|| {
+        value(&std::env::var(ENV).unwrap_or_default(), "groups.fail_fetch_offsets_ms")
+            .map(|ms| (std::time::Instant::now(), std::time::Duration::from_millis(ms)))
+    });
+    match window {
+        Some((from, len)) if from.elapsed() < *len => {
+            tracing::warn!("failpoint groups.fail_fetch_offsets_ms: failing FetchOffsets");
+            Err(BrokerError::Unavailable("failpoint: committed offsets unavailable".into()))
         }
         _ => Ok(()),
     }

@@ -146,6 +146,11 @@ pub const OFFSETS_ERROR_AFTER: Duration = COORDINATOR_TIMEOUT;
 /// Pause between attempts to fetch committed offsets that failed.
 const OFFSETS_RETRY: Duration = Duration::from_millis(500);
 
+/// The budget of one such attempt (the first one gets
+/// `COORDINATOR_TIMEOUT`): short, so the member loop keeps heartbeating and
+/// tells the application on time.
+const OFFSETS_RETRY_CALL: Duration = Duration::from_secs(2);
+
 enum Cmd {
     Commit(tokio::sync::oneshot::Sender<Result<(), ClientError>>),
     Seek(Tp, u64),
@@ -235,6 +240,7 @@ impl Consumer {
             last_ok_sent: None,
             awaiting: BTreeMap::new(),
             awaiting_told: false,
+            awaiting_error: String::new(),
         };
         Self::start(member, BTreeMap::new())
     }
@@ -254,6 +260,7 @@ impl Consumer {
             last_ok_sent: None,
             awaiting: BTreeMap::new(),
             awaiting_told: false,
+            awaiting_error: String::new(),
         };
         Self::start(member, partitions)
     }
@@ -355,6 +362,8 @@ struct Member {
     awaiting: BTreeMap<Tp, Instant>,
     /// Whether the application was told of the current stretch of failures.
     awaiting_told: bool,
+    /// The last error fetching them.
+    awaiting_error: String,
 }
 
 impl Drop for Member {
@@ -646,13 +655,16 @@ impl Member {
     ) {
         let unknown: BTreeSet<Tp> =
             set.iter().filter(|tp| start.get(*tp).copied().flatten().is_none()).cloned().collect();
+        // Since when they have waited: from the first attempt, not its end.
+        let asked = Instant::now();
         let committed = if unknown.is_empty() {
             Some(HashMap::new())
         } else {
-            match self.committed(&unknown).await {
+            match self.committed(&unknown, COORDINATOR_TIMEOUT).await {
                 Ok(c) => Some(c),
                 Err(e) => {
                     tracing::warn!(error = %e, "fetching committed offsets failed; retrying (not using the reset policy)");
+                    self.awaiting_error = e.to_string();
                     None
                 }
             }
@@ -675,7 +687,7 @@ impl Member {
                     starts.push((tp.clone(), offset));
                 }
                 None => {
-                    self.awaiting.entry(tp.clone()).or_insert_with(Instant::now);
+                    self.awaiting.entry(tp.clone()).or_insert(asked);
                 }
             }
         }
@@ -693,7 +705,18 @@ impl Member {
     /// they have waited [`OFFSETS_ERROR_AFTER`].
     async fn retry_awaiting(&mut self, tx: &mpsc::Sender<Item>, shared: &Arc<Mutex<Shared>>) {
         let set: BTreeSet<Tp> = self.awaiting.keys().cloned().collect();
-        match self.committed(&set).await {
+        let oldest = self.awaiting.values().min().copied().unwrap_or_else(Instant::now);
+        if !self.awaiting_told && oldest.elapsed() >= OFFSETS_ERROR_AFTER {
+            self.awaiting_told = true;
+            tracing::error!(
+                error = self.awaiting_error,
+                partitions = set.len(),
+                "committed offsets still unavailable; still retrying"
+            );
+            let error = self.awaiting_error.clone();
+            push_event(shared, tx, Event::OffsetsUnavailable { partitions: set.iter().cloned().collect(), error });
+        }
+        match self.committed(&set, OFFSETS_RETRY_CALL).await {
             Ok(committed) => {
                 for tp in &set {
                     // Revoked or sought meanwhile: nothing to start.
@@ -714,27 +737,16 @@ impl Member {
                 }
                 self.awaiting_told = false;
             }
-            Err(e) => {
-                let oldest = self.awaiting.values().min().copied().unwrap_or_else(Instant::now);
-                if !self.awaiting_told && oldest.elapsed() >= OFFSETS_ERROR_AFTER {
-                    self.awaiting_told = true;
-                    tracing::error!(error = %e, partitions = set.len(), "committed offsets still unavailable; still retrying");
-                    push_event(
-                        shared,
-                        tx,
-                        Event::OffsetsUnavailable { partitions: set.into_iter().collect(), error: e.to_string() },
-                    );
-                }
-            }
+            Err(e) => self.awaiting_error = e.to_string(),
         }
     }
 
-    async fn committed(&self, set: &BTreeSet<Tp>) -> Result<HashMap<Tp, u64>, ClientError> {
+    async fn committed(&self, set: &BTreeSet<Tp>, timeout: Duration) -> Result<HashMap<Tp, u64>, ClientError> {
         let Some(group) = self.group.clone() else { return Ok(HashMap::new()) };
         let req = v1::FetchOffsetsRequest { group, partitions: to_proto(set) };
         let r =
             self.client
-                .on_meta_leader("group", COORDINATOR_TIMEOUT, |ch| {
+                .on_meta_leader("group", timeout, |ch| {
                     let req = req.clone();
                     async move {
                         GroupsClient::new(ch).max_decoding_message_size(API_MESSAGE_LIMIT).fetch_offsets(req).await

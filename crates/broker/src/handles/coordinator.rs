@@ -301,6 +301,7 @@ impl Coordinator {
         group: &str,
         partitions: &BTreeSet<Tp>,
     ) -> Result<Vec<(Tp, Committed)>, BrokerError> {
+        crate::failpoints::fail_fetch_offsets()?;
         let meta = self.core.meta_leader().await?;
         // Looked up under the read lock: no copy of the group.
         let state = meta.state.borrow();
