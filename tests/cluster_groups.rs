@@ -473,7 +473,7 @@ async fn a_member_that_cannot_fetch_its_committed_offset_waits_instead_of_skippi
                 eprintln!("told: offsets of {partitions:?} unavailable: {error}");
                 told = true;
             }
-            Ok(Some(_)) => {}
+            Ok(Some(other)) => eprintln!("{:?}: {other:?}", Instant::now()),
         }
     }
     ensure!(offsets == (40..100).collect::<Vec<u64>>(), "delivered {offsets:?}, want 40..99 in order");

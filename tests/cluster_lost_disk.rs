@@ -494,6 +494,15 @@ async fn a_stale_leader_cannot_commit_with_a_wiped_replica() -> anyhow::Result<(
     })
     .await
     .with_context(|| all_logs(&cluster))?;
+    // And it votes again in every partition, though the stale leader's
+    // answer named a longer (uncommitted, since cut) log than the new
+    // leader's: idle partitions included.
+    eventually("W's three replicas to recover", START, || {
+        let n = cluster.log_matches_since(w, mark, "replica caught up after a lost disk");
+        async move { if n >= 3 { Ok(()) } else { Err(format!("{n} of 3 recovered")) } }
+    })
+    .await
+    .with_context(|| all_logs(&cluster))?;
     Ok(())
 }
 

@@ -31,20 +31,27 @@
 //! answers include at least one member of every such majority. The target is
 //! the largest vote term, the largest last log index and the most
 //! up-to-date last log id (by term, then index, as Raft orders logs) among
-//! the answers; the replica recovers when it has *applied* up to that index
-//! and its own vote has reached that term. Then:
+//! the answers; the replica recovers when the last entry it has *applied*
+//! is at least that most up-to-date log id and its own vote has reached
+//! that term. Then:
 //!
 //! - every entry committed before the disk was lost is in its log: such an
-//!   entry is in some answering voter's log, at or below its last index,
-//!   and at each index only one entry is ever committed, so the committed
-//!   prefix this replica applied holds it;
-//! - it cannot vote twice in a term: a candidate it voted for before had a
-//!   voter among the answers, whose vote term is at least that term.
+//!   entry is in some answering voter's log, and a log at least as up to
+//!   date as that one holds it (Raft's election restriction: the log
+//!   matching and leader completeness argument); the committed log this
+//!   replica applied is such a log. (Not "applied up to the largest
+//!   index": a stale leader's uncommitted tail may be cut later, and an
+//!   idle group would never get there.)
+//! - it cannot vote twice in a term, with three voters: a candidate it
+//!   voted for before asked for the vote after voting for itself, and every
+//!   other voter answers, so the target's vote term covers it. With four or
+//!   more, a candidate that did not answer and whose election is still in
+//!   flight is not covered (docs/architecture.md lists it as a limit).
 //!
 //! Until then, it grants a vote only for a term past the target's (it may
 //! have voted in any term up to that one) and only to a candidate whose last
 //! log id is at least the target's most up-to-date one, or once it has
-//! applied the target's index itself. The first is Raft's own election
+//! applied past the target's log itself. The first is Raft's own election
 //! restriction, checked on behalf of the answering voters: a candidate at
 //! least as up to date as a voter holds every committed entry that voter
 //! holds. It is what lets a group elect again when its leader was the
@@ -139,8 +146,13 @@ pub fn target_of(answers: &[ReplicaState]) -> Target {
     }
 }
 
-/// Whether a replica that has applied up to index `applied` holds every
-/// entry of `target`'s log that may have been committed.
+/// Whether a replica whose last applied entry is `applied` holds every
+/// entry of `target`'s logs that may have been committed: its applied (so
+/// committed) log is at least as up to date as the most up-to-date
+/// answering voter's, which holds every committed entry any answerer holds
+/// (Raft's election restriction, again). Not "applied up to the largest
+/// index": an answerer's uncommitted tail (a stale leader's) may be cut
+/// later, and an idle group would never reach that index.
 ///
 /// A target whose voters hold nothing past index 0 is reached at once:
 /// index 0 is the membership entry each initial replica writes itself when
@@ -149,14 +161,14 @@ pub fn target_of(answers: &[ReplicaState]) -> Target {
 /// group created while its broker caught up could wait forever: its log
 /// fills only from a leader, and the group's other replica needs its vote
 /// to become one.
-fn log_reached(t: Target, applied: Option<u64>) -> bool {
+fn log_reached(t: Target, applied: Option<LogPos>) -> bool {
     // `None < Some(_)`: an empty log reaches only an empty target.
-    applied >= t.last_index || t.last_index <= Some(0)
+    applied >= t.last_log || t.last_index <= Some(0)
 }
 
-/// Whether a replica that has applied up to index `applied` and whose vote
+/// Whether a replica whose last applied entry is `applied` and whose vote
 /// is of term `vote_term` has reached `target` (`None`: not known yet).
-pub fn caught_up(target: Option<Target>, applied: Option<u64>, vote_term: u64) -> bool {
+pub fn caught_up(target: Option<Target>, applied: Option<LogPos>, vote_term: u64) -> bool {
     let Some(t) = target else { return false };
     log_reached(t, applied) && vote_term >= t.vote_term
 }
@@ -213,7 +225,7 @@ impl Recovery {
     /// vote's term; a partition group that has caught up stops recovering
     /// here. The metadata group stops only through
     /// [`Recovery::finish_metadata`].
-    pub fn still_recovering(&self, group: GroupId, applied: Option<u64>, vote_term: u64) -> bool {
+    pub fn still_recovering(&self, group: GroupId, applied: Option<LogPos>, vote_term: u64) -> bool {
         let mut state = self.state.lock().expect("recovery lock");
         let Some(target) = state.recovering.get(&group).copied() else { return false };
         if group != GroupId::METADATA && caught_up(target, applied, vote_term) {
@@ -240,7 +252,7 @@ impl Recovery {
     pub fn admits_vote(
         &self,
         group: GroupId,
-        applied: Option<u64>,
+        applied: Option<LogPos>,
         vote_term: u64,
         request_term: u64,
         candidate_last: Option<LogPos>,
@@ -260,7 +272,7 @@ impl Recovery {
     /// is known and only from a leader of the target's vote term or later:
     /// it may have followed such a leader before its disk was lost, and
     /// would then have refused an older one.
-    pub fn admits_leader(&self, group: GroupId, applied: Option<u64>, vote_term: u64, leader_term: u64) -> bool {
+    pub fn admits_leader(&self, group: GroupId, applied: Option<LogPos>, vote_term: u64, leader_term: u64) -> bool {
         if !self.still_recovering(group, applied, vote_term) {
             return true;
         }
@@ -377,8 +389,9 @@ mod tests {
 
     const G: GroupId = GroupId(7);
 
-    fn at(index: u64) -> Option<u64> {
-        Some(index)
+    /// An applied position: entry `index` of term `term`.
+    fn at(term: u64, index: u64) -> Option<LogPos> {
+        Some(LogPos::new(term, index))
     }
 
     /// A target of vote term `vote_term` whose voters' logs end at `last`
@@ -421,7 +434,7 @@ mod tests {
         ];
         let t = target_of(&answers);
         assert_eq!(t.vote_term, 6);
-        assert_eq!(t.last_index, at(100));
+        assert_eq!(t.last_index, Some(100));
         // Raft orders logs by the last entry's term first: (6, 90) is more
         // up to date than (5, 100).
         assert_eq!(t.last_log, pos(6, 90));
@@ -443,19 +456,19 @@ mod tests {
         let r = Recovery::new();
         r.start(G);
         // No answers yet: not caught up, whatever was applied.
-        assert!(r.still_recovering(G, at(1_000), 9));
+        assert!(r.still_recovering(G, at(6, 1_000), 9));
         r.set_target(G, target(6, Some((6, 100))));
         // A later target does not replace the first.
         r.set_target(G, target(9, Some((9, 1_000))));
         assert_eq!(r.target(G), Some(target(6, Some((6, 100)))));
         // Behind the voters' logs.
         assert!(r.still_recovering(G, None, 6));
-        assert!(r.still_recovering(G, at(99), 6));
+        assert!(r.still_recovering(G, at(6, 99), 6));
         // The log, but a vote of an older term (it might vote twice).
-        assert!(r.still_recovering(G, at(100), 5));
+        assert!(r.still_recovering(G, at(6, 100), 5));
         assert!(r.is_recovering(G));
         // Both: caught up, votes again.
-        assert!(!r.still_recovering(G, at(100), 6));
+        assert!(!r.still_recovering(G, at(6, 100), 6));
         assert!(!r.is_recovering(G));
     }
 
@@ -464,19 +477,19 @@ mod tests {
         let r = Recovery::new();
         r.start(G);
         // No target yet: nothing, whatever the candidate holds.
-        assert!(!r.admits_vote(G, at(100), 0, 50, pos(49, 1_000)));
+        assert!(!r.admits_vote(G, at(6, 100), 0, 50, pos(49, 1_000)));
         r.set_target(G, target(6, Some((6, 100))));
         // Behind the voters' logs, and so is the candidate: not even a
         // later term.
-        assert!(!r.admits_vote(G, at(99), 0, 7, pos(6, 99)));
-        assert!(!r.admits_vote(G, at(99), 0, 7, None));
+        assert!(!r.admits_vote(G, at(6, 99), 0, 7, pos(6, 99)));
+        assert!(!r.admits_vote(G, at(6, 99), 0, 7, None));
         // The log, a vote of an older term: a request of the target's term
         // or before could be one it already answered differently.
-        assert!(!r.admits_vote(G, at(100), 0, 6, pos(6, 100)));
-        assert!(r.admits_vote(G, at(100), 0, 7, None), "it holds the log: openraft compares");
+        assert!(!r.admits_vote(G, at(6, 100), 0, 6, pos(6, 100)));
+        assert!(r.admits_vote(G, at(6, 100), 0, 7, None), "it holds the log: openraft compares");
         assert!(r.is_recovering(G), "admitting a vote is not catching up");
         // Its vote reached the target's term: recovered, decides as usual.
-        assert!(r.admits_vote(G, at(100), 6, 1, None));
+        assert!(r.admits_vote(G, at(6, 100), 6, 1, None));
         assert!(!r.is_recovering(G));
     }
 
@@ -501,6 +514,26 @@ mod tests {
     }
 
     #[test]
+    fn an_answering_voter_s_uncommitted_tail_need_not_be_reached() {
+        // A stale ex-leader answered with a long uncommitted tail of term
+        // 5; the term-6 leader's shorter log is the most up to date, and
+        // the tail will be cut: reaching the term-6 log is enough.
+        let answers = [
+            ReplicaState { vote_term: 5, last_log: pos(5, 227) },
+            ReplicaState { vote_term: 6, last_log: pos(6, 110) },
+        ];
+        let t = target_of(&answers);
+        assert_eq!(t.last_index, Some(227));
+        assert!(!caught_up(Some(t), at(6, 109), 6));
+        assert!(caught_up(Some(t), at(6, 110), 6));
+        // An entry of a later leader is past both.
+        assert!(caught_up(Some(t), at(7, 100), 7));
+        // Index alone is not enough: a long log of an older term may lack
+        // the term-6 leader's committed entries.
+        assert!(!caught_up(Some(t), at(5, 227), 6));
+    }
+
+    #[test]
     fn a_recovering_replica_takes_entries_only_from_a_leader_as_recent_as_its_target() {
         let r = Recovery::new();
         r.start(G);
@@ -511,10 +544,10 @@ mod tests {
         assert!(!r.admits_leader(G, None, 0, 5));
         // ... the term-6 leader and later ones are not.
         assert!(r.admits_leader(G, None, 0, 6));
-        assert!(r.admits_leader(G, at(50), 6, 7));
+        assert!(r.admits_leader(G, at(6, 50), 6, 7));
         assert!(r.is_recovering(G));
         // Caught up: any leader, as Raft decides.
-        assert!(r.admits_leader(G, at(100), 6, 1));
+        assert!(r.admits_leader(G, at(6, 100), 6, 1));
         assert!(!r.is_recovering(G));
     }
 
@@ -557,8 +590,8 @@ mod tests {
         // committed either.
         assert!(caught_up(Some(target(0, Some((0, 0)))), None, 0));
         assert!(!caught_up(Some(target(0, Some((1, 1)))), None, 1));
-        assert!(!caught_up(Some(target(0, Some((1, 1)))), at(0), 1));
-        assert!(!caught_up(None, at(1), 1));
+        assert!(!caught_up(Some(target(0, Some((1, 1)))), at(1, 0), 1));
+        assert!(!caught_up(None, at(6, 1), 1));
     }
 
     #[test]
@@ -568,7 +601,7 @@ mod tests {
         r.set_target(GroupId::METADATA, target(3, Some((3, 40))));
         // Caught up, but the metadata group waits for finish_metadata
         // (which records the held groups at that point).
-        assert!(r.still_recovering(GroupId::METADATA, at(50), 3));
+        assert!(r.still_recovering(GroupId::METADATA, at(3, 50), 3));
         // Until then every replica starting recovers.
         assert!(r.start_replica(GroupId(1)));
         r.finish_metadata([GroupId(1), GroupId(2)]);

@@ -535,9 +535,9 @@ pub trait GroupRaft: Send + Sync {
     /// asks for them (crate::recovery).
     fn replica_state(&self) -> ReplicaState;
 
-    /// The index of the last entry this replica applied, and its vote's
+    /// The last entry this replica applied (its log id), and its vote's
     /// term.
-    fn applied_and_term(&self) -> (Option<u64>, u64);
+    fn applied_and_term(&self) -> (Option<LogPos>, u64);
 
     /// The term a vote or pre-vote request (encoded) asks for, and the
     /// candidate's last log id.
@@ -622,10 +622,10 @@ where
         ReplicaState { vote_term, last_log }
     }
 
-    fn applied_and_term(&self) -> (Option<u64>, u64) {
+    fn applied_and_term(&self) -> (Option<LogPos>, u64) {
         use openraft::async_runtime::watch::WatchReceiver;
         let m = self.metrics().borrow_watched().clone();
-        (m.last_applied.map(|l| l.index), m.current_term)
+        (m.last_applied.map(|l| LogPos::new(l.leader_id.term, l.index)), m.current_term)
     }
 
     fn vote_request_of(&self, payload: &[u8]) -> Option<(u64, Option<LogPos>)> {
@@ -818,7 +818,7 @@ impl ferrolog_proto::internal::raft_server::Raft for RaftService {
         self.groups.transport().heard_from(req.from_node);
         self.groups.transport().set_peer_meta_applied(req.from_node, req.metadata_applied);
         let meta = self.groups.raft(GroupId::METADATA);
-        let metadata_applied = meta.as_ref().and_then(|r| r.applied_and_term().0).unwrap_or(0);
+        let metadata_applied = meta.as_ref().and_then(|r| r.applied_and_term().0).map_or(0, |l| l.index);
         let metadata_log = meta
             .map(|r| ferrolog_proto::internal::MetadataLog { last_index: r.replica_state().last_log.map(|l| l.index) });
         Ok(tonic::Response::new(ferrolog_proto::internal::BrokerHeartbeatReply { metadata_applied, metadata_log }))

@@ -487,6 +487,11 @@ impl Member {
                 self.retry_awaiting(&tx, &shared).await;
                 next_offsets = Instant::now() + OFFSETS_RETRY;
             }
+            if self.awaiting.is_empty() {
+                // Fetched, revoked, sought or fenced: a later stretch of
+                // failures is told again.
+                self.awaiting_told = false;
+            }
             if next_commit.is_some_and(|t| now >= t) {
                 if let Err(e) = self.commit(&shared, None).await {
                     tracing::warn!(error = %e, "auto-commit failed");
@@ -675,7 +680,7 @@ impl Member {
                 (Some(o), _) => Some(o),
                 (None, Some(c)) => match c.get(tp) {
                     Some(o) => Some(*o),
-                    None => Some(self.reset_offset(tp).await),
+                    None => self.reset_offset(tp).await,
                 },
                 (None, None) => None,
             };
@@ -725,9 +730,16 @@ impl Member {
                     {
                         continue;
                     }
-                    let offset = match committed.get(tp) {
-                        Some(o) => *o,
-                        None => self.reset_offset(tp).await,
+                    let offset = match committed.get(tp).copied() {
+                        Some(o) => o,
+                        None => match self.reset_offset(tp).await {
+                            Some(o) => o,
+                            None => {
+                                // The range is not known yet: ask again.
+                                self.awaiting.insert(tp.clone(), Instant::now());
+                                continue;
+                            }
+                        },
                     };
                     tracing::info!(topic = tp.0, partition = tp.1, offset, "committed offset fetched; consuming");
                     shared.lock().expect("consumer state lock").positions.insert(tp.clone(), offset);
@@ -735,7 +747,6 @@ impl Member {
                         self.start_fetcher(tp.clone(), offset, tx, shared);
                     }
                 }
-                self.awaiting_told = false;
             }
             Err(e) => self.awaiting_error = e.to_string(),
         }
@@ -756,12 +767,16 @@ impl Member {
         Ok(r.offsets.into_iter().map(|o| ((o.topic, o.partition), o.offset.max(0) as u64)).collect())
     }
 
-    async fn reset_offset(&self, tp: &Tp) -> u64 {
-        let (start, end) = range_of(&self.client, &tp.0, tp.1).await.unwrap_or((0, 0));
-        match self.config.offset_reset {
+    /// Where the reset policy starts `tp`; `None` when the partition's range
+    /// cannot be learned now (the partition then waits, as for a committed
+    /// offset that could not be fetched: starting at 0 instead would replay
+    /// it, and auto-commit would persist that).
+    async fn reset_offset(&self, tp: &Tp) -> Option<u64> {
+        let (start, end) = range_of(&self.client, &tp.0, tp.1).await?;
+        Some(match self.config.offset_reset {
             OffsetReset::Earliest => start,
             OffsetReset::Latest => end,
-        }
+        })
     }
 
     async fn commit(&self, shared: &Arc<Mutex<Shared>>, only: Option<&BTreeSet<Tp>>) -> Result<(), ClientError> {

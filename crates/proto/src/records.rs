@@ -30,6 +30,11 @@ use crate::v1;
 /// LZ4 size prefix cannot make a broker or consumer allocate more.
 pub const MAX_DECOMPRESSED_BYTES: usize = 64 << 20;
 
+/// The most an LZ4 block can expand: each byte of a block describes at most
+/// 255 bytes of output (a match length byte), so a larger claim is a lie
+/// and is refused before the output buffer is allocated.
+const LZ4_MAX_RATIO: usize = 255;
+
 /// Why a batch's records were refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordsError {
@@ -58,6 +63,12 @@ pub enum RecordsError {
         /// What the records hold.
         decoded: usize,
     },
+    /// More records than the header's count (counting stopped there).
+    #[error("record_count is {header} but the batch holds more records")]
+    TooMany {
+        /// What the header says.
+        header: u32,
+    },
     /// A record's offset delta is not its position.
     #[error("record {index} has offset delta {delta}: deltas must be 0, 1, 2, ... in order")]
     OffsetDelta {
@@ -85,6 +96,12 @@ fn plain(batch: &Batch, limit: usize) -> Result<Bytes, RecordsError> {
             if claimed > limit {
                 return Err(RecordsError::TooLarge { claimed, limit });
             }
+            if claimed > block.len().saturating_mul(LZ4_MAX_RATIO) {
+                return Err(RecordsError::Decompress(format!(
+                    "{} bytes cannot decompress to the {claimed} announced",
+                    block.len()
+                )));
+            }
             let out =
                 lz4_flex::block::decompress(block, claimed).map_err(|e| RecordsError::Decompress(e.to_string()))?;
             if out.len() != claimed {
@@ -99,10 +116,68 @@ fn plain(batch: &Batch, limit: usize) -> Result<Bytes, RecordsError> {
     }
 }
 
+/// One top-level pass over protobuf bytes: calls `f(field, wire, value)`
+/// for each field, `value` being a varint's value or a length-delimited
+/// field's bytes (fixed-width fields are skipped). `Err` for bytes that are
+/// not well formed.
+fn walk(mut b: &[u8], mut f: impl FnMut(u32, Field<'_>) -> Result<bool, RecordsError>) -> Result<(), RecordsError> {
+    use prost::encoding::WireType;
+    use prost::encoding::decode_key;
+    use prost::encoding::decode_varint;
+    let bad = |e: prost::DecodeError| RecordsError::Decode(e.to_string());
+    while !b.is_empty() {
+        let (field, wire) = decode_key(&mut b).map_err(bad)?;
+        let value = match wire {
+            WireType::Varint => Field::Varint(decode_varint(&mut b).map_err(bad)?),
+            WireType::SixtyFourBit | WireType::ThirtyTwoBit => {
+                let n = if wire == WireType::SixtyFourBit { 8 } else { 4 };
+                if n > b.len() {
+                    return Err(RecordsError::Decode("truncated field".into()));
+                }
+                b = &b[n..];
+                Field::Fixed
+            }
+            WireType::LengthDelimited => {
+                let len = usize::try_from(decode_varint(&mut b).map_err(bad)?)
+                    .map_err(|_| RecordsError::Decode("length".into()))?;
+                if len > b.len() {
+                    return Err(RecordsError::Decode("truncated field".into()));
+                }
+                let (v, rest) = b.split_at(len);
+                b = rest;
+                Field::Bytes(v)
+            }
+            other => return Err(RecordsError::Decode(format!("unexpected wire type {other:?}"))),
+        };
+        if !f(field, value)? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// A field's value, as [`walk`] sees it.
+enum Field<'a> {
+    Varint(u64),
+    Bytes(&'a [u8]),
+    Fixed,
+}
+
+/// What [`check`] reads of each record: its timestamp and offset delta
+/// (field numbers of `v1::Record`).
+const TIMESTAMP_FIELD: u32 = 4;
+const OFFSET_DELTA_FIELD: u32 = 5;
+/// The records field of `v1::RecordList`.
+const RECORDS_FIELD: u32 = 1;
+
 /// Decodes `batch`'s records, decompressing at most `limit` bytes (use
-/// [`MAX_DECOMPRESSED_BYTES`]). Checks nothing else: see [`check`].
+/// [`MAX_DECOMPRESSED_BYTES`]), once [`check`] has passed them (so no more
+/// records are decoded than the header claims). For consumers.
 pub fn decode(batch: &Batch, limit: usize) -> Result<Vec<v1::Record>, RecordsError> {
     let bytes = plain(batch, limit)?;
+    // The count and deltas, not the header's timestamps: a consumer reads
+    // what older brokers stored too, and timestamps move no offset.
+    check_plain(batch, &bytes, false)?;
     // Decoded from `Bytes`: keys and values share its buffer, not copies.
     let list = v1::RecordList::decode(bytes).map_err(|e| RecordsError::Decode(e.to_string()))?;
     Ok(list.records)
@@ -112,18 +187,54 @@ pub fn decode(batch: &Batch, limit: usize) -> Result<Vec<v1::Record>, RecordsErr
 /// decode (decompressed size bounded by `limit`); there are `record_count`
 /// of them; their offset deltas are 0, 1, 2, ... in order; the header's
 /// first timestamp is the first record's and its max timestamp the largest
-/// record's. Returns the records.
-pub fn check(batch: &Batch, limit: usize) -> Result<Vec<v1::Record>, RecordsError> {
-    let records = decode(batch, limit)?;
+/// record's. Reads the records in place (no key or value is copied, no
+/// record allocated: a small compressed block of millions of empty records
+/// costs its decompressed size and nothing more). Returns the count.
+pub fn check(batch: &Batch, limit: usize) -> Result<usize, RecordsError> {
+    let bytes = plain(batch, limit)?;
+    check_plain(batch, &bytes, true)
+}
+
+fn check_plain(batch: &Batch, bytes: &[u8], timestamps: bool) -> Result<usize, RecordsError> {
     let h = &batch.header;
-    if records.len() != h.record_count as usize {
-        return Err(RecordsError::Count { header: h.record_count, decoded: records.len() });
+    let mut n = 0usize;
+    let mut first = None;
+    let mut max = None;
+    walk(bytes, |field, value| {
+        let Field::Bytes(record) = value else { return Ok(true) };
+        if field != RECORDS_FIELD {
+            return Ok(true);
+        }
+        if n >= h.record_count as usize {
+            return Err(RecordsError::TooMany { header: h.record_count });
+        }
+        // Proto3 defaults: an absent field is 0.
+        let (mut ts, mut delta) = (0i64, 0u64);
+        walk(record, |f, v| {
+            match (f, v) {
+                (TIMESTAMP_FIELD, Field::Varint(x)) => ts = x as i64,
+                (OFFSET_DELTA_FIELD, Field::Varint(x)) => delta = x,
+                (TIMESTAMP_FIELD | OFFSET_DELTA_FIELD, _) => {
+                    return Err(RecordsError::Decode(format!("record field {f} of the wrong type")));
+                }
+                _ => {}
+            }
+            Ok(true)
+        })?;
+        if delta != n as u64 {
+            return Err(RecordsError::OffsetDelta { index: n, delta: delta as u32 });
+        }
+        first.get_or_insert(ts);
+        max = Some(max.map_or(ts, |m: i64| m.max(ts)));
+        n += 1;
+        Ok(true)
+    })?;
+    if n != h.record_count as usize {
+        return Err(RecordsError::Count { header: h.record_count, decoded: n });
     }
-    if let Some((index, r)) = records.iter().enumerate().find(|(i, r)| r.offset_delta as usize != *i) {
-        return Err(RecordsError::OffsetDelta { index, delta: r.offset_delta });
+    if !timestamps {
+        return Ok(n);
     }
-    let first = records.first().map(|r| r.timestamp_ms);
-    let max = records.iter().map(|r| r.timestamp_ms).max();
     if first != Some(h.first_timestamp_ms) {
         return Err(RecordsError::Timestamps(format!(
             "first_timestamp_ms is {} but the first record's timestamp is {first:?}",
@@ -136,7 +247,7 @@ pub fn check(batch: &Batch, limit: usize) -> Result<Vec<v1::Record>, RecordsErro
             h.max_timestamp_ms
         )));
     }
-    Ok(records)
+    Ok(n)
 }
 
 #[cfg(test)]
@@ -171,8 +282,9 @@ mod tests {
 
     #[test]
     fn a_batch_whose_header_matches_its_records_passes() {
-        assert_eq!(check(&good(3), MAX_DECOMPRESSED_BYTES).map(|r| r.len()), Ok(3));
-        assert_eq!(check(&lz4(&good(5)), MAX_DECOMPRESSED_BYTES).map(|r| r.len()), Ok(5));
+        assert_eq!(check(&good(3), MAX_DECOMPRESSED_BYTES), Ok(3));
+        assert_eq!(decode(&good(3), MAX_DECOMPRESSED_BYTES).map(|r| r.len()), Ok(3));
+        assert_eq!(check(&lz4(&good(5)), MAX_DECOMPRESSED_BYTES), Ok(5));
         // Timestamps that differ: first is the first record's, max the largest.
         let mut h = BatchHeader::plain(3, 10);
         h.max_timestamp_ms = 30;
@@ -183,13 +295,17 @@ mod tests {
     #[test]
     fn a_count_that_disagrees_with_the_records_is_refused() {
         let records: Vec<_> = (0..3).map(|i| record(i, 1_000, b"v")).collect();
-        for claimed in [1, 2, 4, 1_000_000] {
+        for claimed in [4, 1_000_000] {
             let b = sealed(BatchHeader::plain(claimed, 1_000), records.clone());
-            assert_eq!(
-                check(&b, MAX_DECOMPRESSED_BYTES).err(),
-                Some(RecordsError::Count { header: claimed, decoded: 3 }),
-                "{claimed}"
-            );
+            let want = Some(RecordsError::Count { header: claimed, decoded: 3 });
+            assert_eq!(check(&b, MAX_DECOMPRESSED_BYTES).err(), want, "{claimed}");
+            assert_eq!(decode(&b, MAX_DECOMPRESSED_BYTES).err(), want, "{claimed}");
+        }
+        for claimed in [1, 2] {
+            let b = sealed(BatchHeader::plain(claimed, 1_000), records.clone());
+            let want = Some(RecordsError::TooMany { header: claimed });
+            assert_eq!(check(&b, MAX_DECOMPRESSED_BYTES).err(), want, "{claimed}");
+            assert_eq!(decode(&b, MAX_DECOMPRESSED_BYTES).err(), want, "{claimed}");
         }
     }
 
@@ -237,7 +353,7 @@ mod tests {
             check(&b, MAX_DECOMPRESSED_BYTES).err(),
             Some(RecordsError::TooLarge { claimed: u32::MAX as usize, limit: MAX_DECOMPRESSED_BYTES })
         );
-        // A size that fits the bound but not the block.
+        // A size no block of that length can expand to.
         let b = Batch::seal(h, Bytes::from(vec![0x00, 0x10, 0x00, 0x00, 0x00]));
         assert!(matches!(check(&b, MAX_DECOMPRESSED_BYTES), Err(RecordsError::Decompress(_))));
         // A real block over a smaller bound.
@@ -246,6 +362,19 @@ mod tests {
         assert!(check(&big, MAX_DECOMPRESSED_BYTES).is_ok());
         let no_prefix = Batch::seal(h, Bytes::from(vec![0x01]));
         assert!(matches!(check(&no_prefix, MAX_DECOMPRESSED_BYTES), Err(RecordsError::Decompress(_))));
+    }
+
+    #[test]
+    fn a_tiny_block_of_millions_of_empty_records_is_refused_without_decoding_them() {
+        // 16 MiB of empty records (two bytes each) compress to ~64 KiB; a
+        // header claiming one record is refused by counting, not by
+        // decoding 8 million records.
+        let list = [0x0au8, 0x00].repeat(8 << 20);
+        let mut h = BatchHeader::plain(1, 1_000);
+        h.compression = v1::Compression::Lz4 as u32;
+        let b = Batch::seal(h, Bytes::from(lz4_flex::compress_prepend_size(&list)));
+        assert!(b.records.len() < 1 << 20, "{} bytes compressed", b.records.len());
+        assert_eq!(check(&b, MAX_DECOMPRESSED_BYTES).err(), Some(RecordsError::TooMany { header: 1 }));
     }
 
     #[test]
