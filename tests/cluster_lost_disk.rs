@@ -564,7 +564,15 @@ async fn wiped_peers_wait_for_the_one_with_the_metadata_instead_of_bootstrapping
     cluster.restart(a)?;
     cluster.wait_serving(START).await.with_context(|| all_logs(&cluster))?;
     let leader = client.wait_leaders(TOPIC, START).await.with_context(|| all_logs(&cluster))?[0];
-    let hw = verify_on(&client, &cluster.node(leader).addr, &acked).await?;
+    // A leader just elected exposes only what it had applied until it
+    // commits an entry of its own term: wait for its high watermark.
+    let leader_addr = cluster.node(leader).addr.clone();
+    let hw = eventually("the new leader to expose every acknowledged record", START, || {
+        let (client, addr, acked) = (&client, &leader_addr, &acked);
+        async move { verify_on(client, addr, acked).await.map_err(|e| e.to_string()) }
+    })
+    .await
+    .with_context(|| all_logs(&cluster))?;
     eprintln!("leader {leader} holds all {} acknowledged records (hw {hw})", acked.len());
     for (id, m) in [b, w].iter().zip(marks) {
         if !cluster.log_contains_since(*id, m, "the peers already form a cluster") {
