@@ -10,6 +10,9 @@
 //!    skipped.
 //! 3. The metadata leader (the coordinator) is SIGKILLed while the group
 //!    consumes: the members keep their partitions and continue.
+//! 4. The metadata leader is cut off together with a member that can reach
+//!    it alone: the deposed coordinator stops vouching for the member, which
+//!    self-fences before the majority's coordinator hands its partitions on.
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
@@ -30,6 +33,7 @@ use ferrolog_proto::v1;
 use ferrolog_tests::client::TestClient;
 use ferrolog_tests::cluster::Cluster;
 use ferrolog_tests::cluster::ferrolog_bin;
+use ferrolog_tests::netfault::NetFaults;
 
 const START: Duration = Duration::from_secs(60);
 const SESSION: Duration = Duration::from_secs(3);
@@ -478,6 +482,194 @@ async fn a_member_that_cannot_fetch_its_committed_offset_waits_instead_of_skippi
     }
     ensure!(offsets == (40..100).collect::<Vec<u64>>(), "delivered {offsets:?}, want 40..99 in order");
     ensure!(told, "the application was never told that the committed offsets were unavailable");
+    consumer.close().await?;
+    Ok(())
+}
+
+/// The stale-coordinator case: the metadata leader A (the coordinator) is
+/// cut off from the other brokers together with member M1, whose client
+/// reaches A alone; member M2 reaches only the majority. A still believes
+/// it leads (openraft does not step down on its own). Before, A kept
+/// answering M1's steady-state heartbeats from its local copy, so M1 never
+/// self-fenced, while the majority's new coordinator expired M1 and handed
+/// both partitions to M2: two owners. Now A answers only while a quorum
+/// confirms its leader lease, M1's heartbeats fail and it gives its
+/// partitions up before its session could expire anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_coordinator_cannot_keep_a_member_owning_what_the_majority_handed_on() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start_on_own_ips(3, &[])?;
+    cluster.wait_serving(START).await?;
+    let mut faults = NetFaults::new()?;
+    let tc = TestClient::new(cluster.addrs());
+    tc.create_topic("stale", 2, 3).await?;
+    tc.wait_leaders("stale", START).await?;
+    let a = loop {
+        let s = tc.client().admin(START, |mut c| async move { c.describe_cluster(v1::DescribeClusterRequest {}).await }).await?;
+        if s.metadata_leader_id != 0 {
+            break s.metadata_leader_id;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let others: Vec<u64> = (1..=3).filter(|id| *id != a).collect();
+    // Each client on an address of its own beside the brokers' (127.x.y.i),
+    // so that a network partition can put it on either side.
+    let prefix = cluster.ip(1).rsplit_once('.').context("an IPv4 broker address")?.0.to_string();
+    let (ip1, ip2) = (format!("{prefix}.11"), format!("{prefix}.12"));
+    let c1 = Arc::new(Client::new(vec![cluster.node(a).addr.clone()]).bind_to(ip1.parse()?));
+    let c2 = Arc::new(Client::new(others.iter().map(|id| cluster.node(*id).addr.clone()).collect()).bind_to(ip2.parse()?));
+    let seen: Seen = Arc::default();
+    let m1 = member(&c1, "g", "stale", &seen);
+    wait_for("M1 owns both partitions", START, || m1.owns().len() == 2).await?;
+    eprintln!("coordinator A = broker {a}; M1 on {ip1} reaches A alone, M2 on {ip2} the others {others:?}");
+
+    let majority: Vec<String> = others.iter().map(|id| cluster.ip(*id).to_string()).chain([ip2.clone()]).collect();
+    faults.partition(&[cluster.ip(a).to_string(), ip1.clone()], &majority)?;
+    let cut = Instant::now();
+    let m2 = member(&c2, "g", "stale", &seen);
+    let mut overlap = None;
+    let handed = wait_for("M2 owns both partitions", START, || {
+        if overlap.is_none() && !exclusive(&[&m1, &m2]) {
+            overlap = Some((cut.elapsed(), m1.owns(), m2.owns()));
+        }
+        m2.owns().len() == 2
+    })
+    .await;
+    if let Some((at, o1, o2)) = overlap {
+        bail!(
+            "two owners {at:?} after the cut: M1 (routed to the deposed coordinator {a}) owns {o1:?} while M2 owns \
+             {o2:?}"
+        );
+    }
+    handed?;
+    ensure!(m1.owns().is_empty(), "M1 still owns {:?} after M2 took both partitions", m1.owns());
+    eprintln!("M1 gave up and M2 owns both partitions {:?} after the cut", cut.elapsed());
+
+    // Healed, M1 rejoins through A (now a follower pointing at the leader)
+    // and the two split the partitions, one owner each all along.
+    faults.heal()?;
+    let mut overlap = None;
+    let split = wait_for("one partition each after healing", START, || {
+        if overlap.is_none() && !exclusive(&[&m1, &m2]) {
+            overlap = Some((m1.owns(), m2.owns()));
+        }
+        m1.owns().len() == 1 && m2.owns().len() == 1
+    })
+    .await;
+    if let Some((o1, o2)) = overlap {
+        bail!("two owners after healing: M1 owns {o1:?} while M2 owns {o2:?}");
+    }
+    split?;
+    m1.close().await?;
+    m2.close().await?;
+    Ok(())
+}
+
+/// Commits `offset` of `topic`/0 for `group` as a standalone consumer.
+async fn commit_standalone(client: &Client, group: &str, topic: &str, offset: i64) -> Result<(), ferrolog_client::ClientError> {
+    let req = v1::CommitOffsetsRequest {
+        group: group.into(),
+        member_id: String::new(),
+        member_epoch: 0,
+        offsets: vec![v1::OffsetCommit { topic: topic.into(), partition: 0, offset, metadata: String::new() }],
+    };
+    client
+        .on_coordinator(START, |ch| {
+            let req = req.clone();
+            async move { v1::groups_client::GroupsClient::new(ch).commit_offsets(req).await }
+        })
+        .await?;
+    Ok(())
+}
+
+/// Every committed offset of `group`: `(topic, partition) -> offset`.
+async fn committed(client: &Client, group: &str) -> anyhow::Result<BTreeMap<(String, u32), i64>> {
+    let req = v1::FetchOffsetsRequest { group: group.into(), partitions: Vec::new() };
+    let r = client
+        .on_coordinator(START, |ch| {
+            let req = req.clone();
+            async move { v1::groups_client::GroupsClient::new(ch).fetch_offsets(req).await }
+        })
+        .await?;
+    Ok(r.offsets.into_iter().map(|o| ((o.topic, o.partition), o.offset)).collect())
+}
+
+/// Deleting a topic deletes its groups' committed offsets, on disk too.
+/// Before, a topic created again under the same name kept the old topic's
+/// commit (100): a consumer started there, past the new topic's end, and
+/// with the `latest` reset policy skipped every record; lower commits were
+/// ignored ("never backwards"), so the group could not recover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_topic_deletes_its_committed_offsets() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start(3)?;
+    cluster.wait_serving(START).await?;
+    let tc = TestClient::new(cluster.addrs());
+    let client = tc.shared();
+    tc.create_topic("gone", 1, 3).await?;
+    tc.create_topic("kept", 1, 3).await?;
+    tc.wait_leaders("gone", START).await?;
+    produce(&tc, "gone", 1, 0, 100).await?;
+    commit_standalone(&client, "g", "gone", 100).await?;
+    commit_standalone(&client, "g", "kept", 7).await?;
+    // A group whose only offsets are of the deleted topic goes with them.
+    commit_standalone(&client, "only-gone", "gone", 50).await?;
+
+    let delete = v1::DeleteTopicRequest { name: "gone".into() };
+    tc.admin(START, |mut c| {
+        let req = delete.clone();
+        async move { c.delete_topic(req).await }
+    })
+    .await?;
+    let want_kept: BTreeMap<(String, u32), i64> = [(("kept".to_string(), 0), 7)].into();
+    ensure!(committed(&client, "g").await? == want_kept, "after the delete: {:?}", committed(&client, "g").await?);
+    ensure!(committed(&client, "only-gone").await?.is_empty(), "the deleted topic's offsets are gone");
+    let e = commit_standalone(&client, "g", "gone", 100).await.expect_err("a commit of a deleted topic");
+    ensure!(e.kind() == ferrolog_client::ErrorKind::NotFound, "commit of a deleted topic: {e:?}");
+
+    tc.create_topic("gone", 1, 3).await?;
+    tc.wait_leaders("gone", START).await?;
+    produce(&tc, "gone", 1, 0, 10).await?;
+    commit_standalone(&client, "g", "gone", 5).await?;
+    // Survives a full restart: the deletes reached the disk.
+    for n in [1, 2, 3] {
+        cluster.kill(n)?;
+    }
+    for n in [1, 2, 3] {
+        cluster.restart(n)?;
+    }
+    cluster.wait_serving(START).await?;
+    let mut want = want_kept.clone();
+    want.insert(("gone".to_string(), 0), 5);
+    ensure!(committed(&client, "g").await? == want, "after the restart: {:?}", committed(&client, "g").await?);
+    let groups = {
+        let r = client
+            .on_coordinator(START, |ch| async move {
+                v1::groups_client::GroupsClient::new(ch).list_groups(v1::ListGroupsRequest {}).await
+            })
+            .await?;
+        r.groups
+    };
+    ensure!(!format!("{groups:?}").contains("only-gone"), "the emptied group is gone after the restart: {groups:?}");
+
+    // A member with the `latest` reset policy starts at the new commit.
+    let config = ConsumerConfig {
+        client_id: "test".into(),
+        session_timeout: SESSION,
+        offset_reset: OffsetReset::Latest,
+        ..ConsumerConfig::default()
+    };
+    let mut consumer = Consumer::subscribe(client.clone(), "g", &["gone"], config);
+    let mut offsets = Vec::new();
+    let deadline = Instant::now() + START;
+    while offsets.len() < 5 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, consumer.next()).await {
+            Err(_) => bail!("only offsets {offsets:?} delivered within {START:?}; want 5..9"),
+            Ok(None) => bail!("consumer ended"),
+            Ok(Some(Event::Record(r))) => offsets.push(r.record.offset),
+            Ok(Some(_)) => {}
+        }
+    }
+    ensure!(offsets == (5..10).collect::<Vec<u64>>(), "delivered {offsets:?}, want 5..9");
     consumer.close().await?;
     Ok(())
 }

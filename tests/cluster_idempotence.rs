@@ -321,3 +321,63 @@ async fn dedup_survives_a_full_restart_and_a_snapshot_install() -> anyhow::Resul
     ensure!(!next.duplicate && next.base_offset == Some(60), "the sequence continues: {next:?}");
     Ok(())
 }
+
+/// A partition's clock expires idle producers. The broker leading it has a
+/// wall clock 30 days ahead (failpoint `clock.skew_ms`, as after a clock
+/// jump) once the partition clock was set by a correct one. Before, its
+/// first clock proposal carried its own wall clock, every replica applied
+/// it, and the producer was forgotten cluster-wide: the retry of its batch
+/// was appended a second time. Now the clock never advances faster than the
+/// proposing broker's monotonic clock, and the retry is a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_whose_clock_jumps_ahead_does_not_expire_producers() -> anyhow::Result<()> {
+    const LOG: (&str, &str) = ("RUST_LOG", "info,openraft=warn,ferrolog_broker::retention=debug");
+    const PROPOSAL: &str = "proposing the partition clock";
+    // Expiry 40 s (a clock proposal every 10 s): longer than the test runs
+    // by the real clock.
+    let mut cluster = Cluster::start_with_env(
+        3,
+        &[("FERROLOG_PRODUCER_EXPIRY_MS", "40000"), ("FERROLOG_PREFERRED_LEADER_DELAY_MS", "1000"), LOG],
+    )?;
+    cluster.wait_serving(START).await?;
+    let client = TestClient::new(cluster.addrs());
+    client.create_topic("clock", 1, 3).await?;
+    let preferred = client.client().describe_topic("clock").await?.partitions[0].replicas[0];
+    eventually("the preferred replica to lead", START, || async {
+        match client.wait_leaders("clock", START).await {
+            Ok(l) if l[0] == preferred => Ok(()),
+            other => Err(format!("leader {other:?}, preferred {preferred}")),
+        }
+    })
+    .await?;
+    let inner = client.shared();
+    let (id, epoch) = inner.init_producer(None).await?;
+    let mut b = ferrolog_client::make_batch(&rec("once"), 1);
+    ferrolog_client::set_producer(&mut b, id, epoch, 0);
+    let first = inner.produce("clock", 0, ferrolog_client::Acks::All, b.clone(), OP).await?;
+    // The partition clock is set (real time) by the correct leader.
+    eventually("a first clock proposal", START, || async {
+        if cluster.log_contains(preferred, PROPOSAL) { Ok(()) } else { Err("none yet".to_string()) }
+    })
+    .await?;
+
+    // Its wall clock jumps 30 days ahead; it leads again.
+    let skew = ("FERROLOG_FAILPOINTS", "clock.skew_ms=2592000000");
+    cluster.restart_with_env(preferred, &[skew, LOG])?;
+    cluster.wait_serving(START).await?;
+    let mark = cluster.log_len(preferred);
+    eventually("a clock proposal by the skewed leader", START, || async {
+        let n = cluster.log_matches_since(preferred, mark, PROPOSAL);
+        if n >= 1 { Ok(()) } else { Err(format!("{n} so far (leaders {:?})", client.wait_leaders("clock", OP).await)) }
+    })
+    .await?;
+    let retry = inner.produce("clock", 0, ferrolog_client::Acks::All, b, OP).await?;
+    ensure!(
+        retry.duplicate && retry.base_offset == first.base_offset,
+        "the retry was appended again at {:?} (first at {:?}): the skewed clock expired the producer",
+        retry.base_offset,
+        first.base_offset
+    );
+    assert_eq!(values(&client, &cluster, "clock").await?, ["once"], "one copy in the log");
+    Ok(())
+}

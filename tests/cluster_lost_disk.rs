@@ -281,17 +281,21 @@ async fn partitions_created_while_a_wiped_broker_was_down_elect_leaders_with_it(
     if !cluster.log_contains_since(w, mark, "the peers already form a cluster") {
         bail!("W did not take the lost-disk path; its log:\n{}", cluster.log_tail(w));
     }
-    eventually("W's replicas to recover", START, || {
-        let n = cluster.log_matches_since(w, mark, "replica caught up after a lost disk");
-        let want = on_w.len();
-        async move { if n >= want { Ok(()) } else { Err(format!("{n} of {want} recovered")) } }
-    })
-    .await
-    .with_context(|| format!("W's log:\n{}", cluster.log_tail(w)))?;
+    replicas_recovered(&cluster, w, mark, on_w.len()).await.with_context(|| format!("W's log:\n{}", cluster.log_tail(w)))?;
     Ok(())
 }
 
 /// Every broker's log tail, for a failure's context.
+/// Waits until broker `w` logged, since `mark`, `want` replicas caught up
+/// after its lost disk.
+async fn replicas_recovered(cluster: &Cluster, w: u64, mark: u64, want: usize) -> anyhow::Result<()> {
+    eventually("W's replicas to recover", START, || {
+        let n = cluster.log_matches_since(w, mark, "replica caught up after a lost disk");
+        async move { if n >= want { Ok(()) } else { Err(format!("{n} of {want} recovered")) } }
+    })
+    .await
+}
+
 fn all_logs(cluster: &Cluster) -> String {
     (1..=3).map(|id| format!("broker {id}'s log:\n{}\n", cluster.log_tail(id))).collect()
 }
@@ -497,12 +501,7 @@ async fn a_stale_leader_cannot_commit_with_a_wiped_replica() -> anyhow::Result<(
     // And it votes again in every partition, though the stale leader's
     // answer named a longer (uncommitted, since cut) log than the new
     // leader's: idle partitions included.
-    eventually("W's three replicas to recover", START, || {
-        let n = cluster.log_matches_since(w, mark, "replica caught up after a lost disk");
-        async move { if n >= 3 { Ok(()) } else { Err(format!("{n} of 3 recovered")) } }
-    })
-    .await
-    .with_context(|| all_logs(&cluster))?;
+    replicas_recovered(&cluster, w, mark, 3).await.with_context(|| all_logs(&cluster))?;
     Ok(())
 }
 

@@ -8,6 +8,8 @@
 //!    succeeds on every partition; nothing acknowledged is lost.
 //! 4. The killed broker restarts; leadership moves back to the preferred
 //!    replicas (placement's first replica) on its own.
+//! 5. A leader's Raft core for one partition stops while its broker runs
+//!    on and heartbeats: the followers still elect another leader.
 
 use std::time::Duration;
 use std::time::Instant;
@@ -146,5 +148,70 @@ async fn quiesced_partitions_serve_fail_over_and_rebalance() -> anyhow::Result<(
         })
         .await??;
     }
+    Ok(())
+}
+
+/// The leader's Raft core for a partition stops while its broker keeps
+/// running and heartbeating (failpoint: every read of the group's log fails
+/// on that broker, as a corrupt value would; openraft stops the core on a
+/// storage error). Before, the followers stayed parked as long as the
+/// leader's broker heartbeated, and the partition had no leader for good:
+/// produce failed until its timeout. Now the broker heartbeats list the
+/// stopped group and the followers elect a new leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_whose_leader_s_raft_core_stopped_elects_another_leader() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start_with_env(3, &[("FERROLOG_FAILPOINTS", "raft.fail_led_log_reads_on_sigusr1=1")])?;
+    cluster.wait_serving(START).await?;
+    let client = TestClient::new(cluster.addrs());
+    client.create_topic("core", 1, 3).await?;
+    let leader = client.wait_leaders("core", START).await?[0];
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        let v = format!("before-{i}").into_bytes();
+        let r = client.produce("core", 0, ferrolog_client::Acks::All, &[v.clone()], START).await?;
+        acked.push((r.base_offset.context("acks=all answers with offsets")?, v));
+    }
+    let mark = cluster.log_len(leader);
+    cluster.signal(leader, libc::SIGUSR1)?;
+    eventually("the failpoint armed on the leader", START, || async {
+        if cluster.log_contains_since(leader, mark, "log reads of these groups fail from now on") {
+            Ok(())
+        } else {
+            Err("the leader never logged the armed failpoint".to_string())
+        }
+    })
+    .await?;
+    let stopped_at = Instant::now();
+    // The first produce after the fault stops the core (replication reads
+    // the log); produce must then succeed on a new leader.
+    for i in 0..20 {
+        let v = format!("after-{i}").into_bytes();
+        let r = client
+            .produce("core", 0, ferrolog_client::Acks::All, &[v.clone()], START)
+            .await
+            .with_context(|| format!("produce {i} after broker {leader}'s Raft core for core/0 stopped"))?;
+        acked.push((r.base_offset.context("acks=all answers with offsets")?, v));
+    }
+    eprintln!("produce resumed {:?} after the core stopped", stopped_at.elapsed());
+    ensure_log(&cluster, leader, mark)?;
+    let now = client.wait_leaders("core", START).await?[0];
+    anyhow::ensure!(now != leader, "broker {leader}, whose core stopped, still named leader");
+    let (records, _) = client.fetch_from(&cluster.node(now).addr, "core", 0, 0).await?;
+    for (offset, v) in &acked {
+        anyhow::ensure!(
+            records.iter().any(|(o, r)| o == offset && r == v),
+            "acknowledged record at offset {offset} missing or different on the new leader {now}"
+        );
+    }
+    Ok(())
+}
+
+/// The stopped core was noticed and told (not some other failover).
+fn ensure_log(cluster: &Cluster, leader: u64, mark: u64) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        cluster.log_contains_since(leader, mark, "this replica's Raft core stopped"),
+        "broker {leader} never reported its stopped Raft core: {}",
+        cluster.log_tail(leader)
+    );
     Ok(())
 }

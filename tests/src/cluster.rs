@@ -63,7 +63,8 @@ pub struct Node {
     pub addr: String,
     /// Where it serves Prometheus metrics.
     pub metrics_addr: String,
-    data_dir: PathBuf,
+    /// Its data dir.
+    pub data_dir: PathBuf,
     log: PathBuf,
     child: Option<Child>,
     /// Started with `--join` instead of being an initial peer.
@@ -259,6 +260,24 @@ impl Cluster {
         Ok(())
     }
 
+    /// Moves stopped broker `id`'s data dir onto a tmpfs of `bytes` (a
+    /// small disk that fills up); unmounted when the returned guard drops
+    /// (keep it until the broker has stopped). Needs root.
+    pub fn put_on_small_disk(&mut self, id: u64, bytes: u64) -> anyhow::Result<SmallDisk> {
+        anyhow::ensure!(!self.is_running(id), "broker {id} must be stopped to move its data dir");
+        let dir = self.nodes[id as usize - 1].data_dir.clone();
+        let aside = dir.with_extension("aside");
+        std::fs::rename(&dir, &aside).with_context(|| format!("move {} aside", dir.display()))?;
+        std::fs::create_dir(&dir)?;
+        let size = format!("size={bytes}");
+        run("mount", &["-t", "tmpfs", "-o", &size, "tmpfs", &dir.to_string_lossy()])
+            .context("a small disk needs root (mount -t tmpfs)")?;
+        let disk = SmallDisk { path: dir.clone() };
+        run("cp", &["-a", &format!("{}/.", aside.display()), &dir.to_string_lossy()])?;
+        std::fs::remove_dir_all(&aside)?;
+        Ok(disk)
+    }
+
     /// The directory holding every broker's data and log.
     pub fn data_root(&self) -> &std::path::Path {
         self.dir.path()
@@ -438,4 +457,33 @@ async fn serving(addr: &str) -> bool {
         c.check(HealthCheckRequest { service: String::new() }).await.map(|r| r.into_inner().status),
         Ok(s) if s == ServingStatus::Serving as i32
     )
+}
+
+/// A tmpfs mounted over a broker's data dir ([`Cluster::put_on_small_disk`]);
+/// unmounted on drop.
+#[derive(Debug)]
+pub struct SmallDisk {
+    path: PathBuf,
+}
+
+impl SmallDisk {
+    /// Bytes in use on it.
+    pub fn used_bytes(&self) -> anyhow::Result<u64> {
+        let out = std::process::Command::new("df").args(["-B1", "--output=used"]).arg(&self.path).output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines().nth(1).and_then(|l| l.trim().parse().ok()).with_context(|| format!("df output {text:?}"))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        // Lazy: a broker still holding files open does not keep it mounted.
+        let _ = run("umount", &["-l", &self.path.to_string_lossy()]);
+    }
+}
+
+fn run(cmd: &str, args: &[&str]) -> anyhow::Result<()> {
+    let out = std::process::Command::new(cmd).args(args).output().with_context(|| format!("run {cmd}"))?;
+    anyhow::ensure!(out.status.success(), "{cmd} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    Ok(())
 }

@@ -136,21 +136,11 @@ pub fn batch(values: &[&[u8]]) -> Batch {
 /// `header` sealed over a record list of `values` (offset deltas 0, 1, ...;
 /// every record at the header's first timestamp), as brokers require.
 fn sealed(header: BatchHeader, values: &[&[u8]]) -> Batch {
-    use prost::Message;
-    let list = ferrolog_proto::v1::RecordList {
-        records: values
-            .iter()
-            .enumerate()
-            .map(|(i, v)| ferrolog_proto::v1::Record {
-                key: None,
-                value: Bytes::copy_from_slice(v),
-                headers: vec![],
-                timestamp_ms: header.first_timestamp_ms,
-                offset_delta: i as u32,
-            })
-            .collect(),
-    };
-    Batch::seal(header, Bytes::from(list.encode_to_vec()))
+    let blob = ferrolog_proto::records::encode(
+        values.iter().map(|v| (None, Bytes::copy_from_slice(v))),
+        header.first_timestamp_ms,
+    );
+    Batch::seal(header, blob)
 }
 
 /// An idempotent batch of `n` records from `(producer, epoch)` starting at

@@ -106,6 +106,10 @@ impl From<GroupError> for BrokerError {
             }
             GroupError::NotEmpty(_) => BrokerError::GroupNotEmpty(msg),
             GroupError::UnknownGroup(g) => BrokerError::UnknownGroup(g),
+            GroupError::UnknownPartition { topic, count: None, .. } => BrokerError::UnknownTopic(topic),
+            GroupError::UnknownPartition { topic, partition, count: Some(n) } => {
+                BrokerError::UnknownPartition { topic, partition, count: n as usize }
+            }
             GroupError::Invalid(m) => BrokerError::InvalidArgument(m),
         }
     }

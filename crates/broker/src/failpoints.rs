@@ -22,6 +22,12 @@
 //!   (an injected EIO, nothing synced). The store refuses every later write
 //!   and the broker halts (fail-stop): what was not synced is never
 //!   acknowledged.
+//! - `raft.fail_led_log_reads_on_sigusr1=1`: on SIGUSR1, every partition
+//!   group this broker leads at that moment fails each later read of its
+//!   Raft log (as a corrupt value would), so its Raft core stops while the
+//!   broker keeps running ([`ferrolog_raft::faults`]).
+//! - `clock.skew_ms=N`: the broker's wall clock, as the partition clock
+//!   proposals read it, runs N ms ahead (a clock jump on one broker).
 //! - `groups.fail_fetch_offsets_ms=N`: every FetchOffsets answers
 //!   `UNAVAILABLE` for N ms from the first one this broker receives (a
 //!   coordinator that cannot answer for a while); other group RPCs work.
@@ -87,6 +93,46 @@ pub fn check_supported() -> Result<(), String> {
         }
         _ => Ok(()),
     }
+}
+
+/// `raft.fail_led_log_reads_on_sigusr1`: waits for SIGUSR1, then makes
+/// every later log read of the partition groups led here fail. Returns at
+/// once when the failpoint is not set.
+pub async fn fail_led_log_reads_on_sigusr1(groups: std::sync::Arc<crate::groups::Groups>) {
+    if !cfg!(feature = "failpoints")
+        || value(&std::env::var(ENV).unwrap_or_default(), "raft.fail_led_log_reads_on_sigusr1") != Some(1)
+    {
+        return;
+    }
+    let Ok(mut signal) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()) else {
+        tracing::error!("failpoint raft.fail_led_log_reads_on_sigusr1: cannot listen for SIGUSR1");
+        return;
+    };
+    while signal.recv().await.is_some() {
+        use openraft::async_runtime::watch::WatchReceiver;
+        let led: Vec<_> = groups
+            .replicas()
+            .into_iter()
+            .filter(|r| r.raft.metrics().borrow_watched().state == openraft::ServerState::Leader)
+            .map(|r| r.group)
+            .collect();
+        tracing::warn!(groups = ?led, "failpoint raft.fail_led_log_reads_on_sigusr1: log reads of these groups fail from now on");
+        for g in led {
+            ferrolog_raft::faults::fail_log_reads_of(g);
+        }
+    }
+}
+
+/// `clock.skew_ms`: how far ahead of the real one this broker's wall clock
+/// runs for the partition clock (a clock jump); 0 without the failpoint.
+pub fn clock_skew_ms() -> i64 {
+    static SKEW: OnceLock<i64> = OnceLock::new();
+    *SKEW.get_or_init(|| {
+        if !cfg!(feature = "failpoints") {
+            return 0;
+        }
+        value(&std::env::var(ENV).unwrap_or_default(), "clock.skew_ms").map_or(0, |v| v as i64)
+    })
 }
 
 /// `groups.fail_fetch_offsets_ms`: fails FetchOffsets for that many ms

@@ -89,10 +89,11 @@ pub struct View<'a> {
     pub leader_for: Duration,
     /// Whether a peer broker is live.
     pub is_live: &'a dyn Fn(NodeId) -> bool,
-    /// Whether the leader this follower follows lost its disk (it probed
-    /// this replica: crate::recovery); it leads nothing any more, live as
-    /// its broker is.
-    pub leader_lost_disk: bool,
+    /// Whether the leader this follower follows leads nothing any more,
+    /// live as its broker is: it lost its disk (it probed this replica:
+    /// crate::recovery), or its Raft core for this group stopped (its
+    /// broker heartbeats say so).
+    pub leader_gone: bool,
     /// Idle time after which a caught-up leader stops ticking
     /// (`quiesce_after_ms`).
     pub quiesce_after: Duration,
@@ -129,10 +130,10 @@ pub fn decide(v: &View<'_>) -> Decision {
         return Decision { tick, transfer_to };
     }
     // A follower needs its election timer only when the leader's broker is
-    // gone or the leader lost its disk (or no leader is known, or it is
-    // still itself after a restart).
+    // gone or the leader is (lost its disk, its core stopped), or no leader
+    // is known, or it is still itself after a restart.
     let tick = match v.leader {
-        Some(l) if l != v.me => !(v.is_live)(l) || v.leader_lost_disk,
+        Some(l) if l != v.me => !(v.is_live)(l) || v.leader_gone,
         _ => true,
     };
     Decision { tick, transfer_to: None }
@@ -197,6 +198,22 @@ async fn round(
     quiesce: bool,
 ) {
     let m = r.raft.metrics().borrow_watched().clone();
+    if let Err(e) = &m.running_state {
+        // This replica's Raft core stopped (a storage error on the group, a
+        // corrupt value) while the broker runs on: its followers, parked
+        // while this broker heartbeats, must hear that it leads no more.
+        if groups.transport().mark_stopped(r.group) {
+            tracing::error!(
+                node = me,
+                topic = r.topic,
+                partition = r.partition,
+                error = %e,
+                "this replica's Raft core stopped: telling the other replicas to elect without it (restart the broker \
+                 to bring the replica back)"
+            );
+        }
+        return;
+    }
     let s = seen.entry(r.group).or_insert(Seen {
         last_log: m.last_log_index,
         active_at: now,
@@ -230,7 +247,7 @@ async fn round(
         idle_for: now.saturating_duration_since(s.active_at),
         leader_for: now.saturating_duration_since(s.leader_since),
         is_live: &is_live,
-        leader_lost_disk: m.state != ServerState::Leader
+        leader_gone: m.state != ServerState::Leader
             && groups.transport().recovery().is_lost_leader(r.group, m.current_leader),
         quiesce_after: groups.timings().quiesce_after,
         preferred_leader_delay: groups.timings().preferred_leader_delay,
@@ -275,7 +292,7 @@ mod tests {
             idle_for: QUIESCE_AFTER,
             leader_for: Duration::ZERO,
             is_live: live,
-            leader_lost_disk: false,
+            leader_gone: false,
             quiesce_after: QUIESCE_AFTER,
             preferred_leader_delay: PREFERRED_LEADER_DELAY,
         }
@@ -315,7 +332,7 @@ mod tests {
         let mut v = view(&live);
         v.state = ServerState::Follower;
         v.leader = Some(2);
-        v.leader_lost_disk = true;
+        v.leader_gone = true;
         assert!(decide(&v).tick, "leader's broker live but it lost its disk: must be able to elect");
         let mut v = view(&live);
         v.state = ServerState::Follower;

@@ -59,7 +59,7 @@
 //! replica's vote, and this replica's log can only come from a leader.
 //! A follower whose leader probes it learns that its leader lost its disk
 //! (it leads nothing any more) and turns its election timer back on
-//! ([`Recovery::leader_lost_disk`]), as it would had the leader's broker
+//! ([`Recovery::leader_gone`]), as it would had the leader's broker
 //! stopped.
 //!
 //! It accepts entries and snapshots only once the target is known, and only
@@ -280,10 +280,12 @@ impl Recovery {
     }
 
     /// A follower of `group` here learnt that `leader`, the leader it
-    /// follows, lost its disk (the leader probed it): until the group has
-    /// another leader, the follower's election timer must run even though
-    /// the leader's broker is live (see [`crate::quiesce`]).
-    pub fn leader_lost_disk(&self, group: GroupId, leader: NodeId) {
+    /// follows, leads it no more: it lost its disk (the leader probed it),
+    /// or its Raft core for the group stopped (its broker heartbeat listed
+    /// the group). Until the group has another leader, the follower's
+    /// election timer must run even though the leader's broker is live (see
+    /// [`crate::quiesce`]).
+    pub fn leader_gone(&self, group: GroupId, leader: NodeId) {
         self.state.lock().expect("recovery lock").lost_leaders.insert((group, leader));
     }
 
@@ -555,13 +557,13 @@ mod tests {
     fn a_follower_forgets_a_lost_leader_once_the_group_elects_another() {
         let r = Recovery::new();
         assert!(!r.is_lost_leader(G, Some(3)));
-        r.leader_lost_disk(G, 3);
+        r.leader_gone(G, 3);
         assert!(r.is_lost_leader(G, Some(3)));
         assert!(!r.is_lost_leader(GroupId(8), Some(3)), "another group");
         // Another leader since: forgotten, also if 3 leads again later.
         assert!(!r.is_lost_leader(G, Some(2)));
         assert!(!r.is_lost_leader(G, Some(3)));
-        r.leader_lost_disk(G, 3);
+        r.leader_gone(G, 3);
         r.forget(G);
         assert!(!r.is_lost_leader(G, Some(3)));
     }

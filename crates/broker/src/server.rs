@@ -68,7 +68,8 @@ fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
     Ok(socket)
 }
 
-/// Exit status of a broker halted by a failed WAL sync.
+/// Exit status of a broker halted by failed storage (a WAL sync, a write,
+/// a RocksDB background error).
 pub const FAIL_STOP_EXIT_CODE: i32 = 70;
 /// How often the fail-stop watchdog looks at the store.
 const FAIL_STOP_CHECK: Duration = Duration::from_millis(20);
@@ -76,6 +77,10 @@ const FAIL_STOP_CHECK: Duration = Duration::from_millis(20);
 /// Fail-stop: after a WAL fsync failed, nothing can be known about what
 /// reached the disk (the kernel may have dropped the dirty pages), so the
 /// broker halts at once, like Kafka on its last log directory failing. The
+/// same for a write RocksDB refused and for an error of its background
+/// flushes and compactions (a full disk): RocksDB takes no more writes, and
+/// a broker left running would keep leading, and heartbeating for, groups
+/// that can no longer append, so their followers would never elect. The
 /// store already refuses every write and no completion of the failed sync
 /// acknowledged anything; halting also stops this broker from voting or
 /// serving reads from a state it cannot trust. On restart RocksDB replays
@@ -95,8 +100,11 @@ async fn halt_when_storage_fails(node_id: u64, storage: Arc<Storage>, stop_watch
 }
 
 fn halt_if_failed(node_id: u64, storage: &Storage) {
-    if storage.has_failed() {
-        tracing::error!(node = node_id, "a WAL fsync failed: halting the broker (fail-stop)");
+    if storage.check_background_errors() {
+        tracing::error!(
+            node = node_id,
+            "storage failed (a WAL fsync, a write, or a RocksDB flush or compaction): halting the broker (fail-stop)"
+        );
         // Not a graceful shutdown: no leadership hand-off, no flush.
         std::process::exit(FAIL_STOP_EXIT_CODE);
     }
@@ -332,6 +340,7 @@ async fn run_inner(
         }
     }
     groups.set_meta(Meta { raft: raft.clone(), state: meta_state.clone() });
+    tokio::spawn(crate::failpoints::fail_led_log_reads_on_sigusr1(groups.clone()));
 
     // Health: NOT_SERVING until the metadata group has a leader and this
     // broker has applied all the metadata the leader reported committed (and

@@ -14,6 +14,7 @@
 //! undecodable payload a network error (retried at once, then backed off),
 //! an RPC past its deadline a timeout.
 
+use std::collections::BTreeSet;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -101,6 +102,10 @@ pub struct Transport {
     /// The groups recovering from a lost disk on this broker: they neither
     /// grant nor ask for votes (see [`crate::recovery`]).
     recovery: Recovery,
+    /// Groups whose Raft core stopped on this broker (found by the
+    /// quiescer), listed in every broker heartbeat so that followers parked
+    /// on this live broker elect another leader.
+    stopped: Mutex<BTreeSet<GroupId>>,
 }
 
 impl Transport {
@@ -114,7 +119,18 @@ impl Transport {
             heard: Mutex::new(HashMap::new()),
             meta_applied: Mutex::new(HashMap::new()),
             recovery: Recovery::new(),
+            stopped: Mutex::new(BTreeSet::new()),
         })
+    }
+
+    /// Records that `group`'s Raft core stopped here; `true` the first time.
+    pub fn mark_stopped(&self, group: GroupId) -> bool {
+        self.stopped.lock().expect("stopped lock").insert(group)
+    }
+
+    /// The groups whose Raft core stopped here.
+    pub fn stopped_groups(&self) -> Vec<u64> {
+        self.stopped.lock().expect("stopped lock").iter().map(|g| g.0).collect()
     }
 
     /// Which groups recover from a lost disk on this broker.
@@ -153,8 +169,12 @@ impl Transport {
     pub async fn send_heartbeat(&self, peer: NodeId, addr: &str, timeout: Duration, metadata_applied: u64) {
         let Ok(channel) = self.channel(addr) else { return };
         let mut client = RaftClient::new(channel).max_decoding_message_size(RAFT_MESSAGE_LIMIT);
-        let req =
-            ferrolog_proto::internal::BrokerHeartbeat { from_node: self.node_id, to_node: peer, metadata_applied };
+        let req = ferrolog_proto::internal::BrokerHeartbeat {
+            from_node: self.node_id,
+            to_node: peer,
+            metadata_applied,
+            stopped_groups: self.stopped_groups(),
+        };
         if let Ok(Err(e)) = tokio::time::timeout(timeout, client.heartbeat(req)).await {
             tracing::trace!(peer, error = %e, "broker heartbeat failed");
         }
@@ -166,8 +186,12 @@ impl Transport {
     pub async fn probe_metadata(&self, peer: NodeId, addr: &str, timeout: Duration) -> Option<MetadataProbe> {
         let channel = self.channel(addr).ok()?;
         let mut client = RaftClient::new(channel).max_decoding_message_size(RAFT_MESSAGE_LIMIT);
-        let req =
-            ferrolog_proto::internal::BrokerHeartbeat { from_node: self.node_id, to_node: peer, metadata_applied: 0 };
+        let req = ferrolog_proto::internal::BrokerHeartbeat {
+            from_node: self.node_id,
+            to_node: peer,
+            metadata_applied: 0,
+            stopped_groups: Vec::new(),
+        };
         match tokio::time::timeout(timeout, client.heartbeat(req)).await {
             Ok(Ok(reply)) => reply.into_inner().metadata_log.map(|l| match l.last_index {
                 Some(i) if i > 0 => MetadataProbe::Cluster { last_index: i },
@@ -723,9 +747,14 @@ impl RaftService {
         };
         let recovery = self.groups.transport().recovery();
         let group = GroupId(g);
-        // A replica that lost its disk grants no vote and takes no
-        // leadership until it has caught up, and follows no leader older
-        // than one it may have followed before (crate::recovery).
+        // A replica that lost its disk follows no leader older than one it
+        // may have followed before (crate::recovery): entries as snapshots.
+        if rpc == Rpc::AppendEntries
+            && let Some(refusal) = self.refuses_leader(group, leader_term_of_append(&msg.payload).unwrap_or(0))
+        {
+            return refusal;
+        }
+        // Nor does it grant a vote or take leadership until it has caught up.
         let refused = recovery.is_recovering(group) && {
             let (applied, term) = raft.applied_and_term();
             match rpc {
@@ -735,10 +764,8 @@ impl RaftService {
                     let (request_term, candidate_last) = raft.vote_request_of(&msg.payload).unwrap_or((0, None));
                     !recovery.admits_vote(group, applied, term, request_term, candidate_last)
                 }
-                Rpc::AppendEntries => {
-                    let leader_term = leader_term_of_append(&msg.payload).unwrap_or(0);
-                    !recovery.admits_leader(group, applied, term, leader_term)
-                }
+                // Checked above.
+                Rpc::AppendEntries => false,
                 Rpc::TransferLeader => recovery.still_recovering(group, applied, term),
                 Rpc::Probe => false,
             }
@@ -762,7 +789,7 @@ impl RaftService {
             raft.allow_revert(msg.from_node).await;
             if raft.leadership().leader == Some(msg.from_node) {
                 tracing::info!(%group, leader = msg.from_node, "the leader this replica follows lost its disk; electing another");
-                recovery.leader_lost_disk(group, msg.from_node);
+                recovery.leader_gone(group, msg.from_node);
             }
         }
         match raft.rpc(rpc, &msg.payload).await {
@@ -817,6 +844,16 @@ impl ferrolog_proto::internal::raft_server::Raft for RaftService {
         }
         self.groups.transport().heard_from(req.from_node);
         self.groups.transport().set_peer_meta_applied(req.from_node, req.metadata_applied);
+        for g in req.stopped_groups {
+            // The sender leads these groups no more, live as it is: a
+            // follower here that follows it must elect (crate::quiesce).
+            let group = GroupId(g);
+            if let Some(raft) = self.groups.raft(group)
+                && raft.leadership().leader == Some(req.from_node)
+            {
+                self.groups.transport().recovery().leader_gone(group, req.from_node);
+            }
+        }
         let meta = self.groups.raft(GroupId::METADATA);
         let metadata_applied = meta.as_ref().and_then(|r| r.applied_and_term().0).map_or(0, |l| l.index);
         let metadata_log = meta

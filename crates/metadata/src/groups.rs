@@ -167,6 +167,22 @@ pub enum GroupError {
     /// Bad input.
     #[error("{0}")]
     Invalid(String),
+    // New variants go last: serde formats such as postcard number variants
+    // by position.
+    /// A commit for a topic that does not exist (deleted, or never
+    /// created) or a partition it does not have.
+    #[error("cannot commit an offset of {topic}/{partition}: {}", match count {
+        None => "no such topic".to_string(),
+        Some(n) => format!("the topic has {n} partitions"),
+    })]
+    UnknownPartition {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// The topic's partition count; `None`: no such topic.
+        count: Option<u32>,
+    },
 }
 
 /// What a heartbeat answers.
@@ -231,7 +247,15 @@ impl Group {
                     }
                 }
                 // Checked before anything changes: a refused command
-                // changes nothing.
+                // changes nothing. An offset of a topic that does not exist
+                // (deleted meanwhile) would outlive it and apply to a topic
+                // created later under the same name.
+                for ((topic, partition), _, _) in &offsets {
+                    let count = partitions(topic);
+                    if count.is_none_or(|n| *partition >= n) {
+                        return Err(GroupError::UnknownPartition { topic: topic.clone(), partition: *partition, count });
+                    }
+                }
                 if let Some((_, offset, _)) = offsets.iter().find(|(_, o, _)| *o < 0) {
                     return Err(GroupError::Invalid(format!("negative offset {offset}")));
                 }

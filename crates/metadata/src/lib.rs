@@ -344,6 +344,34 @@ impl ClusterState {
         id
     }
 
+    /// Removes every group's committed offsets of the deleted `topic`: a
+    /// topic created again under that name starts with no commits (its
+    /// consumers follow their reset policy from its first record instead of
+    /// starting at the old, high offsets, which "never backwards" would
+    /// otherwise keep over every lower commit). A group left with neither
+    /// members nor offsets is removed.
+    fn forget_offsets_of(&mut self, topic: &str, changes: &mut Changes) {
+        let mut emptied = Vec::new();
+        for (name, g) in self.groups.iter_mut() {
+            let gone: Vec<groups::Tp> = g.offsets.keys().filter(|(t, _)| t == topic).cloned().collect();
+            if gone.is_empty() {
+                continue;
+            }
+            for tp in gone {
+                g.offsets.remove(&tp);
+                changes.keys.insert(StateKey::Offset(name.clone(), tp));
+            }
+            changes.groups = true;
+            if g.members.is_empty() && g.offsets.is_empty() {
+                emptied.push(name.clone());
+            }
+        }
+        for name in emptied {
+            self.groups.remove(&name);
+            changes.removed_groups.push(name);
+        }
+    }
+
     /// Applies one committed command.
     pub fn apply(&mut self, cmd: MetaCommand) -> MetaOutcome {
         self.apply_tracked(cmd, &mut Changes::default())
@@ -371,6 +399,7 @@ impl ClusterState {
                 Some(_) => {
                     changes.keys.insert(StateKey::Topic(name.clone()));
                     changes.placement = true;
+                    self.forget_offsets_of(&name, changes);
                     MetaOutcome::TopicDeleted(name)
                 }
                 None => MetaOutcome::Rejected(MetaError::UnknownTopic(name)),
@@ -528,6 +557,59 @@ mod tests {
             config: TopicConfig { max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES, ..Default::default() },
             brokers: brokers.to_vec(),
         }
+    }
+
+    fn commit(s: &mut ClusterState, group: &str, tp: (&str, u32), offset: i64, changes: &mut Changes) -> MetaOutcome {
+        let cmd = groups::GroupCommand::Commit {
+            member_id: String::new(),
+            member_epoch: 0,
+            offsets: vec![((tp.0.to_string(), tp.1), offset, String::new())],
+        };
+        s.apply_tracked(MetaCommand::Group { group: group.into(), cmd }, changes)
+    }
+
+    /// A deleted topic's committed offsets go with it (from every group, as
+    /// keys to delete on disk), so a topic created again under its name
+    /// starts with no commit and takes lower ones; commits of topics or
+    /// partitions that do not exist are refused.
+    #[test]
+    fn deleting_a_topic_forgets_its_committed_offsets() {
+        let mut s = ClusterState::default();
+        let mut c = Changes::default();
+        s.apply(create("t", 2, 1, &[1]));
+        s.apply(create("u", 1, 1, &[1]));
+        for (group, tp, offset) in [("g", ("t", 0), 500), ("g", ("t", 1), 40), ("g", ("u", 0), 7), ("h", ("t", 0), 9)] {
+            assert!(matches!(commit(&mut s, group, tp, offset, &mut c), MetaOutcome::Group(Ok(None))));
+        }
+        let mut changes = Changes::default();
+        assert_eq!(s.apply_tracked(MetaCommand::DeleteTopic { name: "t".into() }, &mut changes), MetaOutcome::TopicDeleted("t".into()));
+        let g = &s.groups["g"];
+        assert_eq!(g.offsets.keys().cloned().collect::<Vec<_>>(), vec![("u".to_string(), 0)], "only u's offset is left");
+        assert!(!s.groups.contains_key("h"), "a group left with nothing is removed");
+        assert_eq!(changes.removed_groups, vec!["h".to_string()]);
+        assert!(changes.groups);
+        for (group, p) in [("g", 0), ("g", 1), ("h", 0)] {
+            assert!(changes.keys.contains(&StateKey::Offset(group.into(), ("t".into(), p))), "{group} t/{p} rewritten");
+        }
+        assert!(!changes.keys.contains(&StateKey::Offset("g".into(), ("u".into(), 0))), "u's offset untouched");
+
+        let refused = commit(&mut s, "g", ("t", 0), 500, &mut Changes::default());
+        assert_eq!(
+            refused,
+            MetaOutcome::Group(Err(groups::GroupError::UnknownPartition { topic: "t".into(), partition: 0, count: None }))
+        );
+        s.apply(create("t", 2, 1, &[1]));
+        assert!(matches!(commit(&mut s, "g", ("t", 0), 3, &mut c), MetaOutcome::Group(Ok(None))));
+        assert_eq!(s.groups["g"].offsets[&("t".to_string(), 0)].offset, 3, "a lower commit than the old topic's applies");
+        let out_of_range = commit(&mut s, "g", ("t", 2), 1, &mut Changes::default());
+        assert_eq!(
+            out_of_range,
+            MetaOutcome::Group(Err(groups::GroupError::UnknownPartition {
+                topic: "t".into(),
+                partition: 2,
+                count: Some(2)
+            }))
+        );
     }
 
     #[test]

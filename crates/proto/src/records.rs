@@ -170,6 +170,18 @@ const OFFSET_DELTA_FIELD: u32 = 5;
 /// The records field of `v1::RecordList`.
 const RECORDS_FIELD: u32 = 1;
 
+/// The uncompressed records blob of `(key, value)` pairs as every producer
+/// writes it: offset deltas 0, 1, 2, ..., each record at `timestamp_ms`
+/// (the header's first and max timestamp), no headers.
+pub fn encode(records: impl IntoIterator<Item = (Option<Bytes>, Bytes)>, timestamp_ms: i64) -> Bytes {
+    let records = records
+        .into_iter()
+        .enumerate()
+        .map(|(i, (key, value))| v1::Record { key, value, headers: vec![], timestamp_ms, offset_delta: i as u32 })
+        .collect();
+    Bytes::from(v1::RecordList { records }.encode_to_vec())
+}
+
 /// Decodes `batch`'s records, decompressing at most `limit` bytes (use
 /// [`MAX_DECOMPRESSED_BYTES`]), once [`check`] has passed them (so no more
 /// records are decoded than the header claims). For consumers.
@@ -278,6 +290,19 @@ mod tests {
         let mut h = b.header;
         h.compression = v1::Compression::Lz4 as u32;
         Batch::seal(h, Bytes::from(lz4_flex::compress_prepend_size(&b.records)))
+    }
+
+    #[test]
+    fn encoded_records_pass_and_decode_back() {
+        let blob = encode([(Some(Bytes::from_static(b"k")), Bytes::from_static(b"a")), (None, Bytes::from_static(b"b"))], 1_000);
+        let b = Batch::seal(BatchHeader::plain(2, 1_000), blob);
+        assert_eq!(check(&b, MAX_DECOMPRESSED_BYTES), Ok(2));
+        let records = decode(&b, MAX_DECOMPRESSED_BYTES).expect("decodes");
+        assert_eq!(records, vec![record_with_key(0, b"k", b"a"), record(1, 1_000, b"b")]);
+    }
+
+    fn record_with_key(delta: u32, key: &[u8], value: &[u8]) -> v1::Record {
+        v1::Record { key: Some(Bytes::copy_from_slice(key)), ..record(delta, 1_000, value) }
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub mod acks;
 pub mod adapter;
 pub mod bench;
 pub mod codec;
+pub mod faults;
 pub mod index;
 pub mod log_store;
 pub mod meta_sm;

@@ -192,6 +192,7 @@ impl<C: GroupConfig> RaftLogReader<C> for LogStore<C> {
         if start >= end {
             return Ok(Vec::new());
         }
+        crate::faults::check_log_read(self.group)?;
         let mut out = Vec::new();
         for item in self.storage.scan(Cf::Log, self.group, start, end) {
             let (index, bytes) = item?;

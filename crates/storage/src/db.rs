@@ -219,9 +219,46 @@ impl Storage {
         &self.stats
     }
 
-    /// True once a WAL sync failed (the store refuses writes from then on).
+    /// True once a WAL sync or a write failed, or RocksDB reported a
+    /// background error (the store refuses writes from then on).
     pub fn has_failed(&self) -> bool {
         self.failed.load(Ordering::Acquire)
+    }
+
+    /// Marks the store failed: every later write is refused.
+    fn fail(&self) {
+        self.failed.store(true, Ordering::Release);
+    }
+
+    /// A write RocksDB refused (a full disk, an I/O error: RocksDB then
+    /// refuses every later write until it recovers, if ever) fails the
+    /// store as a failed sync does: what reached the disk is no longer
+    /// known, and a broker that kept running on it would keep leading groups
+    /// it can no longer write to, their followers waiting on its heartbeats.
+    fn written(&self, r: Result<(), rocksdb::Error>) -> Result<(), StorageError> {
+        if let Err(e) = &r {
+            tracing::error!(path = %self.path.display(), error = %e, "a RocksDB write failed: failing the store");
+            self.fail();
+        }
+        Ok(r?)
+    }
+
+    /// Looks for an error RocksDB hit in the background (a flush or a
+    /// compaction that could not write: a full disk, an I/O error) and fails
+    /// the store if there is one: RocksDB stops taking writes after such an
+    /// error, so, as with a failed sync, the broker must halt rather than
+    /// lead groups it cannot write to. Returns whether the store has failed.
+    /// Cheap (a counter read under RocksDB's mutex); the broker's fail-stop
+    /// watchdog calls it on every round.
+    pub fn check_background_errors(&self) -> bool {
+        if let Ok(Some(n)) = self.db.property_int_value("rocksdb.background-errors")
+            && n > 0
+            && !self.has_failed()
+        {
+            tracing::error!(path = %self.path.display(), errors = n, "RocksDB reported background errors: failing the store");
+            self.fail();
+        }
+        self.has_failed()
     }
 
     fn cf(&self, cf: Cf) -> &ColumnFamily {
@@ -258,7 +295,7 @@ impl Storage {
 
     fn check_running(&self) -> Result<(), StorageError> {
         if self.has_failed() {
-            return Err(StorageError::Stopped("an earlier WAL sync failed".into()));
+            return Err(StorageError::Stopped("an earlier WAL sync or write failed".into()));
         }
         Ok(())
     }
@@ -269,8 +306,7 @@ impl Storage {
         self.check_running()?;
         let mut wo = WriteOptions::default();
         wo.set_sync(false);
-        self.db.write_opt(wb, &wo)?;
-        Ok(())
+        self.written(self.db.write_opt(wb, &wo))
     }
 
     /// Applies `wb` atomically and calls `done` once it is durable.
@@ -284,7 +320,7 @@ impl Storage {
             Some(syncer) => {
                 let mut wo = WriteOptions::default();
                 wo.set_sync(false);
-                self.db.write_opt(wb, &wo)?;
+                self.written(self.db.write_opt(wb, &wo))?;
                 syncer.enqueue(done).await
             }
             None => {
@@ -292,11 +328,7 @@ impl Storage {
                 // durability: group commit off: this write is fsynced on its
                 // own (RocksDB may still merge concurrent writers' syncs).
                 wo.set_sync(true);
-                let r = self.db.write_opt(wb, &wo);
-                if r.is_err() {
-                    self.failed.store(true, Ordering::Release);
-                }
-                let r = r.map_err(StorageError::from);
+                let r = self.written(self.db.write_opt(wb, &wo));
                 let echo = r.as_ref().map(|_| ()).map_err(|e| StorageError::Stopped(e.to_string()));
                 done(echo);
                 r

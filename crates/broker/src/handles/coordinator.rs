@@ -197,7 +197,9 @@ impl Coordinator {
     /// what it owns and learns what it may own.
     #[tracing::instrument(skip_all, fields(node = self.core.node_id(), group = %hb.group))]
     pub async fn heartbeat(&self, hb: HeartbeatArgs) -> Result<HeartbeatAnswer, BrokerError> {
-        self.core.meta_leader().await?;
+        // The steady state is answered from the local copy: only a leader
+        // that can show it still leads may tell a member it is alive.
+        self.core.confirmed_meta_leader().await?;
         if hb.member_epoch == -1 {
             self.leave(&hb.group, &hb.member_id).await?;
             return Ok(HeartbeatAnswer {
@@ -302,7 +304,7 @@ impl Coordinator {
         partitions: &BTreeSet<Tp>,
     ) -> Result<Vec<(Tp, Committed)>, BrokerError> {
         crate::failpoints::fail_fetch_offsets()?;
-        let meta = self.core.meta_leader().await?;
+        let meta = self.core.confirmed_meta_leader().await?;
         // Looked up under the read lock: no copy of the group.
         let state = meta.state.borrow();
         Ok(match state.cluster.groups.get(group) {
@@ -324,7 +326,7 @@ impl Coordinator {
     /// Members, assignments, committed offsets and lag of `group`.
     #[tracing::instrument(skip_all, fields(node = self.core.node_id(), group = %group))]
     pub async fn describe(&self, group: &str) -> Result<GroupDescription, BrokerError> {
-        self.core.meta_leader().await?;
+        self.core.confirmed_meta_leader().await?;
         if !self.core.metadata().read(|s| s.cluster.groups.contains_key(group))? {
             return Err(BrokerError::UnknownGroup(group.to_string()));
         }

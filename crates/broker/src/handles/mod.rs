@@ -41,6 +41,11 @@ use crate::groups::Meta;
 use crate::groups::Replica;
 use crate::metrics::Metrics;
 
+/// How long an answer from the metadata leader's local state waits for a
+/// quorum to confirm a stale leader lease (one heartbeat round trip is
+/// enough on a healthy cluster; a deposed leader fails after this long).
+const LEASE_CONFIRM_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// One broker's core: its Raft groups, metrics and coordinator state.
 /// Cheap to clone (shared pointers).
 #[derive(Debug, Clone)]
@@ -192,6 +197,37 @@ impl Core {
             });
         }
         Ok(meta)
+    }
+
+    /// The metadata group, if this broker leads it *and can show it still
+    /// does*: a quorum acknowledged one of its messages within the leader
+    /// lease (`election_timeout_max_ms`), during which no follower votes for
+    /// another leader. For answers served from the local state without a
+    /// Raft write (steady-state group heartbeats, committed offsets, group
+    /// descriptions): a leader cut off in a minority still believes it leads
+    /// (openraft does not step down on its own), and answering from its
+    /// copy would keep members alive that the majority's coordinator has
+    /// expired, and hand out offsets that are no longer current. A stale
+    /// lease triggers a heartbeat round at once; the answer waits for it up
+    /// to [`LEASE_CONFIRM_WAIT`], then fails UNAVAILABLE.
+    pub(crate) async fn confirmed_meta_leader(&self) -> Result<&Meta, BrokerError> {
+        let meta = self.meta_leader().await?;
+        let option = openraft::LinearizerOption::new(None, true)
+            .with_wait_timeout(LEASE_CONFIRM_WAIT);
+        match meta.raft.ensure_linearizable(option).await {
+            Ok(_) => Ok(meta),
+            Err(e) => match e.forward_to_leader() {
+                Some(f) => Err(BrokerError::NotLeader {
+                    what: format!("broker {} is no longer the metadata leader", self.groups.node_id()),
+                    hint: self.hint(f.leader_id),
+                }),
+                None => Err(BrokerError::Unavailable(format!(
+                    "broker {} cannot confirm that it still leads the metadata group (no quorum answered \
+                     within the leader lease): {e}",
+                    self.groups.node_id()
+                ))),
+            },
+        }
     }
 
     /// A failed Raft write, as the caller must see it: a discarded entry may

@@ -404,19 +404,8 @@ mod tests {
     use super::*;
 
     fn batch(records: u32, ts: i64) -> Batch {
-        use prost::Message;
-        let list = ferrolog_proto::v1::RecordList {
-            records: (0..records)
-                .map(|i| ferrolog_proto::v1::Record {
-                    key: None,
-                    value: Bytes::from(vec![7u8; 100]),
-                    headers: vec![],
-                    timestamp_ms: ts,
-                    offset_delta: i,
-                })
-                .collect(),
-        };
-        Batch::seal(BatchHeader::plain(records, ts), Bytes::from(list.encode_to_vec()))
+        let blob = ferrolog_proto::records::encode((0..records).map(|_| (None, Bytes::from(vec![7u8; 100]))), ts);
+        Batch::seal(BatchHeader::plain(records, ts), blob)
     }
 
     #[test]
