@@ -50,3 +50,35 @@ async fn seeded_chaos_run_has_no_anomalies() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The power-loss run: every data dir on the power-loss filesystem, the
+/// process faults plus power cuts (one broker, a leader, a majority, every
+/// broker) and wiped disks; no network faults (the run above has them).
+/// `FERROLOG_CHAOS_SEED` / `FERROLOG_CHAOS_SECS` as above.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeded_power_loss_chaos_run_has_no_anomalies() -> anyhow::Result<()> {
+    let mut cfg = ChaosConfig { power_loss: true, network: false, seed: 20261204, ..ChaosConfig::default() };
+    if let Some(seed) = std::env::var("FERROLOG_CHAOS_SEED").ok().and_then(|s| s.parse().ok()) {
+        cfg.seed = seed;
+    }
+    cfg.fault_time =
+        Duration::from_secs(std::env::var("FERROLOG_CHAOS_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(30));
+    eprintln!("power-loss chaos seed {} (FERROLOG_CHAOS_SEED replays it), {:?} of faults", cfg.seed, cfg.fault_time);
+    let outcome = ferrolog_tests::chaos::run(cfg).await?;
+    eprintln!("{}", outcome.summary());
+    anyhow::ensure!(outcome.passed(), "chaos run failed:\n{}", outcome.summary());
+    let kinds = [
+        "power-cut ",
+        "power-cut-leader",
+        "power-cut-majority",
+        "power-cut-all",
+        "wipe-disk of",
+        "wipe-disk-while-paused",
+        "kill-all",
+        "fsync-failure",
+    ];
+    for k in kinds {
+        anyhow::ensure!(outcome.faults.iter().any(|f| f.starts_with(k)), "no {k:?} fault in {:?}", outcome.faults);
+    }
+    Ok(())
+}

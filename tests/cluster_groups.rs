@@ -504,7 +504,10 @@ async fn a_deposed_coordinator_cannot_keep_a_member_owning_what_the_majority_han
     tc.create_topic("stale", 2, 3).await?;
     tc.wait_leaders("stale", START).await?;
     let a = loop {
-        let s = tc.client().admin(START, |mut c| async move { c.describe_cluster(v1::DescribeClusterRequest {}).await }).await?;
+        let s = tc
+            .client()
+            .admin(START, |mut c| async move { c.describe_cluster(v1::DescribeClusterRequest {}).await })
+            .await?;
         if s.metadata_leader_id != 0 {
             break s.metadata_leader_id;
         }
@@ -516,7 +519,8 @@ async fn a_deposed_coordinator_cannot_keep_a_member_owning_what_the_majority_han
     let prefix = cluster.ip(1).rsplit_once('.').context("an IPv4 broker address")?.0.to_string();
     let (ip1, ip2) = (format!("{prefix}.11"), format!("{prefix}.12"));
     let c1 = Arc::new(Client::new(vec![cluster.node(a).addr.clone()]).bind_to(ip1.parse()?));
-    let c2 = Arc::new(Client::new(others.iter().map(|id| cluster.node(*id).addr.clone()).collect()).bind_to(ip2.parse()?));
+    let c2 =
+        Arc::new(Client::new(others.iter().map(|id| cluster.node(*id).addr.clone()).collect()).bind_to(ip2.parse()?));
     let seen: Seen = Arc::default();
     let m1 = member(&c1, "g", "stale", &seen);
     wait_for("M1 owns both partitions", START, || m1.owns().len() == 2).await?;
@@ -565,7 +569,12 @@ async fn a_deposed_coordinator_cannot_keep_a_member_owning_what_the_majority_han
 }
 
 /// Commits `offset` of `topic`/0 for `group` as a standalone consumer.
-async fn commit_standalone(client: &Client, group: &str, topic: &str, offset: i64) -> Result<(), ferrolog_client::ClientError> {
+async fn commit_standalone(
+    client: &Client,
+    group: &str,
+    topic: &str,
+    offset: i64,
+) -> Result<(), ferrolog_client::ClientError> {
     let req = v1::CommitOffsetsRequest {
         group: group.into(),
         member_id: String::new(),

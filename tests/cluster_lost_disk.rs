@@ -281,7 +281,9 @@ async fn partitions_created_while_a_wiped_broker_was_down_elect_leaders_with_it(
     if !cluster.log_contains_since(w, mark, "the peers already form a cluster") {
         bail!("W did not take the lost-disk path; its log:\n{}", cluster.log_tail(w));
     }
-    replicas_recovered(&cluster, w, mark, on_w.len()).await.with_context(|| format!("W's log:\n{}", cluster.log_tail(w)))?;
+    replicas_recovered(&cluster, w, mark, on_w.len())
+        .await
+        .with_context(|| format!("W's log:\n{}", cluster.log_tail(w)))?;
     Ok(())
 }
 

@@ -168,7 +168,7 @@ async fn a_partition_whose_leader_s_raft_core_stopped_elects_another_leader() ->
     let mut acked = Vec::new();
     for i in 0..20 {
         let v = format!("before-{i}").into_bytes();
-        let r = client.produce("core", 0, ferrolog_client::Acks::All, &[v.clone()], START).await?;
+        let r = client.produce("core", 0, ferrolog_client::Acks::All, std::slice::from_ref(&v), START).await?;
         acked.push((r.base_offset.context("acks=all answers with offsets")?, v));
     }
     let mark = cluster.log_len(leader);
@@ -187,7 +187,7 @@ async fn a_partition_whose_leader_s_raft_core_stopped_elects_another_leader() ->
     for i in 0..20 {
         let v = format!("after-{i}").into_bytes();
         let r = client
-            .produce("core", 0, ferrolog_client::Acks::All, &[v.clone()], START)
+            .produce("core", 0, ferrolog_client::Acks::All, std::slice::from_ref(&v), START)
             .await
             .with_context(|| format!("produce {i} after broker {leader}'s Raft core for core/0 stopped"))?;
         acked.push((r.base_offset.context("acks=all answers with offsets")?, v));

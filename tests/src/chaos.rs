@@ -17,6 +17,11 @@
 //!   halt); a rolling restart (SIGTERM, one broker at a time); and with root,
 //!   network partitions (majority/minority, an isolated leader, one-way, a
 //!   bridge). Each fault is recorded with its start and end.
+//! - With `power_loss`, every data dir is on the power-loss filesystem
+//!   ([`crate::lossyfs`]) and the nemesis also cuts the power (SIGKILL,
+//!   then every unsynced write dropped) of one broker, of a leader, of a
+//!   majority, of every broker at once, and wipes a broker's disk (alone,
+//!   or while another broker is paused).
 //! - Then everything heals, the workloads run a little longer, stop, and
 //!   every partition is read from its leader (the final read).
 
@@ -78,6 +83,12 @@ pub struct ChaosConfig {
     pub network: bool,
     /// Where the history goes (default: the cluster's temp dir).
     pub history: Option<PathBuf>,
+    /// Run every broker's data dir on a power-loss filesystem
+    /// ([`crate::lossyfs`]; needs root and `/dev/fuse`) and add the power
+    /// and disk nemeses: power cut of one broker, of a leader, of a
+    /// majority, of every broker; a wiped disk; a wiped disk while another
+    /// broker is paused.
+    pub power_loss: bool,
 }
 
 impl Default for ChaosConfig {
@@ -89,6 +100,7 @@ impl Default for ChaosConfig {
             fault_time: Duration::from_secs(60),
             network: true,
             history: None,
+            power_loss: false,
         }
     }
 }
@@ -387,6 +399,12 @@ enum Fault {
     IsolateLeader,
     OneWayFromLeader,
     Bridge,
+    PowerCutOne,
+    PowerCutLeader,
+    PowerCutMajority,
+    PowerCutAll,
+    WipeOne,
+    WipeWhilePaused,
 }
 
 const PROCESS_FAULTS: &[Fault] = &[
@@ -401,6 +419,14 @@ const PROCESS_FAULTS: &[Fault] = &[
 ];
 const NETWORK_FAULTS: &[Fault] =
     &[Fault::PartitionHalves, Fault::IsolateLeader, Fault::OneWayFromLeader, Fault::Bridge];
+const POWER_FAULTS: &[Fault] = &[
+    Fault::PowerCutOne,
+    Fault::PowerCutLeader,
+    Fault::PowerCutMajority,
+    Fault::PowerCutAll,
+    Fault::WipeOne,
+    Fault::WipeWhilePaused,
+];
 
 /// Runs one seeded chaos run and checks its history.
 pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosOutcome> {
@@ -419,7 +445,11 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosOutcome> {
     } else {
         (None, Some("disabled (--no-network)".to_string()))
     };
-    let mut cluster = Cluster::start_on_own_ips(cfg.brokers, &[])?;
+    let mut cluster = if cfg.power_loss {
+        Cluster::start_on_lossy_disks(cfg.brokers, &[], true)?
+    } else {
+        Cluster::start_on_own_ips(cfg.brokers, &[])?
+    };
     cluster.wait_serving(START).await?;
     let ids: Vec<u64> = cluster.nodes.iter().map(|n| n.id).collect();
     let tc = TestClient::new(cluster.addrs());
@@ -449,6 +479,9 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosOutcome> {
     let mut menu: Vec<Fault> = PROCESS_FAULTS.to_vec();
     if net.is_some() {
         menu.extend_from_slice(NETWORK_FAULTS);
+    }
+    if cfg.power_loss {
+        menu.extend_from_slice(POWER_FAULTS);
     }
     let mut faults = Vec::new();
     let mut harness_errors = Vec::new();
@@ -480,9 +513,11 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosOutcome> {
         // The broker a leader fault targets, looked up once. With no leader
         // known right now, the fault kind is tried again later.
         let leader = match fault {
-            Fault::KillLeader | Fault::PauseLeader | Fault::IsolateLeader | Fault::OneWayFromLeader => {
-                leader_of(&client, partition).await
-            }
+            Fault::KillLeader
+            | Fault::PauseLeader
+            | Fault::IsolateLeader
+            | Fault::OneWayFromLeader
+            | Fault::PowerCutLeader => leader_of(&client, partition).await,
             Fault::KillMetadataLeader => metadata_leader(&client).await,
             _ => Some(0),
         };
@@ -515,6 +550,14 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosOutcome> {
                 shuffled[0],
                 sorted(&shuffled[majority..])
             ),
+            Fault::PowerCutOne => format!("power-cut broker {}", shuffled[0]),
+            Fault::PowerCutLeader => format!("power-cut-leader {l} of partition {partition}"),
+            Fault::PowerCutMajority => format!("power-cut-majority {:?}", sorted(&shuffled[..majority])),
+            Fault::PowerCutAll => "power-cut-all brokers".to_string(),
+            Fault::WipeOne => format!("wipe-disk of broker {}", shuffled[0]),
+            Fault::WipeWhilePaused => {
+                format!("wipe-disk-while-paused: broker {} wiped while {} is paused", shuffled[0], shuffled[1])
+            }
         };
         eprintln!("nemesis: {name}");
         h.record("nemesis", Kind::Invoke, Op::Fault { name: name.clone() });
@@ -534,6 +577,41 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosOutcome> {
                 for b in &targets {
                     cluster.restart(*b)?;
                 }
+            }
+            Fault::PowerCutOne | Fault::PowerCutLeader | Fault::PowerCutMajority | Fault::PowerCutAll => {
+                let targets: Vec<u64> = match fault {
+                    Fault::PowerCutOne => vec![shuffled[0]],
+                    Fault::PowerCutMajority => shuffled[..majority].to_vec(),
+                    Fault::PowerCutAll => ids.clone(),
+                    _ => vec![l],
+                };
+                // All down first, then every disk forgets what it did not sync.
+                for b in &targets {
+                    cluster.kill(*b)?;
+                }
+                let mut dropped = 0;
+                for b in &targets {
+                    dropped += cluster.power_cut(*b)?;
+                }
+                eprintln!("nemesis: the power cut dropped {dropped} unsynced bytes");
+                tokio::time::sleep(hold).await;
+                for b in &targets {
+                    cluster.restart(*b)?;
+                }
+            }
+            Fault::WipeOne => {
+                let b = shuffled[0];
+                cluster.wipe(b)?;
+                tokio::time::sleep(hold).await;
+                cluster.restart(b)?;
+            }
+            Fault::WipeWhilePaused => {
+                let (b, paused) = (shuffled[0], shuffled[1]);
+                cluster.signal(paused, libc::SIGSTOP)?;
+                cluster.wipe(b)?;
+                cluster.restart(b)?;
+                tokio::time::sleep(hold).await;
+                cluster.signal(paused, libc::SIGCONT)?;
             }
             Fault::PauseLeader => {
                 cluster.signal(l, libc::SIGSTOP)?;

@@ -15,6 +15,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 use crate::eventually;
+use crate::lossyfs::LossyDisk;
 use crate::wait_for;
 
 /// The `ferrolog` binary: `FERROLOG_BIN`, else next to the test binary's
@@ -69,6 +70,8 @@ pub struct Node {
     child: Option<Child>,
     /// Started with `--join` instead of being an initial peer.
     joined: bool,
+    /// The power-loss filesystem its data dir is mounted on, if any.
+    disk: Option<LossyDisk>,
 }
 
 /// A cluster of broker processes.
@@ -102,7 +105,19 @@ impl Cluster {
         Self::start_opts(n, env, true)
     }
 
+    /// Starts `n` brokers whose data dirs are each on their own
+    /// [`LossyDisk`] (a filesystem that forgets unsynced writes on a power
+    /// cut: [`Cluster::power_cut`]), on their own loopback addresses when
+    /// `own_ips`. Needs root and `/dev/fuse`.
+    pub fn start_on_lossy_disks(n: usize, env: &[(&str, &str)], own_ips: bool) -> anyhow::Result<Self> {
+        Self::start_opts_with(n, env, own_ips, true)
+    }
+
     fn start_opts(n: usize, env: &[(&str, &str)], own_ips: bool) -> anyhow::Result<Self> {
+        Self::start_opts_with(n, env, own_ips, false)
+    }
+
+    fn start_opts_with(n: usize, env: &[(&str, &str)], own_ips: bool, lossy: bool) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let pid = std::process::id();
         let ips: Vec<String> = (0..n)
@@ -118,14 +133,24 @@ impl Cluster {
         for (i, ip) in ips.iter().enumerate() {
             let ports = free_ports_on(ip, 2)?;
             let id = i as u64 + 1;
+            let data_dir = dir.path().join(format!("node-{id}"));
+            let disk = if lossy {
+                let backing = dir.path().join(format!("node-{id}.backing"));
+                std::fs::create_dir(&backing)?;
+                std::fs::create_dir(&data_dir)?;
+                Some(LossyDisk::mount(&backing, &data_dir)?)
+            } else {
+                None
+            };
             nodes.push(Node {
                 id,
                 addr: format!("{ip}:{}", ports[0]),
                 metrics_addr: format!("{ip}:{}", ports[1]),
-                data_dir: dir.path().join(format!("node-{id}")),
+                data_dir,
                 log: dir.path().join(format!("node-{id}.log")),
                 child: None,
                 joined: false,
+                disk,
             });
         }
         let peers = nodes.iter().map(|n| format!("{}={}", n.id, n.addr)).collect::<Vec<_>>().join(",");
@@ -175,6 +200,7 @@ impl Cluster {
             log: self.dir.path().join(format!("node-{id}.log")),
             child: None,
             joined: true,
+            disk: None,
         });
         self.spawn(id as usize - 1, &[])?;
         Ok(id)
@@ -253,11 +279,36 @@ impl Cluster {
     /// disk would (its log file, outside the data dir, stays).
     pub fn wipe(&mut self, id: u64) -> anyhow::Result<()> {
         self.kill(id)?;
-        let dir = &self.nodes[id as usize - 1].data_dir;
-        if dir.exists() {
+        let node = &self.nodes[id as usize - 1];
+        let dir = &node.data_dir;
+        if let Some(disk) = &node.disk {
+            // The mount point stays; everything on the disk goes.
+            disk.power_cut();
+            for e in std::fs::read_dir(dir)? {
+                let p = e?.path();
+                if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) }
+                    .with_context(|| format!("wipe {}", p.display()))?;
+            }
+        } else if dir.exists() {
             std::fs::remove_dir_all(dir).with_context(|| format!("wipe {}", dir.display()))?;
         }
         Ok(())
+    }
+
+    /// A power cut of broker `id`: SIGKILL, then its disk forgets every
+    /// write that was not fsynced (the broker must be on a [`LossyDisk`]:
+    /// [`Cluster::start_on_lossy_disks`]). Returns the bytes dropped.
+    /// Restart it with [`Cluster::restart`].
+    pub fn power_cut(&mut self, id: u64) -> anyhow::Result<u64> {
+        self.kill(id)?;
+        let disk =
+            self.nodes[id as usize - 1].disk.as_ref().with_context(|| format!("broker {id} is not on a lossy disk"))?;
+        Ok(disk.power_cut())
+    }
+
+    /// Broker `id`'s power-loss disk, if it has one.
+    pub fn disk(&self, id: u64) -> Option<&LossyDisk> {
+        self.nodes[id as usize - 1].disk.as_ref()
     }
 
     /// Moves stopped broker `id`'s data dir onto a tmpfs of `bytes` (a

@@ -6,6 +6,7 @@ pub mod chaos;
 pub mod client;
 pub mod cluster;
 pub mod inproc;
+pub mod lossyfs;
 pub mod netfault;
 use std::time::Duration;
 use std::time::Instant;

@@ -299,8 +299,17 @@ pub fn settle_storage_id(data_dir: &Path, fresh: bool) -> anyhow::Result<String>
 /// flags say); a fresh data dir stores the configured one.
 pub fn settle_node_id(data_dir: &Path, configured: Option<NodeId>) -> anyhow::Result<NodeId> {
     let path = data_dir.join(NODE_ID_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(s) => {
+    let stored = match std::fs::read_to_string(&path) {
+        // Empty: an older version created the file and lost power before
+        // its sync (the file is written in place there). It never got past
+        // that point, so nothing was joined under the id: as if absent.
+        Ok(s) if s.trim().is_empty() => None,
+        Ok(s) => Some(s),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
+    };
+    match stored {
+        Some(s) => {
             let stored: NodeId = s.trim().parse().with_context(|| format!("{} is damaged", path.display()))?;
             if let Some(c) = configured
                 && c != stored
@@ -313,17 +322,20 @@ pub fn settle_node_id(data_dir: &Path, configured: Option<NodeId>) -> anyhow::Re
             }
             Ok(stored)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        None => {
             let id = configured.context("no node id: pass --node-id, or run on a host named like NAME-N")?;
             std::fs::create_dir_all(data_dir)?;
-            std::fs::write(&path, format!("{id}\n"))?;
+            // Written aside, synced, then renamed into place: a power cut
+            // leaves no file or a whole one, never an empty one.
+            let tmp = data_dir.join(format!("{NODE_ID_FILE}.tmp"));
+            std::fs::write(&tmp, format!("{id}\n"))?;
             // durability: the identity must survive a crash before the broker
             // joins anything under it.
-            std::fs::File::open(&path)?.sync_all()?;
+            std::fs::File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
             std::fs::File::open(data_dir)?.sync_all()?;
             Ok(id)
         }
-        Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
     }
 }
 
@@ -421,6 +433,18 @@ mod tests {
         assert_eq!(settle_node_id(dir.path(), Some(4))?, 4);
         assert_eq!(settle_node_id(dir.path(), Some(9))?, 4);
         assert_eq!(settle_node_id(dir.path(), None)?, 4);
+        assert!(!dir.path().join(format!("{NODE_ID_FILE}.tmp")).exists(), "renamed into place");
+        Ok(())
+    }
+
+    #[test]
+    fn an_empty_node_id_file_left_by_a_power_cut_counts_as_absent() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join(NODE_ID_FILE), "")?;
+        assert_eq!(settle_node_id(dir.path(), Some(3))?, 3);
+        assert_eq!(settle_node_id(dir.path(), None)?, 3);
+        std::fs::write(dir.path().join(NODE_ID_FILE), "x\n")?;
+        assert!(settle_node_id(dir.path(), Some(3)).is_err(), "a damaged id is refused, not replaced");
         Ok(())
     }
 }

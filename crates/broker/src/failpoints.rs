@@ -22,6 +22,10 @@
 //!   (an injected EIO, nothing synced). The store refuses every later write
 //!   and the broker halts (fail-stop): what was not synced is never
 //!   acknowledged.
+//! - `storage.skip_syncs=1`: every WAL fsync is skipped and reported done
+//!   (a disk that lies about fsync): acknowledged writes live only in the
+//!   page cache. The power-loss tests use it to show that a power cut then
+//!   loses acknowledged records, i.e. that the tests can fail.
 //! - `raft.fail_led_log_reads_on_sigusr1=1`: on SIGUSR1, every partition
 //!   group this broker leads at that moment fails each later read of its
 //!   Raft log (as a corrupt value would), so its Raft core stops while the
@@ -67,6 +71,12 @@ pub fn fail_syncs_after() -> Option<u64> {
         return None;
     }
     value(&std::env::var(ENV).unwrap_or_default(), "storage.fail_syncs_after")
+}
+
+/// `storage.skip_syncs`: whether WAL fsyncs are skipped (never, in
+/// builds without failpoints).
+pub fn skip_syncs() -> bool {
+    cfg!(feature = "failpoints") && value(&std::env::var(ENV).unwrap_or_default(), "storage.skip_syncs") == Some(1)
 }
 
 /// `tasks.panic`: whether the supervised task `name` is to panic at start.

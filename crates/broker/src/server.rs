@@ -287,6 +287,7 @@ async fn run_inner(
     tracing::info!(node = node_id, storage_id, fresh, "data dir identity");
     let mut storage_config = StorageConfig::new(config.data_dir.join("db"));
     storage_config.fail_syncs_after = crate::failpoints::fail_syncs_after();
+    storage_config.skip_syncs = crate::failpoints::skip_syncs();
     let storage = Arc::new(Storage::open(&storage_config).context("open the store")?);
     let tasks = crate::tasks::Supervisor::new(node_id, shutdown.clone());
     // Not one of the supervised tasks: those stop when shutdown starts, the

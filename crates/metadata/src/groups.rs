@@ -253,7 +253,11 @@ impl Group {
                 for ((topic, partition), _, _) in &offsets {
                     let count = partitions(topic);
                     if count.is_none_or(|n| *partition >= n) {
-                        return Err(GroupError::UnknownPartition { topic: topic.clone(), partition: *partition, count });
+                        return Err(GroupError::UnknownPartition {
+                            topic: topic.clone(),
+                            partition: *partition,
+                            count,
+                        });
                     }
                 }
                 if let Some((_, offset, _)) = offsets.iter().find(|(_, o, _)| *o < 0) {

@@ -582,9 +582,16 @@ mod tests {
             assert!(matches!(commit(&mut s, group, tp, offset, &mut c), MetaOutcome::Group(Ok(None))));
         }
         let mut changes = Changes::default();
-        assert_eq!(s.apply_tracked(MetaCommand::DeleteTopic { name: "t".into() }, &mut changes), MetaOutcome::TopicDeleted("t".into()));
+        assert_eq!(
+            s.apply_tracked(MetaCommand::DeleteTopic { name: "t".into() }, &mut changes),
+            MetaOutcome::TopicDeleted("t".into())
+        );
         let g = &s.groups["g"];
-        assert_eq!(g.offsets.keys().cloned().collect::<Vec<_>>(), vec![("u".to_string(), 0)], "only u's offset is left");
+        assert_eq!(
+            g.offsets.keys().cloned().collect::<Vec<_>>(),
+            vec![("u".to_string(), 0)],
+            "only u's offset is left"
+        );
         assert!(!s.groups.contains_key("h"), "a group left with nothing is removed");
         assert_eq!(changes.removed_groups, vec!["h".to_string()]);
         assert!(changes.groups);
@@ -596,11 +603,19 @@ mod tests {
         let refused = commit(&mut s, "g", ("t", 0), 500, &mut Changes::default());
         assert_eq!(
             refused,
-            MetaOutcome::Group(Err(groups::GroupError::UnknownPartition { topic: "t".into(), partition: 0, count: None }))
+            MetaOutcome::Group(Err(groups::GroupError::UnknownPartition {
+                topic: "t".into(),
+                partition: 0,
+                count: None
+            }))
         );
         s.apply(create("t", 2, 1, &[1]));
         assert!(matches!(commit(&mut s, "g", ("t", 0), 3, &mut c), MetaOutcome::Group(Ok(None))));
-        assert_eq!(s.groups["g"].offsets[&("t".to_string(), 0)].offset, 3, "a lower commit than the old topic's applies");
+        assert_eq!(
+            s.groups["g"].offsets[&("t".to_string(), 0)].offset,
+            3,
+            "a lower commit than the old topic's applies"
+        );
         let out_of_range = commit(&mut s, "g", ("t", 2), 1, &mut Changes::default());
         assert_eq!(
             out_of_range,

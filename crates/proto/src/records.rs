@@ -294,7 +294,10 @@ mod tests {
 
     #[test]
     fn encoded_records_pass_and_decode_back() {
-        let blob = encode([(Some(Bytes::from_static(b"k")), Bytes::from_static(b"a")), (None, Bytes::from_static(b"b"))], 1_000);
+        let blob = encode(
+            [(Some(Bytes::from_static(b"k")), Bytes::from_static(b"a")), (None, Bytes::from_static(b"b"))],
+            1_000,
+        );
         let b = Batch::seal(BatchHeader::plain(2, 1_000), blob);
         assert_eq!(check(&b, MAX_DECOMPRESSED_BYTES), Ok(2));
         let records = decode(&b, MAX_DECOMPRESSED_BYTES).expect("decodes");

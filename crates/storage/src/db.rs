@@ -92,12 +92,23 @@ pub struct StorageConfig {
     /// broker sets it only from its debug-build failpoints. `None` in
     /// production.
     pub fail_syncs_after: Option<u64>,
+    /// Fault injection: every WAL "sync" only hands the WAL to the OS and
+    /// reports success without an fsync (a disk or store that lies about
+    /// fsync). The power-loss tests use it to show that they catch a store
+    /// that acknowledges unsynced writes. With group commit only. `false`
+    /// in production.
+    pub skip_syncs: bool,
 }
 
 impl StorageConfig {
     /// Defaults for a data directory: group commit on.
     pub fn new(path: impl AsRef<Path>) -> Self {
-        StorageConfig { path: path.as_ref().to_path_buf(), group_commit: true, fail_syncs_after: None }
+        StorageConfig {
+            path: path.as_ref().to_path_buf(),
+            group_commit: true,
+            fail_syncs_after: None,
+            skip_syncs: false,
+        }
     }
 }
 
@@ -115,6 +126,14 @@ pub struct Storage {
 impl Storage {
     /// Opens (creating if needed) the store at `config.path`.
     pub fn open(config: &StorageConfig) -> Result<Self, StorageError> {
+        if config.skip_syncs {
+            tracing::error!("fault injection: WAL syncs are skipped (acknowledged writes are not durable)");
+            return Self::open_with(config, |db| {
+                // Deliberately NOT durable (fault injection): flush_wal(false)
+                // writes the WAL buffer to the OS without fsync.
+                Box::new(move || db.flush_wal(false).map_err(|e| e.to_string()))
+            });
+        }
         match config.fail_syncs_after {
             None => Self::open_with(config, crate::syncer::wal_sync),
             Some(n) => Self::open_with(config, move |db| {

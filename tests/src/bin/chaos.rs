@@ -2,14 +2,16 @@
 //!
 //! ```text
 //! ferrolog-chaos [--seeds N] [--seed S] [--secs T] [--brokers B] [--partitions P]
-//!                [--no-network] [--out DIR]
+//!                [--no-network] [--power-loss] [--out DIR]
 //! ferrolog-chaos --check history.jsonl
 //! ```
 //!
 //! Runs N consecutive seeds from S (default: one seed from the clock), each
 //! with T seconds of faults, writes `DIR/history-<seed>.jsonl` and prints a
 //! summary per seed and a total. Exits 1 if any run found an anomaly; the
-//! seed replays its schedule. `--check` runs the checker on a history file.
+//! seed replays its schedule. `--power-loss` puts every data dir on the
+//! power-loss filesystem and adds power cuts and wiped disks to the nemesis
+//! (root and /dev/fuse). `--check` runs the checker on a history file.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -20,7 +22,7 @@ use ferrolog_tests::chaos::ChaosConfig;
 
 fn usage() -> ! {
     eprintln!(
-        "usage: ferrolog-chaos [--seeds N] [--seed S] [--secs T] [--brokers B] [--partitions P] [--no-network] [--out DIR]\n       ferrolog-chaos --check HISTORY.jsonl"
+        "usage: ferrolog-chaos [--seeds N] [--seed S] [--secs T] [--brokers B] [--partitions P] [--no-network] [--power-loss] [--out DIR]\n       ferrolog-chaos --check HISTORY.jsonl"
     );
     std::process::exit(2)
 }
@@ -41,6 +43,7 @@ fn main() -> anyhow::Result<()> {
             "--brokers" => cfg.brokers = val().parse().context("--brokers")?,
             "--partitions" => cfg.partitions = val().parse().context("--partitions")?,
             "--no-network" => cfg.network = false,
+            "--power-loss" => cfg.power_loss = true,
             "--out" => out = PathBuf::from(val()),
             "--check" => check = Some(PathBuf::from(val())),
             "-h" | "--help" => usage(),

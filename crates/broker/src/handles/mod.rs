@@ -212,8 +212,7 @@ impl Core {
     /// to [`LEASE_CONFIRM_WAIT`], then fails UNAVAILABLE.
     pub(crate) async fn confirmed_meta_leader(&self) -> Result<&Meta, BrokerError> {
         let meta = self.meta_leader().await?;
-        let option = openraft::LinearizerOption::new(None, true)
-            .with_wait_timeout(LEASE_CONFIRM_WAIT);
+        let option = openraft::LinearizerOption::new(None, true).with_wait_timeout(LEASE_CONFIRM_WAIT);
         match meta.raft.ensure_linearizable(option).await {
             Ok(_) => Ok(meta),
             Err(e) => match e.forward_to_leader() {
