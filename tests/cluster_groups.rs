@@ -636,7 +636,12 @@ async fn deleting_a_topic_deletes_its_committed_offsets() -> anyhow::Result<()> 
 
     tc.create_topic("gone", 1, 3).await?;
     tc.wait_leaders("gone", START).await?;
+    // The same idempotent producer as before the delete: the new partition
+    // holds no state of it, so it starts over under a new identity (it used
+    // to wait out its whole delivery timeout, refused out of order).
+    let started = Instant::now();
     produce(&tc, "gone", 1, 0, 10).await?;
+    ensure!(started.elapsed() < Duration::from_secs(20), "the producer took {:?} to start over", started.elapsed());
     commit_standalone(&client, "g", "gone", 5).await?;
     // Survives a full restart: the deletes reached the disk.
     for n in [1, 2, 3] {

@@ -342,6 +342,7 @@ async fn a_broker_whose_clock_jumps_ahead_does_not_expire_producers() -> anyhow:
     cluster.wait_serving(START).await?;
     let client = TestClient::new(cluster.addrs());
     client.create_topic("clock", 1, 3).await?;
+    client.wait_leaders("clock", START).await?;
     let preferred = client.client().describe_topic("clock").await?.partitions[0].replicas[0];
     eventually("the preferred replica to lead", START, || async {
         match client.wait_leaders("clock", START).await {

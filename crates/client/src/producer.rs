@@ -15,7 +15,15 @@
 //!   then takes a new epoch (named producers) or a new id before its next
 //!   send, as Kafka's producer bumps its epoch, so later batches can neither
 //!   be mistaken for that one nor be blocked by it.
+//! - A batch refused as out of order while no earlier batch of its
+//!   partition is in flight (checked twice) means the partition holds no
+//!   state of this producer: its state expired after the idle time, or the
+//!   topic was deleted and re-created. Nothing of the batch is there, so the
+//!   producer takes a new identity and sends it once more at sequence 0
+//!   (Kafka's producer does the same on `UNKNOWN_PRODUCER_ID`) instead of
+//!   waiting out its delivery timeout.
 
+use std::collections::BTreeSet;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +49,11 @@ struct PartitionSeq {
     permits: Arc<Semaphore>,
     /// Woken whenever a batch of this partition resolves.
     resolved: Arc<Notify>,
+    /// First sequence numbers of the batches in flight (at most
+    /// [`MAX_IN_FLIGHT`]): the lowest is the one nothing can overtake.
+    /// (Wrong only for the few batches around the wrap of the sequence
+    /// past `i32::MAX`, i.e. after 2^31 records of one producer.)
+    in_flight: BTreeSet<i32>,
 }
 
 #[derive(Debug)]
@@ -107,42 +120,76 @@ impl IdempotentProducer {
         partition: u32,
         records: &[(Option<Vec<u8>>, Vec<u8>)],
     ) -> Result<Produced, ClientError> {
+        match self.send_once(topic, partition, records).await {
+            // The partition lost this producer (see the module docs); the
+            // failed send marked the identity stale, so this one starts over.
+            (Err(e), true) => {
+                tracing::debug!(topic, partition, "partition holds no state of this producer ({e}): new identity");
+                self.send_once(topic, partition, records).await.0
+            }
+            (r, _) => r,
+        }
+    }
+
+    /// One send under the current identity; `true` with an error when the
+    /// partition was found to hold no state of this producer.
+    async fn send_once(
+        &self,
+        topic: &str,
+        partition: u32,
+        records: &[(Option<Vec<u8>>, Vec<u8>)],
+    ) -> (Result<Produced, ClientError>, bool) {
         let key = (topic.to_string(), partition);
         let (permits, resolved) = {
             let mut s = self.state.lock().await;
             if let Some(f) = &s.fenced {
-                return Err(f.clone());
+                return (Err(f.clone()), false);
             }
             if s.stale {
-                let (id, epoch) = self.client.init_producer(self.name.as_deref()).await?;
+                let (id, epoch) = match self.client.init_producer(self.name.as_deref()).await {
+                    Ok(identity) => identity,
+                    Err(e) => return (Err(e), false),
+                };
                 *s = State { id, epoch, stale: false, fenced: None, partitions: HashMap::new() };
             }
             let p = s.partitions.entry(key.clone()).or_insert_with(|| PartitionSeq {
                 next_seq: 0,
                 permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
                 resolved: Arc::new(Notify::new()),
+                in_flight: BTreeSet::new(),
             });
             (p.permits.clone(), p.resolved.clone())
         };
-        let _permit = permits.acquire_owned().await.map_err(|_| ClientError::closed("producer"))?;
+        let Ok(_permit) = permits.acquire_owned().await else {
+            return (Err(ClientError::closed("producer")), false);
+        };
         // Take sequence numbers under the lock, in send order.
         let (batch, seq, epoch) = {
             let mut s = self.state.lock().await;
             let (id, epoch) = (s.id, s.epoch);
             let Some(p) = s.partitions.get_mut(&key) else {
-                return Err(ClientError::new(
-                    ErrorKind::Unavailable,
-                    "producer re-initialized while sending; send again",
-                ));
+                return (
+                    Err(ClientError::new(ErrorKind::Unavailable, "producer re-initialized while sending; send again")),
+                    false,
+                );
             };
             let seq = p.next_seq;
+            p.in_flight.insert(seq);
             let n = records.len() as u32;
             p.next_seq = ferrolog_partition_seq_add(seq, n);
-            let mut batch = crate::make_batch_with(records, crate::now_ms(), self.compression)?;
+            let mut batch = match crate::make_batch_with(records, crate::now_ms(), self.compression) {
+                Ok(b) => b,
+                Err(e) => return (Err(e), false),
+            };
             crate::set_producer(&mut batch, id, epoch, seq);
             (batch, seq, epoch)
         };
         let deadline = Instant::now() + self.delivery_timeout;
+        // Refused out of order as the earliest batch of the partition in
+        // flight: once may race an acknowledgement, twice means the
+        // partition lost this producer.
+        let mut refused_alone = false;
+        let mut lost = false;
         let result = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let r = self.client.produce_with(topic, partition, self.acks, batch.clone(), left, true).await;
@@ -154,12 +201,22 @@ impl IdempotentProducer {
                     // which marks the producer stale (give up: the gap is
                     // real). Sequence 0 overtakes nothing: the partition
                     // lost this producer (expired), so give up too.
-                    let gap_is_real = {
+                    let (gap_is_real, earliest) = {
                         let st = self.state.lock().await;
-                        st.stale || st.epoch != epoch || seq == 0
+                        let earliest = st.partitions.get(&key).and_then(|p| p.in_flight.first().copied()) == Some(seq);
+                        (st.stale || st.epoch != epoch || seq == 0, earliest)
                     };
                     if gap_is_real {
                         break Err(s);
+                    }
+                    if earliest {
+                        if refused_alone {
+                            lost = true;
+                            break Err(s);
+                        }
+                        // Every earlier batch resolved: retry now.
+                        refused_alone = true;
+                        continue;
                     }
                     let _ = tokio::time::timeout(Duration::from_millis(50), resolved.notified()).await;
                 }
@@ -167,6 +224,11 @@ impl IdempotentProducer {
             }
         };
         let mut s = self.state.lock().await;
+        if s.epoch == epoch
+            && let Some(p) = s.partitions.get_mut(&key)
+        {
+            p.in_flight.remove(&seq);
+        }
         if let Err(st) = &result
             && st.kind() == ErrorKind::Fenced
         {
@@ -180,7 +242,7 @@ impl IdempotentProducer {
         }
         drop(s);
         resolved.notify_waiters();
-        result
+        (result, lost)
     }
 }
 

@@ -206,6 +206,7 @@ impl<C: GroupConfig> RaftLogReader<C> for LogStore<C> {
     /// answer would stall replication). A follower any distance behind is
     /// sent requests of bounded size that its decode limit accepts.
     async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> io::Result<Vec<Entry<C>>> {
+        crate::faults::check_log_read(self.group)?;
         let mut out = Vec::new();
         let mut bytes = 0usize;
         for item in self.storage.scan(Cf::Log, self.group, start, end) {
