@@ -89,6 +89,10 @@ pub struct ChaosConfig {
     /// majority, of every broker; a wiped disk; a wiped disk while another
     /// broker is paused.
     pub power_loss: bool,
+    /// Only these fault kinds (names as in the summary: `kill`,
+    /// `kill-leader`, ..., `power-cut`, `wipe-disk`); `None`: every kind
+    /// the run can do.
+    pub faults: Option<Vec<String>>,
 }
 
 impl Default for ChaosConfig {
@@ -101,6 +105,7 @@ impl Default for ChaosConfig {
             network: true,
             history: None,
             power_loss: false,
+            faults: None,
         }
     }
 }
@@ -407,6 +412,37 @@ enum Fault {
     WipeWhilePaused,
 }
 
+impl Fault {
+    /// The kind's name, as `--faults` takes it and the summary counts it.
+    fn kind(self) -> &'static str {
+        match self {
+            Fault::KillOne => "kill",
+            Fault::KillLeader => "kill-leader",
+            Fault::KillMetadataLeader => "kill-metadata-leader",
+            Fault::KillMajority => "kill-majority",
+            Fault::KillAll => "kill-all",
+            Fault::PauseLeader => "pause-leader",
+            Fault::FsyncFailure => "fsync-failure",
+            Fault::RollingRestart => "rolling-restart",
+            Fault::PartitionHalves => "partition",
+            Fault::IsolateLeader => "isolate-leader",
+            Fault::OneWayFromLeader => "one-way-from-leader",
+            Fault::Bridge => "bridge",
+            Fault::PowerCutOne => "power-cut",
+            Fault::PowerCutLeader => "power-cut-leader",
+            Fault::PowerCutMajority => "power-cut-majority",
+            Fault::PowerCutAll => "power-cut-all",
+            Fault::WipeOne => "wipe-disk",
+            Fault::WipeWhilePaused => "wipe-disk-while-paused",
+        }
+    }
+}
+
+/// Every fault kind's name (for `--faults`).
+pub fn fault_kinds() -> Vec<&'static str> {
+    PROCESS_FAULTS.iter().chain(NETWORK_FAULTS).chain(POWER_FAULTS).map(|f| f.kind()).collect()
+}
+
 const PROCESS_FAULTS: &[Fault] = &[
     Fault::KillOne,
     Fault::KillLeader,
@@ -483,6 +519,16 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosOutcome> {
     if cfg.power_loss {
         menu.extend_from_slice(POWER_FAULTS);
     }
+    if let Some(only) = &cfg.faults {
+        let unknown: Vec<&String> = only.iter().filter(|k| !fault_kinds().contains(&k.as_str())).collect();
+        anyhow::ensure!(unknown.is_empty(), "unknown fault kinds {unknown:?}; known: {}", fault_kinds().join(","));
+        menu.retain(|f| only.iter().any(|k| k == f.kind()));
+        anyhow::ensure!(
+            !menu.is_empty(),
+            "none of the fault kinds {only:?} can run here (power and wipe faults need --power-loss, network faults \
+             root and iptables)"
+        );
+    }
     let mut faults = Vec::new();
     let mut harness_errors = Vec::new();
     // Every kind of fault once, in a seeded order, then random picks until
@@ -556,7 +602,7 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosOutcome> {
             Fault::PowerCutAll => "power-cut-all brokers".to_string(),
             Fault::WipeOne => format!("wipe-disk of broker {}", shuffled[0]),
             Fault::WipeWhilePaused => {
-                format!("wipe-disk-while-paused: broker {} wiped while {} is paused", shuffled[0], shuffled[1])
+                format!("wipe-disk-while-paused (broker {} wiped while {} is paused)", shuffled[0], shuffled[1])
             }
         };
         eprintln!("nemesis: {name}");

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! ferrolog-chaos [--seeds N] [--seed S] [--secs T] [--brokers B] [--partitions P]
-//!                [--no-network] [--power-loss] [--out DIR]
+//!                [--no-network] [--power-loss] [--faults LIST] [--duration T] [--out DIR]
 //! ferrolog-chaos --check history.jsonl
 //! ```
 //!
@@ -11,7 +11,10 @@
 //! summary per seed and a total. Exits 1 if any run found an anomaly; the
 //! seed replays its schedule. `--power-loss` puts every data dir on the
 //! power-loss filesystem and adds power cuts and wiped disks to the nemesis
-//! (root and /dev/fuse). `--check` runs the checker on a history file.
+//! (root and /dev/fuse). `--faults kill,power-cut,...` runs only those kinds
+//! (power and wipe kinds turn `--power-loss` on); `--duration` is `--secs`
+//! with an optional unit (`90s`, `2m`). `--check` runs the checker on a
+//! history file.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -22,9 +25,18 @@ use ferrolog_tests::chaos::ChaosConfig;
 
 fn usage() -> ! {
     eprintln!(
-        "usage: ferrolog-chaos [--seeds N] [--seed S] [--secs T] [--brokers B] [--partitions P] [--no-network] [--power-loss] [--out DIR]\n       ferrolog-chaos --check HISTORY.jsonl"
+        "usage: ferrolog-chaos [--seeds N] [--seed S] [--secs T] [--brokers B] [--partitions P] [--no-network] [--power-loss] [--faults LIST] [--duration T] [--out DIR]\n       ferrolog-chaos --check HISTORY.jsonl"
     );
     std::process::exit(2)
+}
+
+/// `120`, `120s` or `2m`.
+fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+    let (n, unit) = match s.strip_suffix('m') {
+        Some(n) => (n, 60),
+        None => (s.strip_suffix('s').unwrap_or(s), 1),
+    };
+    Ok(Duration::from_secs(n.parse::<u64>().with_context(|| format!("--duration {s:?}"))? * unit))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,6 +56,15 @@ fn main() -> anyhow::Result<()> {
             "--partitions" => cfg.partitions = val().parse().context("--partitions")?,
             "--no-network" => cfg.network = false,
             "--power-loss" => cfg.power_loss = true,
+            "--faults" => {
+                let list: Vec<String> =
+                    val().split(',').map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect();
+                if list.iter().any(|k| k.starts_with("power-cut") || k.starts_with("wipe-disk")) {
+                    cfg.power_loss = true;
+                }
+                cfg.faults = Some(list);
+            }
+            "--duration" => cfg.fault_time = parse_duration(&val())?,
             "--out" => out = PathBuf::from(val()),
             "--check" => check = Some(PathBuf::from(val())),
             "-h" | "--help" => usage(),
