@@ -467,6 +467,10 @@ const POWER_FAULTS: &[Fault] = &[
 /// Runs one seeded chaos run and checks its history.
 pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosOutcome> {
     anyhow::ensure!(cfg.brokers >= 3, "chaos needs at least 3 brokers");
+    if let Some(only) = &cfg.faults {
+        let unknown: Vec<&String> = only.iter().filter(|k| !fault_kinds().contains(&k.as_str())).collect();
+        anyhow::ensure!(unknown.is_empty(), "unknown fault kinds {unknown:?}; known: {}", fault_kinds().join(","));
+    }
     let began = Instant::now();
     let seed = cfg.seed;
     let (mut net, network_skipped) = if cfg.network {
@@ -520,8 +524,6 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosOutcome> {
         menu.extend_from_slice(POWER_FAULTS);
     }
     if let Some(only) = &cfg.faults {
-        let unknown: Vec<&String> = only.iter().filter(|k| !fault_kinds().contains(&k.as_str())).collect();
-        anyhow::ensure!(unknown.is_empty(), "unknown fault kinds {unknown:?}; known: {}", fault_kinds().join(","));
         menu.retain(|f| only.iter().any(|k| k == f.kind()));
         anyhow::ensure!(
             !menu.is_empty(),
