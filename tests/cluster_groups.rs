@@ -545,6 +545,26 @@ async fn a_deposed_coordinator_cannot_keep_a_member_owning_what_the_majority_han
         answers_as_metadata_leader(&cluster.node(a).addr).await,
         "A (broker {a}) was no longer the metadata leader when cut off"
     );
+    // The mechanism: once its lease has run out, A no longer answers from
+    // its local copy (committed offsets here), although it still believes
+    // it leads. The old code answered for as long as the cut lasted.
+    let a_addr = cluster.node(a).addr.clone();
+    let refused = eventually("A to refuse answers it cannot confirm", Duration::from_secs(10), || {
+        let a_addr = a_addr.clone();
+        async move {
+            let mut g = v1::groups_client::GroupsClient::connect(format!("http://{a_addr}"))
+                .await
+                .map_err(|e| e.to_string())?;
+            let r = g.fetch_offsets(v1::FetchOffsetsRequest { group: "g".into(), partitions: Vec::new() }).await;
+            match r {
+                Err(status) if status.code() == tonic::Code::Unavailable => Ok(status.message().to_string()),
+                other => Err(format!("FetchOffsets on A answered {other:?}")),
+            }
+        }
+    })
+    .await?;
+    ensure!(answers_as_metadata_leader(&a_addr).await, "A must still believe it leads");
+    eprintln!("A refuses: {refused}");
     let m2 = member(&c2, "g", "stale", &seen);
     let mut overlap = None;
     let handed = wait_for("M2 owns both partitions", START, || {
@@ -684,11 +704,14 @@ async fn deleting_a_topic_deletes_its_committed_offsets() -> anyhow::Result<()> 
     tc.create_topic("gone", 1, 3).await?;
     tc.wait_leaders("gone", START).await?;
     // The same idempotent producer as before the delete: the new partition
-    // holds no state of it, so it starts over under a new identity (it used
-    // to wait out its whole delivery timeout, refused out of order).
+    // holds no state of it. Its first send fails at once, saying so (it
+    // used to wait out its whole delivery timeout, refused out of order);
+    // the next starts over under a new identity.
     let started = Instant::now();
+    let e = produce(&tc, "gone", 1, 0, 10).await.expect_err("the first send after the re-creation");
+    ensure!(format!("{e:#}").contains("holds no state of this producer"), "first send after the re-creation: {e:#}");
+    ensure!(started.elapsed() < Duration::from_secs(20), "the producer took {:?} to give up", started.elapsed());
     produce(&tc, "gone", 1, 0, 10).await?;
-    ensure!(started.elapsed() < Duration::from_secs(20), "the producer took {:?} to start over", started.elapsed());
     commit_standalone(&client, "g", "gone", 5).await?;
     // Survives a full restart: the deletes reached the disk.
     for n in [1, 2, 3] {

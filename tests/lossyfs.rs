@@ -194,3 +194,34 @@ fn large_sequential_writes_are_cached_and_synced_whole() -> anyhow::Result<()> {
     assert!(got.chunks(1 << 20).all(|c| c == chunk.as_slice()));
     Ok(())
 }
+
+#[test]
+fn a_large_directory_lists_every_entry_once_while_it_is_emptied() -> anyhow::Result<()> {
+    // More entries than one readdir call returns, deleted while listed (as
+    // remove_dir_all does): a listing must neither skip nor repeat.
+    let m = mounted()?;
+    let dir = m.mnt.join("db");
+    std::fs::create_dir(&dir)?;
+    for i in 0..500 {
+        std::fs::write(dir.join(format!("{i:06}.sst")), b"x")?;
+    }
+    let mut seen = Vec::new();
+    for e in std::fs::read_dir(&dir)? {
+        let e = e?;
+        std::fs::remove_file(e.path())?;
+        seen.push(e.file_name());
+    }
+    assert_eq!(seen.len(), 500, "every entry listed exactly once");
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 500);
+    std::fs::remove_dir(&dir)?;
+    // And remove_dir_all of a large tree works.
+    std::fs::create_dir(&dir)?;
+    for i in 0..300 {
+        std::fs::write(dir.join(format!("{i:06}.log")), b"y")?;
+    }
+    std::fs::remove_dir_all(&dir)?;
+    assert!(!dir.exists());
+    Ok(())
+}

@@ -652,6 +652,10 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosOutcome> {
                 cluster.wipe(b)?;
                 tokio::time::sleep(hold).await;
                 cluster.restart(b)?;
+                // A wiped replica must catch up before the next fault: a
+                // second loss of the same partitions' data meanwhile would
+                // exceed what RF 3 can survive (a real loss, not a bug).
+                crate::cluster::wait_ready(&cluster, b, START).await?;
             }
             Fault::WipeWhilePaused => {
                 let (b, paused) = (shuffled[0], shuffled[1]);
@@ -660,6 +664,7 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosOutcome> {
                 cluster.restart(b)?;
                 tokio::time::sleep(hold).await;
                 cluster.signal(paused, libc::SIGCONT)?;
+                crate::cluster::wait_ready(&cluster, b, START).await?;
             }
             Fault::PauseLeader => {
                 cluster.signal(l, libc::SIGSTOP)?;

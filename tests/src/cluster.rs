@@ -497,7 +497,23 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
+/// Waits until broker `id` reports itself ready (health service
+/// `ferrolog.ready`): its metadata and every replica it holds have caught
+/// up with their leaders, e.g. after a wiped disk.
+pub async fn wait_ready(cluster: &Cluster, id: u64, timeout: Duration) -> anyhow::Result<()> {
+    let addr = cluster.node(id).addr.clone();
+    eventually(&format!("broker {id} to be ready"), timeout, || {
+        let addr = addr.clone();
+        async move { if health(&addr, "ferrolog.ready").await { Ok(()) } else { Err("not ready".to_string()) } }
+    })
+    .await
+}
+
 async fn serving(addr: &str) -> bool {
+    health(addr, "").await
+}
+
+async fn health(addr: &str, service: &str) -> bool {
     let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else { return false };
     let Ok(ch) = endpoint.connect_timeout(Duration::from_millis(300)).timeout(Duration::from_secs(2)).connect().await
     else {
@@ -505,7 +521,7 @@ async fn serving(addr: &str) -> bool {
     };
     let mut c = HealthClient::new(ch);
     matches!(
-        c.check(HealthCheckRequest { service: String::new() }).await.map(|r| r.into_inner().status),
+        c.check(HealthCheckRequest { service: service.to_string() }).await.map(|r| r.into_inner().status),
         Ok(s) if s == ServingStatus::Serving as i32
     )
 }

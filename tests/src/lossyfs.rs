@@ -249,6 +249,11 @@ struct Inner {
     next_ino: u64,
     dirty: HashMap<u64, Dirty>,
     handles: HashMap<u64, Handle>,
+    /// Open directories: the listing taken at `opendir`, so that offsets
+    /// into it stay stable while entries are created and deleted (a
+    /// listing rebuilt per call would skip or repeat entries, e.g. under
+    /// `remove_dir_all`).
+    dirs: HashMap<u64, Vec<(u64, FileType, std::ffi::OsString)>>,
     next_fh: u64,
     /// Bumped by every cut; handles of an older epoch are dead.
     epoch: u64,
@@ -331,6 +336,10 @@ impl Inner {
     fn moved(&mut self, from: &Path, to: &Path) {
         if let Some(gone) = self.inos.remove(to) {
             self.paths.remove(&gone);
+            // The replaced file's cache goes with it unless it is open.
+            if !self.handles.values().any(|h| h.ino == gone) {
+                self.dirty.remove(&gone);
+            }
         }
         let affected: Vec<(PathBuf, u64)> =
             self.inos.iter().filter(|(p, _)| p.starts_with(from)).map(|(p, i)| (p.clone(), *i)).collect();
@@ -743,22 +752,39 @@ impl Filesystem for LossyFs {
         empty(reply, self.do_fsync(ino, fh));
     }
 
-    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        reply.opened(FileHandle(0), FopenFlags::empty());
-    }
-
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.do_readdir(ino) {
             Ok(entries) => {
-                for (i, (child, kind, name)) in entries.into_iter().enumerate().skip(offset as usize) {
-                    if reply.add(INodeNo(child), i as u64 + 1, kind, name) {
-                        break;
-                    }
-                }
-                reply.ok();
+                let mut s = self.lock();
+                let fh = s.next_fh;
+                s.next_fh += 1;
+                s.dirs.insert(fh, entries);
+                reply.opened(FileHandle(fh), FopenFlags::empty());
             }
             Err(e) => reply.error(e),
         }
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let listed = self.lock().dirs.get(&fh.0).cloned();
+        let entries = match listed {
+            Some(entries) => entries,
+            None => match self.do_readdir(ino) {
+                Ok(entries) => entries,
+                Err(e) => return reply.error(e),
+            },
+        };
+        for (i, (child, kind, name)) in entries.into_iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(child), i as u64 + 1, kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        self.lock().dirs.remove(&fh.0);
+        reply.ok();
     }
 
     fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
@@ -816,6 +842,7 @@ impl LossyDisk {
             next_ino: INodeNo::ROOT.0 + 1,
             dirty: HashMap::new(),
             handles: HashMap::new(),
+            dirs: HashMap::new(),
             next_fh: 1,
             epoch: 0,
             stats: DiskStats::default(),

@@ -320,6 +320,7 @@ impl Groups {
         for group in gone {
             let replica = self.partitions.write().expect("partitions lock").remove(&group);
             self.transport.recovery().forget(group);
+            self.transport.clear_stopped(group);
             if let Some(r) = replica {
                 if let Err(e) = r.raft.shutdown().await {
                     tracing::warn!(%group, error = %e, "raft shutdown failed");

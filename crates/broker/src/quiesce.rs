@@ -198,7 +198,11 @@ async fn round(
     quiesce: bool,
 ) {
     let m = r.raft.metrics().borrow_watched().clone();
-    if let Err(e) = &m.running_state {
+    // A normal shutdown (`Fatal::Stopped`: the replica is being removed or
+    // the broker stops) is not a failure to tell the other replicas about.
+    if let Err(e) = &m.running_state
+        && !matches!(e, openraft::error::Fatal::Stopped)
+    {
         // This replica's Raft core stopped (a storage error on the group, a
         // corrupt value) while the broker runs on: its followers, parked
         // while this broker heartbeats, must hear that it leads no more.

@@ -98,6 +98,11 @@ async fn advance_clock(groups: &Groups, r: &Replica, expiry: Duration, seen: &mu
     r.wake();
     let cmd = Command::Clock { now_ms, producer_idle_ms: expiry.as_millis() as i64 };
     r.raft.client_write(PartitionEntry::new(cmd)).await?;
+    // The clock stands at `now_ms` from this moment, not from when a later
+    // round first sees it applied: counted from then, the clock would
+    // advance by only about half of the real time (a proposal every other
+    // round), and producers would expire ever later.
+    seen.insert(r.group, (now_ms, now));
     Ok(())
 }
 

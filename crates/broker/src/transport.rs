@@ -128,6 +128,11 @@ impl Transport {
         self.stopped.lock().expect("stopped lock").insert(group)
     }
 
+    /// Forgets that `group`'s core stopped (its replica was removed here).
+    pub fn clear_stopped(&self, group: GroupId) {
+        self.stopped.lock().expect("stopped lock").remove(&group);
+    }
+
     /// The groups whose Raft core stopped here.
     pub fn stopped_groups(&self) -> Vec<u64> {
         self.stopped.lock().expect("stopped lock").iter().map(|g| g.0).collect()

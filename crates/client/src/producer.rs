@@ -18,10 +18,10 @@
 //! - A batch refused as out of order while no earlier batch of its
 //!   partition is in flight (checked twice) means the partition holds no
 //!   state of this producer: its state expired after the idle time, or the
-//!   topic was deleted and re-created. Nothing of the batch is there, so the
-//!   producer takes a new identity and sends it once more at sequence 0
-//!   (Kafka's producer does the same on `UNKNOWN_PRODUCER_ID`) instead of
-//!   waiting out its delivery timeout.
+//!   topic was deleted and re-created. The send fails at once (nothing of it
+//!   was appended) instead of waiting out its delivery timeout, and the
+//!   producer takes a new identity before its next send. It is not resent
+//!   automatically: a send issued meanwhile could then land before it.
 
 use std::collections::BTreeSet;
 use std::collections::HashMap;
@@ -60,6 +60,10 @@ struct PartitionSeq {
 struct State {
     id: i64,
     epoch: i32,
+    /// Bumped by every re-initialization: which identity a batch was sent
+    /// under (the epoch alone does not tell: an unnamed producer gets a new
+    /// id at epoch 0).
+    generation: u64,
     /// Set after a batch's fate became unknown: re-initialize first.
     stale: bool,
     /// A newer instance took over this producer's name: every send fails
@@ -95,7 +99,14 @@ impl IdempotentProducer {
             acks,
             delivery_timeout,
             compression: Compression::None,
-            state: Mutex::new(State { id, epoch, stale: false, fenced: None, partitions: HashMap::new() }),
+            state: Mutex::new(State {
+                id,
+                epoch,
+                generation: 0,
+                stale: false,
+                fenced: None,
+                partitions: HashMap::new(),
+            }),
         })
     }
 
@@ -120,37 +131,19 @@ impl IdempotentProducer {
         partition: u32,
         records: &[(Option<Vec<u8>>, Vec<u8>)],
     ) -> Result<Produced, ClientError> {
-        match self.send_once(topic, partition, records).await {
-            // The partition lost this producer (see the module docs); the
-            // failed send marked the identity stale, so this one starts over.
-            (Err(e), true) => {
-                tracing::debug!(topic, partition, "partition holds no state of this producer ({e}): new identity");
-                self.send_once(topic, partition, records).await.0
-            }
-            (r, _) => r,
-        }
-    }
-
-    /// One send under the current identity; `true` with an error when the
-    /// partition was found to hold no state of this producer.
-    async fn send_once(
-        &self,
-        topic: &str,
-        partition: u32,
-        records: &[(Option<Vec<u8>>, Vec<u8>)],
-    ) -> (Result<Produced, ClientError>, bool) {
         let key = (topic.to_string(), partition);
+        // Built before it takes sequence numbers: a batch that cannot be
+        // built takes none.
+        let mut batch = crate::make_batch_with(records, crate::now_ms(), self.compression)?;
         let (permits, resolved) = {
             let mut s = self.state.lock().await;
             if let Some(f) = &s.fenced {
-                return (Err(f.clone()), false);
+                return Err(f.clone());
             }
             if s.stale {
-                let (id, epoch) = match self.client.init_producer(self.name.as_deref()).await {
-                    Ok(identity) => identity,
-                    Err(e) => return (Err(e), false),
-                };
-                *s = State { id, epoch, stale: false, fenced: None, partitions: HashMap::new() };
+                let (id, epoch) = self.client.init_producer(self.name.as_deref()).await?;
+                let generation = s.generation + 1;
+                *s = State { id, epoch, generation, stale: false, fenced: None, partitions: HashMap::new() };
             }
             let p = s.partitions.entry(key.clone()).or_insert_with(|| PartitionSeq {
                 next_seq: 0,
@@ -160,36 +153,29 @@ impl IdempotentProducer {
             });
             (p.permits.clone(), p.resolved.clone())
         };
-        let Ok(_permit) = permits.acquire_owned().await else {
-            return (Err(ClientError::closed("producer")), false);
-        };
+        let _permit = permits.acquire_owned().await.map_err(|_| ClientError::closed("producer"))?;
         // Take sequence numbers under the lock, in send order.
-        let (batch, seq, epoch) = {
+        let (seq, generation) = {
             let mut s = self.state.lock().await;
-            let (id, epoch) = (s.id, s.epoch);
+            let (id, epoch, generation) = (s.id, s.epoch, s.generation);
             let Some(p) = s.partitions.get_mut(&key) else {
-                return (
-                    Err(ClientError::new(ErrorKind::Unavailable, "producer re-initialized while sending; send again")),
-                    false,
-                );
+                return Err(ClientError::new(
+                    ErrorKind::Unavailable,
+                    "producer re-initialized while sending; send again",
+                ));
             };
             let seq = p.next_seq;
             p.in_flight.insert(seq);
             let n = records.len() as u32;
             p.next_seq = ferrolog_partition_seq_add(seq, n);
-            let mut batch = match crate::make_batch_with(records, crate::now_ms(), self.compression) {
-                Ok(b) => b,
-                Err(e) => return (Err(e), false),
-            };
             crate::set_producer(&mut batch, id, epoch, seq);
-            (batch, seq, epoch)
+            (seq, generation)
         };
         let deadline = Instant::now() + self.delivery_timeout;
         // Refused out of order as the earliest batch of the partition in
         // flight: once may race an acknowledgement, twice means the
         // partition lost this producer.
         let mut refused_alone = false;
-        let mut lost = false;
         let result = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let r = self.client.produce_with(topic, partition, self.acks, batch.clone(), left, true).await;
@@ -204,15 +190,22 @@ impl IdempotentProducer {
                     let (gap_is_real, earliest) = {
                         let st = self.state.lock().await;
                         let earliest = st.partitions.get(&key).and_then(|p| p.in_flight.first().copied()) == Some(seq);
-                        (st.stale || st.epoch != epoch || seq == 0, earliest)
+                        (st.stale || st.generation != generation || seq == 0, earliest)
                     };
                     if gap_is_real {
                         break Err(s);
                     }
                     if earliest {
                         if refused_alone {
-                            lost = true;
-                            break Err(s);
+                            break Err(ClientError::new(
+                                ErrorKind::OutOfOrderSequence,
+                                format!(
+                                    "{topic}/{partition} holds no state of this producer (its state expired, or the \
+                                     topic was re-created): nothing of this batch was appended; the next send starts \
+                                     over under a new producer identity ({})",
+                                    s.message()
+                                ),
+                            ));
                         }
                         // Every earlier batch resolved: retry now.
                         refused_alone = true;
@@ -224,25 +217,25 @@ impl IdempotentProducer {
             }
         };
         let mut s = self.state.lock().await;
-        if s.epoch == epoch
-            && let Some(p) = s.partitions.get_mut(&key)
-        {
-            p.in_flight.remove(&seq);
-        }
-        if let Err(st) = &result
-            && st.kind() == ErrorKind::Fenced
-        {
-            s.fenced = Some(st.clone());
-        } else if result.is_err() && s.epoch == epoch {
-            // The batch failed for good (refused, or unknown whether it was
-            // appended) but took sequence numbers: later batches of this
-            // partition would not follow on. Start over with a new identity
-            // before the next send.
-            s.stale = true;
+        if s.generation == generation {
+            if let Some(p) = s.partitions.get_mut(&key) {
+                p.in_flight.remove(&seq);
+            }
+            if let Err(st) = &result
+                && st.kind() == ErrorKind::Fenced
+            {
+                s.fenced = Some(st.clone());
+            } else if result.is_err() {
+                // The batch failed for good (refused, or unknown whether it
+                // was appended) but took sequence numbers: later batches of
+                // this partition would not follow on. Start over with a new
+                // identity before the next send.
+                s.stale = true;
+            }
         }
         drop(s);
         resolved.notify_waiters();
-        (result, lost)
+        result
     }
 }
 
