@@ -250,16 +250,7 @@ impl Group {
                 // changes nothing. An offset of a topic that does not exist
                 // (deleted meanwhile) would outlive it and apply to a topic
                 // created later under the same name.
-                for ((topic, partition), _, _) in &offsets {
-                    let count = partitions(topic);
-                    if count.is_none_or(|n| *partition >= n) {
-                        return Err(GroupError::UnknownPartition {
-                            topic: topic.clone(),
-                            partition: *partition,
-                            count,
-                        });
-                    }
-                }
+                known_partitions(offsets.iter().map(|(tp, _, _)| tp), partitions)?;
                 if let Some((_, offset, _)) = offsets.iter().find(|(_, o, _)| *o < 0) {
                     return Err(GroupError::Invalid(format!("negative offset {offset}")));
                 }
@@ -277,6 +268,8 @@ impl Group {
                 if !self.members.is_empty() {
                     return Err(GroupError::NotEmpty(self.members.len()));
                 }
+                // As for commits: no offset may outlive its topic.
+                known_partitions(offsets.iter().map(|(tp, _)| tp), partitions)?;
                 for (tp, offset) in offsets {
                     self.offsets.insert(tp, Committed { offset, metadata: String::new() });
                 }
@@ -466,6 +459,22 @@ impl Group {
     }
 }
 
+/// Refuses offsets of a topic or partition that does not exist (deleted
+/// meanwhile): they would outlive it and apply to a topic created later
+/// under the same name.
+fn known_partitions<'a>(
+    tps: impl Iterator<Item = &'a Tp>,
+    partitions: &dyn Fn(&str) -> Option<u32>,
+) -> Result<(), GroupError> {
+    for (topic, partition) in tps {
+        let count = partitions(topic);
+        if count.is_none_or(|n| *partition >= n) {
+            return Err(GroupError::UnknownPartition { topic: topic.clone(), partition: *partition, count });
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -584,6 +593,12 @@ mod tests {
         g.apply(GroupCommand::RemoveMembers(vec!["a".into()]), &topics).expect("leave");
         g.apply(GroupCommand::ResetOffsets(vec![(tp.clone(), 0)]), &topics).expect("reset on an empty group");
         assert_eq!(g.offsets[&tp].offset, 0);
+        let gone = GroupCommand::ResetOffsets(vec![(("deleted".to_string(), 0), 3)]);
+        assert!(
+            matches!(g.apply(gone, &topics), Err(GroupError::UnknownPartition { count: None, .. })),
+            "a reset of a topic that does not exist is refused"
+        );
+        assert!(!g.offsets.contains_key(&("deleted".to_string(), 0)));
     }
 
     #[test]
